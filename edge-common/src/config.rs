@@ -1,0 +1,41 @@
+//! The single `Config` record the program reads once per packet.
+use crate::assert_size;
+
+/// Filter modes. Zero is `off` so that a loaded but not yet configured program passes traffic.
+pub const MODE_OFF: u32 = 0;
+/// Compute and count the verdict, but pass every packet.
+pub const MODE_MONITOR: u32 = 1;
+/// Apply the verdict.
+pub const MODE_ENFORCE: u32 = 2;
+
+/// `Config::lists` bits: which LPM tries hold entries, so empty tries cost no lookup.
+pub const LIST_DENY: u32 = 1 << 0;
+pub const LIST_ALLOW: u32 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// One of `MODE_*`.
+    pub mode: u32,
+    /// `LIST_*` bits.
+    pub lists: u32,
+    /// Per-source bucket: ns between tokens (1e9 / rate_pps). 0 = strict, drop all unknown.
+    pub source_interval_ns: u64,
+    /// Per-source bucket: burst allowance, `(burst - 1) * source_interval_ns`.
+    pub source_tolerance_ns: u64,
+    /// Global unknown budget: ns between tokens (1e9 / global_pps). 0 = no unknown passes.
+    pub global_interval_ns: u64,
+    /// Global unknown budget: burst allowance, `(global_burst - 1) * global_interval_ns`.
+    pub global_tolerance_ns: u64,
+    /// CLOCK_TAI minus UTC in seconds at the time the control plane wrote this record.
+    pub tai_offset_s: u64,
+    /// Byte masks applied to a v4-mapped / IPv6 source to form its bucket key (aggregation
+    /// prefix). Stored as two native words; AND is byte-order agnostic.
+    pub bucket_mask_v4: [u64; 2],
+    pub bucket_mask_v6: [u64; 2],
+}
+assert_size!(Config, 80);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers only, no padding (size asserted).
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,103 @@
+//! Map keys and values.
+use crate::assert_size;
+
+/// A source address as the filter keys it: 16 network-order bytes, IPv4 in its v4-mapped form
+/// (`::ffff:a.b.c.d`), so one LPM trie, one admitted map and one bucket map serve both families.
+pub type Addr = [u8; 16];
+
+/// The v4-mapped form of an IPv4 address (network-order bytes).
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> Addr {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+}
+
+/// Prefix length of a v4-mapped IPv4 prefix of length `len` (0..=32).
+#[inline(always)]
+pub const fn v4_mapped_prefix_len(len: u32) -> u32 {
+    96 + len
+}
+
+/// Value of the allow and deny tries. The rule id is what `edge` printed when the rule was
+/// added; the kernel only tests presence.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub id: u32,
+}
+assert_size!(Rule, 4);
+
+/// The /64 prefix an IPv6 visitor is keyed by (network-order bytes).
+pub type V6Prefix = [u8; 8];
+
+/// Value of `visitors_v6`: the UTC day (days since 1970-01-01) the prefix was last seen.
+/// Informational: membership alone passes; the control plane removes prefixes as they age out
+/// of the window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VisitorDay {
+    pub last_seen_day: u32,
+}
+assert_size!(VisitorDay, 4);
+
+/// Value of `admitted`: the source passes while the kernel's UTC clock is before this.
+///
+/// Clock basis: unix seconds (UTC). The kernel derives UTC from `bpf_ktime_get_tai_ns()` minus
+/// `Config::tai_offset_s`, which the control plane writes whenever it applies a policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub admitted_until: u64,
+}
+assert_size!(Admission, 8);
+
+/// A token bucket kept as a GCRA "theoretical arrival time" (monotonic ns): one word, no
+/// division on the packet path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub tat_ns: u64,
+}
+assert_size!(Bucket, 8);
+
+/// Packet and byte counter (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+assert_size!(Counter, 16);
+
+/// IP protocol numbers the scope stage knows.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Where (protocol, port) lives in the `protected` bitmap: (word index, bit in word).
+/// Returns `None` for protocols without ports in scope.
+#[inline(always)]
+pub const fn protected_slot(proto: u8, port: u16) -> Option<(u32, u64)> {
+    let base = match proto {
+        IPPROTO_TCP => 0u32,
+        IPPROTO_UDP => 65_536u32,
+        _ => return None,
+    };
+    let bit = base + port as u32;
+    Some((bit / 64, 1u64 << (bit % 64)))
+}
+
+/// Where an IPv4 address (host order) lives in `visitors_v4`: (word index, bit in word).
+#[inline(always)]
+pub const fn visitor_v4_slot(addr: u32) -> (u32, u64) {
+    (addr >> 6, 1u64 << (addr & 63))
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) structs of integers with no padding (sizes asserted above).
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for VisitorDay {}
+    unsafe impl aya::Pod for Admission {}
+    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for Counter {}
+}

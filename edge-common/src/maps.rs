@@ -1,0 +1,42 @@
+//! Map names (as the kernel and the bpffs pins know them) and capacities.
+//!
+//! Names are at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
+
+/// `Config` record, one entry.
+pub const CONFIG: &str = "config";
+/// Protected (protocol, port) pairs as a bitmap: see [`crate::keys::protected_slot`].
+pub const PROTECTED: &str = "protected";
+/// Deny list, LPM trie over v4-mapped 16-byte addresses.
+pub const DENY: &str = "deny";
+/// Allow list, LPM trie over v4-mapped 16-byte addresses.
+pub const ALLOW: &str = "allow";
+/// IPv4 visitors: one bit per IPv4 address (the whole space), mmap-able.
+pub const VISITORS_V4: &str = "visitors_v4";
+/// IPv6 visitors by /64 prefix.
+pub const VISITORS_V6: &str = "visitors_v6";
+/// Sources admitted by the queue service, until an expiry time.
+pub const ADMITTED: &str = "admitted";
+/// Per-source token buckets for unknown traffic (LRU).
+pub const UNKNOWN_BUCKETS: &str = "unknown_buckets";
+/// The global budget shared by all unknown sources, one entry.
+pub const UNKNOWN_BUDGET: &str = "unknown_budget";
+/// Per-CPU packet and byte counters per reason and disposition.
+pub const STATS: &str = "stats";
+
+/// The XDP program's name in the object file.
+pub const PROGRAM: &str = "edge";
+
+/// Words in the IPv4 visitor bitmap: 2^32 addresses / 64 bits per word (512 MiB).
+pub const VISITORS_V4_WORDS: u32 = 1 << 26;
+/// IPv6 visitor /64 prefixes.
+pub const VISITORS_V6_CAPACITY: u32 = 2_000_000;
+/// Admitted sources (IPv4 addresses and IPv6 /64 prefixes together).
+pub const ADMITTED_CAPACITY: u32 = 4_000_000;
+/// Allow-list prefixes.
+pub const ALLOW_CAPACITY: u32 = 65_536;
+/// Deny-list prefixes.
+pub const DENY_CAPACITY: u32 = 65_536;
+/// Per-source token buckets kept at once; the least recently used are recycled.
+pub const UNKNOWN_BUCKETS_CAPACITY: u32 = 1_000_000;
+/// Words in the protected-port bitmap: 2 protocols x 65536 ports / 64.
+pub const PROTECTED_WORDS: u32 = 2 * 65_536 / 64;

@@ -1,0 +1,68 @@
+//! Why the filter passed or dropped a packet: the one table of reasons, in pipeline order.
+//!
+//! The stats map has `2 * REASON_COUNT` slots: slot `r` counts packets whose verdict was applied,
+//! slot `REASON_COUNT + r` counts packets that `monitor` mode would have dropped for reason `r`
+//! but passed.
+
+pub type Reason = u32;
+
+/// `mode = off`: passed without inspection.
+pub const OFF: Reason = 0;
+/// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
+pub const NON_IP: Reason = 1;
+/// ICMPv6 neighbour/router discovery: passed, or the host loses its neighbours.
+pub const NEIGHBOR_DISCOVERY: Reason = 2;
+/// Source on the deny list: dropped, whatever the port.
+pub const DENY: Reason = 3;
+/// Destination is not a protected (protocol, port): passed.
+pub const PASS_UNPROTECTED: Reason = 4;
+/// Source on the allow list: passed.
+pub const ALLOW: Reason = 5;
+/// Source seen within the visitor window: passed.
+pub const VISITOR: Reason = 6;
+/// Source admitted by the queue service and not yet expired: passed.
+pub const ADMITTED: Reason = 7;
+/// Non-first fragment (no ports to judge) from a source that is not known: dropped.
+pub const FRAGMENT: Reason = 8;
+/// Unknown source, but the global unknown budget is spent: dropped, no per-source state made.
+pub const UNKNOWN_GLOBAL: Reason = 9;
+/// Unknown source over its own token bucket, or `rate_pps = 0`: dropped.
+pub const UNKNOWN_RATE: Reason = 10;
+/// Unknown source within both budgets: passed.
+pub const UNKNOWN_PASS: Reason = 11;
+/// Truncated or malformed headers: dropped.
+pub const MALFORMED: Reason = 12;
+/// The program could not read its own maps (should never happen): XDP_ABORTED.
+pub const INTERNAL: Reason = 13;
+
+pub const REASON_COUNT: u32 = 14;
+
+/// Stats slots: applied verdicts, then monitor-mode would-drops.
+pub const STATS_SLOTS: u32 = 2 * REASON_COUNT;
+
+/// Reason names as users see them (`edge stats`, `edge replay --json`), indexed by reason.
+pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
+    "off",
+    "non_ip",
+    "neighbor_discovery",
+    "deny",
+    "pass_unprotected",
+    "allow",
+    "visitor",
+    "admitted",
+    "fragment",
+    "unknown_global",
+    "unknown_rate",
+    "unknown_pass",
+    "malformed",
+    "internal_error",
+];
+
+/// Whether a reason's verdict is a drop (in `enforce`; a would-drop in `monitor`).
+#[inline(always)]
+pub const fn is_drop(reason: Reason) -> bool {
+    matches!(
+        reason,
+        DENY | FRAGMENT | UNKNOWN_GLOBAL | UNKNOWN_RATE | MALFORMED | INTERNAL
+    )
+}

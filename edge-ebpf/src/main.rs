@@ -1,0 +1,159 @@
+//! edge: the XDP admission filter. The verdict pipeline, top to bottom:
+//!
+//! | stage | passes                                   | drops                          |
+//! |-------|------------------------------------------|--------------------------------|
+//! | mode  | `off`: everything, unseen                |                                |
+//! | parse | non-IP frames, ICMPv6 neighbour discovery| truncated/malformed headers    |
+//! | deny  |                                          | source on the deny list        |
+//! | scope | destination not a protected (proto, port)|                                |
+//! | allow | source on the allow list                 |                                |
+//! | visitor | source seen within the window          |                                |
+//! | admitted | source admitted, not yet expired      |                                |
+//! | fragment |                                       | later fragments from unknowns  |
+//! | unknown | within global and per-source budgets   | over either budget, or strict  |
+//!
+//! Every packet is counted exactly once, under its reason (`edge_common::reason`). In `monitor`
+//! mode a drop is counted as a would-drop and the packet passes.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod budget;
+mod maps;
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_tai_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use edge_common::{
+    config::{Config, LIST_ALLOW, LIST_DENY, MODE_ENFORCE, MODE_OFF},
+    keys::{visitor_v4_slot, Addr, Rule, protected_slot},
+    reason::*,
+};
+use parse::{Fragment, Packet, Parsed};
+
+#[xdp]
+pub fn edge(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let Some(cfg) = maps::CONFIG.get(0) else {
+        count(INTERNAL, false, bytes);
+        return XDP_ABORTED;
+    };
+    if cfg.mode == MODE_OFF {
+        count(OFF, false, bytes);
+        return XDP_PASS;
+    }
+    let reason = match parse::packet(&ctx) {
+        Ok(Parsed::NonIp) => NON_IP,
+        Ok(Parsed::NeighborDiscovery) => NEIGHBOR_DISCOVERY,
+        Ok(Parsed::Ip(pkt)) => judge(&pkt, cfg),
+        Err(parse::Malformed) => MALFORMED,
+    };
+    apply(reason, cfg.mode, bytes)
+}
+
+/// The admission pipeline for a parsed IP packet.
+#[inline(always)]
+fn judge(pkt: &Packet, cfg: &Config) -> Reason {
+    if cfg.lists & LIST_DENY != 0 && listed(&maps::DENY_LIST, &pkt.src) {
+        return DENY;
+    }
+    // A later fragment has no ports, so it cannot be out of scope: it must prove its source.
+    if pkt.fragment == Fragment::No && !protected(pkt) {
+        return PASS_UNPROTECTED;
+    }
+    if cfg.lists & LIST_ALLOW != 0 && listed(&maps::ALLOW_LIST, &pkt.src) {
+        return ALLOW;
+    }
+    if visitor(pkt) {
+        return VISITOR;
+    }
+    if admitted(pkt, cfg) {
+        return ADMITTED;
+    }
+    if pkt.fragment == Fragment::Later {
+        return FRAGMENT;
+    }
+    let mask = if pkt.is_v4 { &cfg.bucket_mask_v4 } else { &cfg.bucket_mask_v6 };
+    budget::judge_unknown(&pkt.src, mask, cfg)
+}
+
+#[inline(always)]
+fn listed(list: &aya_ebpf::maps::LpmTrie<Addr, Rule>, src: &Addr) -> bool {
+    list.get(aya_ebpf::maps::lpm_trie::Key::new(128, *src)).is_some()
+}
+
+#[inline(always)]
+fn protected(pkt: &Packet) -> bool {
+    match protected_slot(pkt.proto, pkt.dport) {
+        Some((word, bit)) => maps::PROTECTED.get(word).is_some_and(|w| w & bit != 0),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn visitor(pkt: &Packet) -> bool {
+    if pkt.is_v4 {
+        let addr = u32::from_be_bytes([pkt.src[12], pkt.src[13], pkt.src[14], pkt.src[15]]);
+        let (word, bit) = visitor_v4_slot(addr);
+        maps::VISITORS_V4.get(word).is_some_and(|w| w & bit != 0)
+    } else {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&pkt.src[..8]);
+        maps::VISITORS_V6.get_ptr(&prefix).is_some()
+    }
+}
+
+/// Admissions are keyed by IPv4 address or IPv6 /64 and expire on the kernel's UTC clock.
+#[inline(always)]
+fn admitted(pkt: &Packet, cfg: &Config) -> bool {
+    let mut key = pkt.src;
+    if !pkt.is_v4 {
+        key[8..].fill(0);
+    }
+    let Some(admission) = maps::ADMITTED.get_ptr(&key) else {
+        return false;
+    };
+    let now_utc = (unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000).wrapping_sub(cfg.tai_offset_s);
+    now_utc < unsafe { (*admission).admitted_until }
+}
+
+/// Turns a reason into an action under the mode, counting it once.
+#[inline(always)]
+fn apply(reason: Reason, mode: u32, bytes: u64) -> u32 {
+    if !is_drop(reason) {
+        count(reason, false, bytes);
+        return XDP_PASS;
+    }
+    if mode != MODE_ENFORCE {
+        count(reason, true, bytes);
+        return XDP_PASS;
+    }
+    count(reason, false, bytes);
+    if reason == INTERNAL { XDP_ABORTED } else { XDP_DROP }
+}
+
+#[inline(always)]
+fn count(reason: Reason, would_drop: bool, bytes: u64) {
+    let slot = if would_drop { REASON_COUNT + reason } else { reason };
+    if let Some(counter) = maps::STATS.get_ptr_mut(slot) {
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,60 @@
+//! Every map the program uses, with its purpose. Names and capacities come from
+//! `edge_common::maps`; a userspace test checks the names below match.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use edge_common::{
+    config::Config,
+    keys::{Addr, Admission, Bucket, Counter, Rule, V6Prefix, VisitorDay},
+    maps::*,
+    reason::STATS_SLOTS,
+};
+
+const BPF_F_NO_PREALLOC: u32 = 1 << 0;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Mode, budgets and clock offset; written by the control plane, read once per packet.
+#[map(name = "config")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Bitmap of protected (protocol, port) pairs: one array lookup decides scope.
+#[map(name = "protected")]
+pub static PROTECTED: Array<u64> = Array::with_max_entries(PROTECTED_WORDS, 0);
+
+/// Deny list (v4-mapped and IPv6 prefixes).
+#[map(name = "deny")]
+pub static DENY_LIST: LpmTrie<Addr, Rule> = LpmTrie::with_max_entries(DENY_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Allow list (v4-mapped and IPv6 prefixes).
+#[map(name = "allow")]
+pub static ALLOW_LIST: LpmTrie<Addr, Rule> =
+    LpmTrie::with_max_entries(ALLOW_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// One bit per IPv4 address: one memory access per lookup whatever the number of visitors, and
+/// userspace writes it through mmap (no per-entry syscalls to load tens of millions).
+#[map(name = "visitors_v4")]
+pub static VISITORS_V4: Array<u64> = Array::with_max_entries(VISITORS_V4_WORDS, BPF_F_MMAPABLE);
+
+/// IPv6 visitors by /64 prefix; grows with use instead of preallocating.
+#[map(name = "visitors_v6")]
+pub static VISITORS_V6: HashMap<V6Prefix, VisitorDay> =
+    HashMap::with_max_entries(VISITORS_V6_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Sources admitted by the queue service (IPv4 v4-mapped, IPv6 /64 with the host half zeroed).
+#[map(name = "admitted")]
+pub static ADMITTED: HashMap<Addr, Admission> =
+    HashMap::with_max_entries(ADMITTED_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Per-source buckets for unknown traffic, keyed by the masked source (aggregation prefix).
+#[map(name = "unknown_buckets")]
+pub static UNKNOWN_BUCKETS: LruHashMap<Addr, Bucket> =
+    LruHashMap::with_max_entries(UNKNOWN_BUCKETS_CAPACITY, 0);
+
+/// The single bucket all unknown sources share.
+#[map(name = "unknown_budget")]
+pub static UNKNOWN_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// Packets and bytes per reason and disposition, per CPU (no atomics on the hot path).
+#[map(name = "stats")]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);

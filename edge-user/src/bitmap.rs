@@ -1,0 +1,83 @@
+//! The IPv4 visitor bitmap, written by userspace through mmap: setting 20 million bits is
+//! memory writes, not 20 million syscalls, and the kernel sees each bit as soon as it is set.
+use std::{net::Ipv4Addr, os::fd::{AsFd, AsRawFd}, ptr::NonNull, sync::atomic::{AtomicU64, Ordering}};
+
+use aya::maps::MapData;
+use edge_common::{keys::visitor_v4_slot, maps::VISITORS_V4_WORDS};
+
+use crate::error::{Error, Result};
+
+/// A shared mapping of `visitors_v4`; the mapping holds its own reference on the map.
+pub struct VisitorBitmap {
+    words: NonNull<AtomicU64>,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics.
+unsafe impl Send for VisitorBitmap {}
+unsafe impl Sync for VisitorBitmap {}
+
+const LEN: usize = VISITORS_V4_WORDS as usize * 8;
+
+impl VisitorBitmap {
+    pub fn map(map: &MapData) -> Result<Self> {
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF_F_MMAPABLE array of exactly LEN bytes; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Kernel {
+                what: "mmap of the visitors_v4 bitmap".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let words = NonNull::new(ptr.cast()).expect("mmap returned null");
+        Ok(Self { words })
+    }
+
+    fn word(&self, addr: Ipv4Addr) -> (&AtomicU64, u64) {
+        let (index, bit) = visitor_v4_slot(u32::from(addr));
+        // SAFETY: index < VISITORS_V4_WORDS by construction of visitor_v4_slot.
+        (unsafe { &*self.words.as_ptr().add(index as usize) }, bit)
+    }
+
+    pub fn insert(&self, addr: Ipv4Addr) {
+        let (word, bit) = self.word(addr);
+        word.fetch_or(bit, Ordering::Relaxed);
+    }
+
+    pub fn remove(&self, addr: Ipv4Addr) {
+        let (word, bit) = self.word(addr);
+        word.fetch_and(!bit, Ordering::Relaxed);
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let (word, bit) = self.word(addr);
+        word.load(Ordering::Relaxed) & bit != 0
+    }
+
+    /// Number of addresses set (reads all 512 MiB; for stats, not the hot path).
+    pub fn count(&self) -> u64 {
+        let words = unsafe { std::slice::from_raw_parts(self.words.as_ptr(), VISITORS_V4_WORDS as usize) };
+        words.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum()
+    }
+
+    pub fn clear(&self) {
+        let words = unsafe { std::slice::from_raw_parts(self.words.as_ptr(), VISITORS_V4_WORDS as usize) };
+        words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+    }
+}
+
+impl Drop for VisitorBitmap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what map() mapped.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), LEN) };
+    }
+}

@@ -1,0 +1,513 @@
+//! The filter: the XDP program loaded into the kernel with its maps, and the verbs that
+//! configure it, run packets through it, and attach it to interfaces.
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    programs::{links::FdLink, links::PinnedLink, TestRun, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use edge_common::{
+    config::{Config, LIST_ALLOW, LIST_DENY},
+    keys::{v4_mapped, v4_mapped_prefix_len, Addr, Admission, Bucket, Counter, Rule, V6Prefix, VisitorDay},
+    maps as names,
+    reason::Reason,
+};
+use ipnet::IpNet;
+
+use crate::{
+    bitmap::VisitorBitmap,
+    error::{chain, errno, kernel, Error, Result},
+    policy::{Policy, Protected},
+    stats::Stats,
+    visitors::{in_window, Day, VisitorHistory, VisitorKey},
+};
+
+/// The XDP program, built from `edge-ebpf` by build.rs.
+pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
+
+/// Where `edge attach` pins the program, link and maps: `PIN_ROOT/<iface>/`.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
+
+/// Every map the program has, by name (these are also the pin file names).
+pub const MAP_NAMES: [&str; 10] = [
+    names::CONFIG,
+    names::PROTECTED,
+    names::DENY,
+    names::ALLOW,
+    names::VISITORS_V4,
+    names::VISITORS_V6,
+    names::ADMITTED,
+    names::UNKNOWN_BUCKETS,
+    names::UNKNOWN_BUDGET,
+    names::STATS,
+];
+
+/// The maps of a loaded or pinned program. Held untyped so they can be pinned; typed views are
+/// made on use (cheap: a size check).
+pub struct Maps {
+    maps: std::collections::HashMap<&'static str, Map>,
+    visitors_v4: VisitorBitmap,
+}
+
+fn view<'a, T>(maps: &'a mut std::collections::HashMap<&'static str, Map>, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
+{
+    let map = maps.get_mut(name).ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))?;
+    T::try_from(map).map_err(|e| kernel(format!("the `{name}` map"), e))
+}
+
+impl Maps {
+    fn new(mut take: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+        let maps = MAP_NAMES
+            .iter()
+            .map(|name| Ok((*name, take(name)?)))
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let Some(Map::Array(bitmap)) = maps.get(names::VISITORS_V4) else {
+            return Err(Error::Load("visitors_v4 is not an array".into()));
+        };
+        let visitors_v4 = VisitorBitmap::map(bitmap)?;
+        Ok(Self { maps, visitors_v4 })
+    }
+
+    fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::new(|name| {
+            ebpf.take_map(name).ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))
+        })
+    }
+
+    /// Opens the maps pinned under `dir`.
+    pub fn from_pins(dir: &Path) -> Result<Self> {
+        Self::new(|name| open_pinned_map(&dir.join(name)))
+    }
+
+    fn pin(&self, dir: &Path) -> Result<()> {
+        for (name, map) in &self.maps {
+            map.pin(dir.join(name)).map_err(|e| kernel(format!("pinning the {name} map"), e))?;
+        }
+        Ok(())
+    }
+
+    pub fn visitors_v4(&self) -> &VisitorBitmap {
+        &self.visitors_v4
+    }
+
+    pub fn config(&mut self) -> Result<Array<&mut MapData, Config>> {
+        view(&mut self.maps, names::CONFIG)
+    }
+
+    fn protected(&mut self) -> Result<Array<&mut MapData, u64>> {
+        view(&mut self.maps, names::PROTECTED)
+    }
+
+    fn list(&mut self, name: &'static str) -> Result<LpmTrie<&mut MapData, Addr, Rule>> {
+        view(&mut self.maps, name)
+    }
+
+    pub fn visitors_v6(&mut self) -> Result<HashMap<&mut MapData, V6Prefix, VisitorDay>> {
+        view(&mut self.maps, names::VISITORS_V6)
+    }
+
+    pub fn admitted(&mut self) -> Result<HashMap<&mut MapData, Addr, Admission>> {
+        view(&mut self.maps, names::ADMITTED)
+    }
+
+    fn unknown_buckets(&mut self) -> Result<HashMap<&mut MapData, Addr, Bucket>> {
+        view(&mut self.maps, names::UNKNOWN_BUCKETS)
+    }
+
+    fn unknown_budget(&mut self) -> Result<Array<&mut MapData, Bucket>> {
+        view(&mut self.maps, names::UNKNOWN_BUDGET)
+    }
+
+    pub fn stats(&mut self) -> Result<Stats> {
+        let map: PerCpuArray<&mut MapData, Counter> = view(&mut self.maps, names::STATS)?;
+        Stats::read(&map)
+    }
+
+    /// Makes the kernel state match `policy` and the visitors in `history` as of `today`.
+    /// Everything is validated before the first write; the mode is written last so that
+    /// switching to `enforce` happens with the lists already in place.
+    pub fn apply(&mut self, policy: &Policy, history: &VisitorHistory, today: Day) -> Result<()> {
+        check_capacity(names::ALLOW, names::ALLOW_CAPACITY, policy.allow.len())?;
+        check_capacity(names::DENY, names::DENY_CAPACITY, policy.deny.len())?;
+        let v6_in_window = history
+            .iter()
+            .filter(|(k, d)| matches!(k, VisitorKey::V6(_)) && in_window(*d, today, policy.window_days))
+            .count();
+        check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, v6_in_window)?;
+
+        self.set_protected(&policy.protect)?;
+        self.set_list(names::DENY, &policy.deny)?;
+        self.set_list(names::ALLOW, &policy.allow)?;
+        self.set_visitors(history, today, policy.window_days)?;
+        let config = kernel_config(policy);
+        self.config()?.set(0, config, 0).map_err(|e| kernel("writing the config map", e))?;
+        Ok(())
+    }
+
+    fn set_protected(&mut self, protect: &[Protected]) -> Result<()> {
+        let mut words = vec![0u64; names::PROTECTED_WORDS as usize];
+        for p in protect {
+            for port in p.ports.0..=p.ports.1 {
+                if let Some((word, bit)) = edge_common::keys::protected_slot(p.proto, port) {
+                    words[word as usize] |= bit;
+                }
+            }
+        }
+        let mut map = self.protected()?;
+        for (index, word) in words.into_iter().enumerate() {
+            map.set(index as u32, word, 0).map_err(|e| kernel("writing the protected map", e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes an allow or deny trie hold exactly `nets`: inserts first, then removes the rest,
+    /// so a prefix present before and after is never missing in between.
+    fn set_list(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
+        let mut trie = self.list(name)?;
+        let wanted: Vec<(u32, Addr)> = nets.iter().map(lpm_key).collect();
+        for (index, (len, addr)) in wanted.iter().enumerate() {
+            trie.insert(&Key::new(*len, *addr), Rule { id: index as u32 + 1 }, 0)
+                .map_err(|e| full_or(e, name, names::ALLOW_CAPACITY.max(names::DENY_CAPACITY), nets.len()))?;
+        }
+        let wanted: HashSet<(u32, Addr)> = wanted.into_iter().collect();
+        let stale: Vec<Key<Addr>> = trie
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale {
+            trie.remove(&key).map_err(|e| kernel(format!("removing from the {name} list"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Puts every visitor inside the window in the maps and takes out those that aged out.
+    fn set_visitors(&mut self, history: &VisitorHistory, today: Day, window_days: u16) -> Result<()> {
+        let v4 = &self.visitors_v4;
+        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> = view(&mut self.maps, names::VISITORS_V6)?;
+        for (key, day) in history.iter() {
+            let keep = in_window(day, today, window_days);
+            match key {
+                VisitorKey::V4(addr) if keep => v4.insert(addr),
+                VisitorKey::V4(addr) => v4.remove(addr),
+                VisitorKey::V6(prefix) if keep => v6
+                    .insert(prefix, VisitorDay { last_seen_day: day.0 }, 0)
+                    .map_err(|e| full_or(e, names::VISITORS_V6, names::VISITORS_V6_CAPACITY, 1))?,
+                VisitorKey::V6(prefix) => match v6.remove(&prefix) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(kernel("removing from visitors_v6", e)),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits `ip` (its /64 for IPv6) until `until` (unix seconds).
+    pub fn admit(&mut self, ip: IpAddr, until: u64) -> Result<()> {
+        self.admitted()?
+            .insert(admission_key(ip), Admission { admitted_until: until }, 0)
+            .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))
+    }
+
+    /// Forgets all per-source and global unknown budget state (tests and replays start clean).
+    pub fn reset_budgets(&mut self) -> Result<()> {
+        let mut buckets = self.unknown_buckets()?;
+        let keys: Vec<Addr> = buckets.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            let _ = buckets.remove(&key);
+        }
+        self.unknown_budget()?
+            .set(0, Bucket::default(), 0)
+            .map_err(|e| kernel("resetting the unknown budget", e))
+    }
+}
+
+fn check_capacity(map: &'static str, capacity: u32, wanted: usize) -> Result<()> {
+    if wanted > capacity as usize {
+        return Err(Error::MapFull { map, capacity, wanted });
+    }
+    Ok(())
+}
+
+/// E2BIG from a map insert means the map is full: say so by name.
+fn full_or(e: aya::maps::MapError, map: &'static str, capacity: u32, wanted: usize) -> Error {
+    if errno(&e) == Some(libc::E2BIG) {
+        Error::MapFull { map, capacity, wanted }
+    } else {
+        kernel(format!("writing the {map} map"), e)
+    }
+}
+
+/// The LPM key of a prefix: IPv4 in v4-mapped form.
+fn lpm_key(net: &IpNet) -> (u32, Addr) {
+    match net {
+        IpNet::V4(n) => (v4_mapped_prefix_len(u32::from(n.prefix_len())), v4_mapped(n.network().octets())),
+        IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
+    }
+}
+
+/// The `admitted` key of a source: v4-mapped IPv4, or the IPv6 /64 with the host half zeroed.
+pub fn admission_key(ip: IpAddr) -> Addr {
+    match VisitorKey::from(ip) {
+        VisitorKey::V4(v4) => v4_mapped(v4.octets()),
+        VisitorKey::V6(prefix) => {
+            let mut key = [0; 16];
+            key[..8].copy_from_slice(&prefix);
+            key
+        }
+    }
+}
+
+/// Network-order byte mask of a prefix length over 16 bytes, as the two words `Config` holds.
+fn mask_words(bits: u32) -> [u64; 2] {
+    let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+    let bytes = mask.to_be_bytes();
+    [
+        u64::from_ne_bytes(bytes[..8].try_into().unwrap()),
+        u64::from_ne_bytes(bytes[8..].try_into().unwrap()),
+    ]
+}
+
+/// The kernel's view of a policy.
+pub fn kernel_config(policy: &Policy) -> Config {
+    let u = &policy.unknown;
+    let interval = |pps: u32| if pps == 0 { 0 } else { 1_000_000_000 / u64::from(pps) };
+    let (source, global) = (interval(u.rate_pps), interval(u.global_pps));
+    let mut lists = 0;
+    if !policy.deny.is_empty() {
+        lists |= LIST_DENY;
+    }
+    if !policy.allow.is_empty() {
+        lists |= LIST_ALLOW;
+    }
+    Config {
+        mode: policy.mode.to_kernel(),
+        lists,
+        source_interval_ns: source,
+        source_tolerance_ns: u64::from(u.burst.saturating_sub(1)) * source,
+        global_interval_ns: global,
+        global_tolerance_ns: u64::from(u.global_burst.saturating_sub(1)) * global,
+        tai_offset_s: tai_offset_s(),
+        bucket_mask_v4: mask_words(96 + u32::from(u.prefix_v4)),
+        bucket_mask_v6: mask_words(u32::from(u.prefix_v6)),
+    }
+}
+
+/// CLOCK_TAI minus UTC, in whole seconds (37 on a host that knows the leap seconds, 0 otherwise).
+fn tai_offset_s() -> u64 {
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid clock id and pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let diff = now(libc::CLOCK_TAI) - now(libc::CLOCK_REALTIME);
+    ((diff + 500_000_000) / 1_000_000_000).max(0) as u64
+}
+
+/// What the program did with one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    /// XDP action: 1 drop, 2 pass, 0 aborted.
+    pub action: u32,
+    pub reason: Reason,
+    /// Counted as a monitor-mode would-drop.
+    pub would_drop: bool,
+}
+
+impl Judgement {
+    pub fn verdict(&self) -> &'static str {
+        match self.action {
+            XDP_PASS => "pass",
+            XDP_DROP => "drop",
+            _ => "aborted",
+        }
+    }
+
+    pub fn reason_name(&self) -> &'static str {
+        edge_common::reason::REASON_NAMES[self.reason as usize]
+    }
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// The XDP program loaded into the kernel, not attached.
+pub struct Filter {
+    ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Filter {
+    /// Loads the embedded program. The kernel verifies it here.
+    pub fn load() -> Result<Self> {
+        let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
+        program(&mut ebpf)?.load().map_err(|e| load_error(&e))?;
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        Ok(Self { ebpf, maps })
+    }
+
+    /// Runs one frame through the program (BPF_PROG_TEST_RUN) and reports the verdict and the
+    /// reason it was counted under.
+    pub fn judge(&mut self, frame: &[u8]) -> Result<Judgement> {
+        let before = self.maps.stats()?;
+        let action = self.run(frame, 1)?.0;
+        let delta = self.maps.stats()?.since(&before);
+        let (reason, would_drop) = delta
+            .only_reason()
+            .ok_or_else(|| Error::Load("test run counted no single reason".into()))?;
+        Ok(Judgement { action, reason, would_drop })
+    }
+
+    /// Runs a frame `repeat` times in the kernel; returns the action and the mean time per run.
+    pub fn run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let prog = program(&mut self.ebpf)?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let result = prog.test_run(opts).map_err(|e| {
+            if errno(&e) == Some(libc::EINVAL) && frame.len() < 14 {
+                Error::Kernel {
+                    what: format!("test run of a {}-byte frame", frame.len()),
+                    source: std::io::Error::other("the kernel refuses frames shorter than an Ethernet header"),
+                }
+            } else {
+                kernel("BPF_PROG_TEST_RUN", e)
+            }
+        })?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// Pins program and maps under `PIN_ROOT/<iface>/`, attaches, and pins the link, so the
+    /// filter stays after this process exits. On any failure, nothing is left behind.
+    pub fn attach(mut self, iface: &str, mode: XdpMode) -> Result<PathBuf> {
+        let if_index = if_index(iface)?;
+        let dir = pin_dir(iface)?;
+        if dir.exists() {
+            return Err(Error::AlreadyAttached { iface: iface.into(), pins: dir });
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Kernel { what: format!("creating {}", dir.display()), source: e })?;
+        let attached = (|| {
+            self.maps.pin(&dir)?;
+            let prog = program(&mut self.ebpf)?;
+            prog.pin(dir.join("prog")).map_err(|e| kernel("pinning the program", e))?;
+            let link_id = prog.attach_to_if_index(if_index, mode).map_err(|e| match errno(&e) {
+                Some(libc::EBUSY) | Some(libc::EEXIST) => Error::InterfaceBusy { iface: iface.into() },
+                Some(libc::EPERM) => Error::NoPrivilege { what: "attaching an XDP program" },
+                Some(libc::EOPNOTSUPP) => kernel(format!("{iface} does not support this XDP mode"), e),
+                _ => kernel(format!("attaching to {iface}"), e),
+            })?;
+            let link = prog.take_link(link_id).map_err(|e| kernel("taking the XDP link", e))?;
+            let link = FdLink::try_from(link).map_err(|e| kernel("the XDP link is not a bpf_link", e))?;
+            link.pin(dir.join("link")).map_err(|e| kernel("pinning the XDP link", e))?;
+            Ok(())
+        })();
+        if let Err(e) = attached {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(dir)
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(names::PROGRAM)
+        .ok_or_else(|| Error::Load("the object has no `edge` program".into()))?
+        .try_into()
+        .map_err(|e| kernel("the `edge` program", e))
+}
+
+fn load_error(e: &(dyn std::error::Error + 'static)) -> Error {
+    // EACCES is the verifier refusing the program; only EPERM is about privileges.
+    match errno(e) {
+        Some(libc::EPERM) => Error::NoPrivilege { what: "loading the XDP program" },
+        _ => Error::Load(chain(e)),
+    }
+}
+
+fn if_index(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).map_err(|_| Error::NoInterface(iface.into()))?;
+    // SAFETY: NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(Error::NoInterface(iface.into())),
+        index => Ok(index),
+    }
+}
+
+/// `PIN_ROOT/<iface>`, after making sure bpffs is mounted (mounting it if it is not).
+pub fn pin_dir(iface: &str) -> Result<PathBuf> {
+    if iface.is_empty() || iface.contains('/') || iface.len() > 15 {
+        return Err(Error::NoInterface(iface.into()));
+    }
+    ensure_bpffs(Path::new(PIN_ROOT).parent().unwrap())?;
+    Ok(Path::new(PIN_ROOT).join(iface))
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn ensure_bpffs(mount_point: &Path) -> Result<()> {
+    let path = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes()).unwrap();
+    let is_bpffs = || {
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: valid path and out pointer.
+        unsafe { libc::statfs(path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    };
+    if is_bpffs() {
+        return Ok(());
+    }
+    let fstype = c"bpf";
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 || !is_bpffs() {
+        return Err(Error::NoBpffs {
+            path: mount_point.display().to_string(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn open_pinned_map(path: &Path) -> Result<Map> {
+    let data = MapData::from_pin(path).map_err(|e| match errno(&e) {
+        Some(libc::EPERM) | Some(libc::EACCES) => Error::NoPrivilege { what: "opening the pinned maps" },
+        _ => kernel(format!("opening {}", path.display()), e),
+    })?;
+    Map::from_map_data(data).map_err(|e| kernel(format!("opening {}", path.display()), e))
+}
+
+/// The stats of the filter attached to `iface`, from its pins.
+pub fn pinned_stats(iface: &str) -> Result<Stats> {
+    let dir = attached_dir(iface)?;
+    let map = open_pinned_map(&dir.join(names::STATS))?;
+    let map: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(map).map_err(|e| kernel("the pinned stats map", e))?;
+    Stats::read(&map)
+}
+
+fn attached_dir(iface: &str) -> Result<PathBuf> {
+    let dir = pin_dir(iface)?;
+    if !dir.join("link").exists() {
+        return Err(Error::NotAttached { iface: iface.into(), pins: dir });
+    }
+    Ok(dir)
+}
+
+/// Detaches the filter from `iface` and removes its pins (program and maps go with them).
+pub fn detach(iface: &str) -> Result<()> {
+    let dir = attached_dir(iface)?;
+    let link = PinnedLink::from_pin(dir.join("link")).map_err(|e| match errno(&e) {
+        Some(libc::EPERM) | Some(libc::EACCES) => Error::NoPrivilege { what: "detaching" },
+        _ => kernel("opening the pinned link", e),
+    })?;
+    let link = link.unpin().map_err(|e| kernel("unpinning the link", e))?;
+    aya::programs::links::Link::detach(link).map_err(|e| kernel("detaching", e))?;
+    std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel { what: format!("removing {}", dir.display()), source: e })
+}

@@ -1,0 +1,14 @@
+//! The edge control library: load the XDP admission filter, apply policy, run packets through
+//! it, attach it to interfaces, and read its counters. The `edge` command is a thin front end.
+pub mod bitmap;
+pub mod error;
+pub mod filter;
+pub mod policy;
+pub mod stats;
+pub mod visitors;
+
+pub use error::{Error, Result};
+pub use filter::{detach, pinned_stats, Filter, Judgement, Maps};
+pub use policy::{Mode, Policy};
+pub use stats::Stats;
+pub use visitors::{Day, VisitorHistory};

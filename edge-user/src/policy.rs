@@ -1,0 +1,409 @@
+//! The policy file: parsed strictly (unknown keys are errors) and validated into a [`Policy`]
+//! before anything touches the kernel. Every error names the file, line, column and field.
+use std::{
+    fmt,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// What the filter does with its verdicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Off,
+    Monitor,
+    Enforce,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Self::Off),
+            "monitor" => Some(Self::Monitor),
+            "enforce" => Some(Self::Enforce),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_kernel(self) -> u32 {
+        use edge_common::config::*;
+        match self {
+            Self::Off => MODE_OFF,
+            Self::Monitor => MODE_MONITOR,
+            Self::Enforce => MODE_ENFORCE,
+        }
+    }
+}
+
+/// A protected destination: a transport protocol and a port range (inclusive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protected {
+    pub proto: u8,
+    pub ports: (u16, u16),
+}
+
+impl Protected {
+    /// Parses `tcp/443`, `udp/8000-8100` or `tcp/*`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (proto, ports) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not PROTO/PORT (e.g. tcp/443)"))?;
+        let proto = match proto {
+            "tcp" => edge_common::keys::IPPROTO_TCP,
+            "udp" => edge_common::keys::IPPROTO_UDP,
+            other => return Err(format!("protocol `{other}` is not tcp or udp")),
+        };
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| format!("port `{p}` is not a number in 0..=65535"))
+        };
+        let ports = match ports {
+            "*" => (0, u16::MAX),
+            range => match range.split_once('-') {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (port(lo)?, port(hi)?);
+                    if lo > hi {
+                        return Err(format!("port range `{range}` is empty"));
+                    }
+                    (lo, hi)
+                }
+                None => {
+                    let p = port(range)?;
+                    (p, p)
+                }
+            },
+        };
+        Ok(Self { proto, ports })
+    }
+}
+
+/// Budgets for sources that are on no list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownBudget {
+    /// Packets per second per source (aggregated by the prefixes below); 0 drops all unknown.
+    pub rate_pps: u32,
+    pub burst: u32,
+    /// Packets per second for all unknown sources together.
+    pub global_pps: u32,
+    pub global_burst: u32,
+    /// Sources sharing a bucket: IPv4 prefix length (0..=32) and IPv6 (0..=128).
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+}
+
+impl Default for UnknownBudget {
+    fn default() -> Self {
+        Self {
+            rate_pps: 50,
+            burst: 100,
+            global_pps: 20_000,
+            global_burst: 2_000,
+            prefix_v4: 32,
+            prefix_v6: 64,
+        }
+    }
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub protect: Vec<Protected>,
+    pub unknown: UnknownBudget,
+    pub window_days: u16,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    /// Visitors file, resolved against the policy file's directory.
+    pub visitors: Option<PathBuf>,
+}
+
+pub const DEFAULT_PROTECT: [&str; 3] = ["tcp/80", "tcp/443", "udp/443"];
+pub const DEFAULT_WINDOW_DAYS: u16 = 21;
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            // Without an explicit mode the filter only observes: turning drops on is a decision.
+            mode: Mode::Monitor,
+            protect: DEFAULT_PROTECT.iter().map(|p| Protected::parse(p).unwrap()).collect(),
+            unknown: UnknownBudget::default(),
+            window_days: DEFAULT_WINDOW_DAYS,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            visitors: None,
+        }
+    }
+}
+
+/// A policy error: where, which field, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    mode: Option<Spanned<String>>,
+    scope: Option<RawScope>,
+    unknown: Option<RawUnknown>,
+    window: Option<RawWindow>,
+    lists: Option<RawLists>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    protect: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnknown {
+    rate_pps: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    global_pps: Option<Spanned<i64>>,
+    global_burst: Option<Spanned<i64>>,
+    prefix_v4: Option<Spanned<i64>>,
+    prefix_v6: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    days: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLists {
+    allow: Option<Vec<Spanned<String>>>,
+    deny: Option<Vec<Spanned<String>>>,
+    visitors: Option<Spanned<String>>,
+}
+
+/// Most packets per second a budget takes: one token per nanosecond.
+const MAX_PPS: i64 = 1_000_000_000;
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Validates policy text. `file` names it in errors; relative paths resolve against `base`.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, PolicyError> {
+        let at = |span: Range<usize>, field: &str, reason: String| {
+            let (line, column) = line_col(text, span.start);
+            PolicyError { file: file.to_string(), line, column, field: field.to_string(), reason }
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            at(span, "", e.message().to_string())
+        })?;
+
+        let mut policy = Policy::default();
+        if let Some(mode) = raw.mode {
+            policy.mode = Mode::parse(mode.get_ref()).ok_or_else(|| {
+                at(mode.span(), "mode", format!("`{}` is not off, monitor or enforce", mode.get_ref()))
+            })?;
+        }
+        if let Some(protect) = raw.scope.and_then(|s| s.protect) {
+            policy.protect = protect
+                .iter()
+                .map(|p| Protected::parse(p.get_ref()).map_err(|r| at(p.span(), "scope.protect", r)))
+                .collect::<Result<_, _>>()?;
+        }
+
+        let int = |v: &Spanned<i64>, field: &str, range: Range<i64>| {
+            let n = *v.get_ref();
+            if range.contains(&n) {
+                Ok(n)
+            } else {
+                Err(at(v.span(), field, format!("{n} is outside {}..={}", range.start, range.end - 1)))
+            }
+        };
+        if let Some(u) = raw.unknown {
+            let b = &mut policy.unknown;
+            if let Some(v) = &u.rate_pps {
+                b.rate_pps = int(v, "unknown.rate_pps", 0..MAX_PPS + 1)? as u32;
+            }
+            if let Some(v) = &u.burst {
+                b.burst = int(v, "unknown.burst", 1..u32::MAX as i64 + 1)? as u32;
+            }
+            if let Some(v) = &u.global_pps {
+                b.global_pps = int(v, "unknown.global_pps", 0..MAX_PPS + 1)? as u32;
+                // The global burst follows the rate unless set: a tenth of a second's worth.
+                b.global_burst = (b.global_pps / 10).max(1);
+            }
+            if let Some(v) = &u.global_burst {
+                b.global_burst = int(v, "unknown.global_burst", 1..u32::MAX as i64 + 1)? as u32;
+            }
+            if let Some(v) = &u.prefix_v4 {
+                b.prefix_v4 = int(v, "unknown.prefix_v4", 0..33)? as u8;
+            }
+            if let Some(v) = &u.prefix_v6 {
+                b.prefix_v6 = int(v, "unknown.prefix_v6", 0..129)? as u8;
+            }
+        }
+        if let Some(days) = raw.window.and_then(|w| w.days) {
+            policy.window_days = int(&days, "window.days", 1..3651)? as u16;
+        }
+        if let Some(lists) = raw.lists {
+            let cidrs = |list: Option<Vec<Spanned<String>>>, field: &str| {
+                list.unwrap_or_default()
+                    .iter()
+                    .map(|c| parse_cidr(c.get_ref()).map_err(|r| at(c.span(), field, r)))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            policy.allow = cidrs(lists.allow, "lists.allow")?;
+            policy.deny = cidrs(lists.deny, "lists.deny")?;
+            if let Some(v) = lists.visitors {
+                if v.get_ref().is_empty() {
+                    return Err(at(v.span(), "lists.visitors", "empty path".into()));
+                }
+                policy.visitors = Some(base.join(v.get_ref()));
+            }
+        }
+        Ok(policy)
+    }
+}
+
+/// Parses `a.b.c.d/len`, an IPv6 prefix, or a bare address (a host route). Host bits must be
+/// zero: `10.0.0.1/8` is almost always a typo for something else.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(addr) => IpNet::from(addr),
+            Err(_) => return Err(format!("`{s}` is not an IP address or CIDR prefix")),
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!("`{s}` has host bits set (did you mean {}?)", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(text, "p.toml", Path::new("/etc/edge"))
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let p = parse(
+            r#"
+mode = "enforce"
+[scope]
+protect = ["tcp/80", "tcp/443", "udp/443"]
+[unknown]
+rate_pps = 50
+burst = 100
+global_pps = 20000
+[window]
+days = 21
+[lists]
+allow = ["198.51.100.0/24", "2001:db8:a::/48"]
+deny = ["203.0.113.0/24"]
+visitors = "visitors.csv"
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(p.protect.len(), 3);
+        assert_eq!(p.unknown.global_burst, 2000);
+        assert_eq!(p.allow.len(), 2);
+        assert_eq!(p.visitors.as_deref(), Some(Path::new("/etc/edge/visitors.csv")));
+    }
+
+    #[test]
+    fn empty_file_is_the_safe_default() {
+        let p = parse("").unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(p.mode, Mode::Monitor);
+    }
+
+    #[test]
+    fn errors_name_line_column_and_field() {
+        let e = parse("mode = \"enforce\"\n[unknown]\nrate_pps = -1\n").unwrap_err();
+        assert_eq!((e.line, e.column, e.field.as_str()), (3, 12, "unknown.rate_pps"));
+        assert_eq!(e.to_string(), "p.toml:3:12: unknown.rate_pps: -1 is outside 0..=1000000000");
+
+        let e = parse("[lists]\ndeny = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (2, "lists.deny"));
+        assert!(e.reason.contains("host bits"), "{e}");
+
+        let e = parse("[scope]\nprotect = [\"tcp/80\", \"icmp/1\"]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 22));
+        assert!(e.reason.contains("not tcp or udp"));
+
+        let e = parse("mode = \"block\"\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (1, "mode"));
+
+        let e = parse("[window]\ndayz = 3\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("unknown field `dayz`"), "{e}");
+
+        let e = parse("[window]\ndays = 0\n").unwrap_err();
+        assert_eq!(e.field, "window.days");
+
+        let e = parse("mode = \n").unwrap_err();
+        assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn protected_forms() {
+        assert_eq!(Protected::parse("udp/8000-8100").unwrap().ports, (8000, 8100));
+        assert_eq!(Protected::parse("tcp/*").unwrap().ports, (0, 65535));
+        assert!(Protected::parse("tcp/70000").is_err());
+        assert!(Protected::parse("tcp/90-80").is_err());
+        assert!(Protected::parse("tcp").is_err());
+    }
+
+    #[test]
+    fn bare_addresses_are_host_prefixes() {
+        assert_eq!(parse_cidr("192.0.2.7").unwrap().prefix_len(), 32);
+        assert_eq!(parse_cidr("2001:db8::1").unwrap().prefix_len(), 128);
+        assert!(parse_cidr("192.0.2.0/33").is_err());
+        assert!(parse_cidr("bogus").is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! Per-reason counters, summed over CPUs, and how they are shown.
+use aya::maps::{MapData, PerCpuArray};
+use edge_common::{
+    keys::Counter,
+    reason::{is_drop, Reason, REASON_COUNT, REASON_NAMES, STATS_SLOTS},
+};
+use serde::Serialize;
+
+use crate::error::{kernel, Result};
+
+/// A snapshot of the stats map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    slots: Vec<Counter>,
+}
+
+/// One row of `edge stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Row {
+    pub reason: &'static str,
+    /// `pass`, `drop`, or `would_drop` (monitor mode).
+    pub action: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Stats {
+    pub fn read<T: std::borrow::Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Result<Self> {
+        let slots = (0..STATS_SLOTS)
+            .map(|slot| {
+                let per_cpu = map.get(&slot, 0).map_err(|e| kernel("reading the stats map", e))?;
+                Ok(per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+                    packets: sum.packets + c.packets,
+                    bytes: sum.bytes + c.bytes,
+                }))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { slots })
+    }
+
+    fn slot(&self, slot: u32) -> Counter {
+        self.slots.get(slot as usize).copied().unwrap_or_default()
+    }
+
+    /// Packets whose verdict for `reason` was applied.
+    pub fn applied(&self, reason: Reason) -> Counter {
+        self.slot(reason)
+    }
+
+    /// Packets `monitor` mode would have dropped for `reason`.
+    pub fn would_drop(&self, reason: Reason) -> Counter {
+        self.slot(REASON_COUNT + reason)
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let slots = (0..STATS_SLOTS)
+            .map(|s| {
+                let (now, then) = (self.slot(s), earlier.slot(s));
+                Counter {
+                    packets: now.packets.wrapping_sub(then.packets),
+                    bytes: now.bytes.wrapping_sub(then.bytes),
+                }
+            })
+            .collect();
+        Stats { slots }
+    }
+
+    /// The single (reason, would_drop) counted in this snapshot, if exactly one packet was.
+    pub fn only_reason(&self) -> Option<(Reason, bool)> {
+        let counted: Vec<u32> = (0..STATS_SLOTS).filter(|s| self.slot(*s).packets > 0).collect();
+        match counted.as_slice() {
+            [slot] if self.slot(*slot).packets == 1 => {
+                Some((slot % REASON_COUNT, *slot >= REASON_COUNT))
+            }
+            _ => None,
+        }
+    }
+
+    /// Every reason in pipeline order, with zero rows left out unless `all`.
+    pub fn rows(&self, all: bool) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for reason in 0..REASON_COUNT {
+            let name = REASON_NAMES[reason as usize];
+            let applied = self.applied(reason);
+            if all || applied.packets > 0 {
+                let action = if is_drop(reason) { "drop" } else { "pass" };
+                rows.push(Row { reason: name, action, packets: applied.packets, bytes: applied.bytes });
+            }
+            let would = self.would_drop(reason);
+            if would.packets > 0 || (all && is_drop(reason)) {
+                rows.push(Row { reason: name, action: "would_drop", packets: would.packets, bytes: would.bytes });
+            }
+        }
+        rows
+    }
+
+    pub fn total_packets(&self) -> u64 {
+        self.slots.iter().map(|c| c.packets).sum()
+    }
+}
+
+/// `edge stats` as a table.
+pub fn render_table(rows: &[Row]) -> String {
+    let mut out = format!("{:<20} {:<11} {:>14} {:>16}\n", "REASON", "ACTION", "PACKETS", "BYTES");
+    for r in rows {
+        out.push_str(&format!("{:<20} {:<11} {:>14} {:>16}\n", r.reason, r.action, r.packets, r.bytes));
+    }
+    out
+}
