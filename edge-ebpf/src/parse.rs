@@ -190,6 +190,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
                 offset += (ext[1] as usize + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
+                // Offset (13 bits) << 3 | M: a non-zero offset means no transport header here.
                 let frag = unsafe { *header::<[u8; 8]>(ctx, offset)? };
                 next = frag[0];
                 offset += 8;
@@ -198,14 +199,19 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
                     break;
                 }
             }
-            _ => return transport(ctx, src, false, next, offset, fragment),
+            _ => break,
         }
     }
-    if fragment == Fragment::Later {
-        return transport(ctx, src, false, next, offset, fragment);
+    if fragment == Fragment::No && is_extension(next) {
+        // Still inside the chain after the limit: we cannot see the transport header.
+        return Err(Malformed);
     }
-    // Still inside the extension chain after the limit: we cannot see the transport header.
-    Err(Malformed)
+    transport(ctx, src, false, next, offset, fragment)
+}
+
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT)
 }
 
 /// Reads the destination port (TCP/UDP) or recognises neighbour discovery.

@@ -201,13 +201,28 @@ impl Maps {
                 VisitorKey::V6(prefix) if keep => v6
                     .insert(prefix, VisitorDay { last_seen_day: day.0 }, 0)
                     .map_err(|e| full_or(e, names::VISITORS_V6, names::VISITORS_V6_CAPACITY, 1))?,
-                VisitorKey::V6(prefix) => match v6.remove(&prefix) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(kernel("removing from visitors_v6", e)),
-                },
+                VisitorKey::V6(prefix) => remove_v6(&mut v6, prefix)?,
             }
         }
         Ok(())
+    }
+
+    /// Takes visitors out of the kernel maps (the history itself is the caller's).
+    pub fn remove_visitors(&mut self, keys: impl IntoIterator<Item = VisitorKey>) -> Result<()> {
+        let v4 = &self.visitors_v4;
+        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> = view(&mut self.maps, names::VISITORS_V6)?;
+        for key in keys {
+            match key {
+                VisitorKey::V4(addr) => v4.remove(addr),
+                VisitorKey::V6(prefix) => remove_v6(&mut v6, prefix)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The sources (masked to their aggregation prefix) that have a token bucket.
+    pub fn bucket_keys(&mut self) -> Result<Vec<Addr>> {
+        Ok(self.unknown_buckets()?.keys().filter_map(|k| k.ok()).collect())
     }
 
     /// Admits `ip` (its /64 for IPv6) until `until` (unix seconds).
@@ -215,6 +230,11 @@ impl Maps {
         self.admitted()?
             .insert(admission_key(ip), Admission { admitted_until: until }, 0)
             .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))
+    }
+
+    /// Withdraws an admission.
+    pub fn revoke(&mut self, ip: IpAddr) -> Result<()> {
+        absent_ok(self.admitted()?.remove(&admission_key(ip)), "removing from admitted")
     }
 
     /// Forgets all per-source and global unknown budget state (tests and replays start clean).
@@ -227,6 +247,20 @@ impl Maps {
         self.unknown_budget()?
             .set(0, Bucket::default(), 0)
             .map_err(|e| kernel("resetting the unknown budget", e))
+    }
+}
+
+fn remove_v6(v6: &mut HashMap<&mut MapData, V6Prefix, VisitorDay>, prefix: V6Prefix) -> Result<()> {
+    absent_ok(v6.remove(&prefix), "removing from visitors_v6")
+}
+
+/// A delete of a key that is not there (ENOENT) is not an error for an idempotent remove.
+fn absent_ok(result: Result<(), aya::maps::MapError>, what: &str) -> Result<()> {
+    match result {
+        Err(e) if errno(&e) != Some(libc::ENOENT) && !matches!(e, aya::maps::MapError::KeyNotFound) => {
+            Err(kernel(what, e))
+        }
+        _ => Ok(()),
     }
 }
 

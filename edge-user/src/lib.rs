@@ -4,6 +4,7 @@ pub mod bitmap;
 pub mod error;
 pub mod filter;
 pub mod policy;
+pub mod replay;
 pub mod stats;
 pub mod visitors;
 

@@ -1,1 +1,40 @@
+//! Shared helpers for edge's integration tests: frame builders, the privileged-test gate, and
+//! a network-namespace lab that cleans up after itself.
+pub mod frames;
+pub mod lab;
 
+/// Set to `1` to skip tests that need BPF and network namespaces (they print SKIPPED).
+pub const SKIP_ENV: &str = "EDGE_SKIP_PRIVILEGED";
+
+/// Gate for privileged tests. Returns false (after printing SKIPPED) only when explicitly
+/// opted out; otherwise a missing privilege fails the test with the reason.
+pub fn privileged(test: &str) -> bool {
+    if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
+        println!("SKIPPED {test}: {SKIP_ENV}=1");
+        return false;
+    }
+    // SAFETY: plain syscall.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{test} loads BPF programs and creates network namespaces: run as root \
+         (or set {SKIP_ENV}=1 to skip it explicitly)"
+    );
+    true
+}
+
+/// The `edge` binary under test: `EDGE_BIN`, or `edge` beside this test's target directory.
+pub fn edge_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("EDGE_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("edge");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p edge-user`) or set EDGE_BIN",
+        bin.display()
+    );
+    bin
+}

@@ -1,0 +1,76 @@
+//! edge-probe: the lab's traffic tool. `serve` listens on TCP ports and accepts forever;
+//! `connect` makes one TCP connection from a chosen source address and exits 0 if it completes,
+//! 1 if it times out or is refused. Used by the end-to-end tests and the demo.
+use std::{
+    net::{SocketAddr, TcpListener},
+    process::ExitCode,
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
+
+fn usage() -> ExitCode {
+    eprintln!("usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("connect") => connect(&args[1..]),
+        _ => usage(),
+    }
+}
+
+fn serve(addrs: &[String]) -> ExitCode {
+    let mut handles = Vec::new();
+    for addr in addrs {
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("edge-probe: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        handles.push(std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    ExitCode::SUCCESS
+}
+
+fn connect(args: &[String]) -> ExitCode {
+    let (mut from, mut to, mut timeout_ms) = (None, None, 1000u64);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next();
+        match (flag.as_str(), value) {
+            ("--from", Some(v)) => from = v.parse::<std::net::IpAddr>().ok(),
+            ("--to", Some(v)) => to = v.parse::<SocketAddr>().ok(),
+            ("--timeout-ms", Some(v)) => timeout_ms = v.parse().unwrap_or(1000),
+            _ => return usage(),
+        }
+    }
+    let (Some(from), Some(to)) = (from, to) else { return usage() };
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None).expect("socket");
+    if let Err(e) = socket.bind(&SocketAddr::new(from, 0).into()) {
+        eprintln!("edge-probe: cannot bind {from}: {e}");
+        return ExitCode::from(3);
+    }
+    match socket.connect_timeout(&to.into(), Duration::from_millis(timeout_ms)) {
+        Ok(()) => {
+            println!("connected {from} -> {to}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("failed {from} -> {to}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! A throwaway lab: a server namespace and a client namespace joined by a veth pair. Names are
+//! unique per process and lab, and everything is removed on drop (also on panic): namespaces,
+//! the veth pair with them, and any edge pins left for the server interface.
+//!
+//! Traffic stays inside the two namespaces: each has only the veth, with a default route on it.
+use std::{
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub const SERVER_ADDR: &str = "192.0.2.1";
+
+pub struct Lab {
+    pub server_ns: String,
+    pub client_ns: String,
+    /// The server's veth end: where the filter is attached.
+    pub server_if: String,
+    pub client_if: String,
+    children: Vec<Child>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    sh(Command::new("ip").args(args))
+}
+
+impl Lab {
+    /// Creates the namespaces and the veth pair; `client_addrs` are the sources clients use.
+    pub fn new(client_addrs: &[&str]) -> Result<Self> {
+        let id = format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let lab = Self {
+            server_ns: format!("edge-{id}-srv"),
+            client_ns: format!("edge-{id}-cli"),
+            server_if: format!("es{id}"),
+            client_if: format!("ec{id}"),
+            children: Vec::new(),
+        };
+        ip(&["netns", "add", &lab.server_ns])?;
+        ip(&["netns", "add", &lab.client_ns])?;
+        ip(&[
+            "link", "add", &lab.server_if, "netns", &lab.server_ns, "type", "veth", "peer", "name",
+            &lab.client_if, "netns", &lab.client_ns,
+        ])?;
+        let (srv, cli) = (lab.server_ns.clone(), lab.client_ns.clone());
+        ip(&["-n", &srv, "addr", "add", &format!("{SERVER_ADDR}/32"), "dev", &lab.server_if])?;
+        for addr in client_addrs {
+            ip(&["-n", &cli, "addr", "add", &format!("{addr}/32"), "dev", &lab.client_if])?;
+        }
+        for (ns, dev) in [(&srv, &lab.server_if), (&cli, &lab.client_if)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "route", "add", "default", "dev", dev])?;
+        }
+        Ok(lab)
+    }
+
+    /// A command run in the server namespace (network namespace only: bpffs pins stay shared,
+    /// which `ip netns exec` would hide behind a fresh /sys).
+    pub fn in_server(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.server_ns)).arg("--").arg(program);
+        cmd
+    }
+
+    pub fn in_client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.client_ns)).arg("--").arg(program);
+        cmd
+    }
+
+    /// Starts a long-running process that is killed when the lab goes.
+    pub fn spawn(&mut self, mut cmd: Command) -> Result<()> {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().with_context(|| format!("{cmd:?}"))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Whether a TCP connection from `src` to the server's `port` completes within `timeout_ms`.
+    pub fn connects(&self, probe: &std::path::Path, src: &str, port: u16, timeout_ms: u32) -> Result<bool> {
+        let status = self
+            .in_client(probe)
+            .args(["connect", "--from", src, "--to", &format!("{SERVER_ADDR}:{port}")])
+            .args(["--timeout-ms", &timeout_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        match status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => bail!("edge-probe connect failed: {status}"),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A failed test may leave edge attached: its pins would outlive the namespace.
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/edge/{}", self.server_if));
+        let _ = ip(&["netns", "del", &self.server_ns]);
+        let _ = ip(&["netns", "del", &self.client_ns]);
+    }
+}
