@@ -1,0 +1,149 @@
+//! End to end: the real `edge` binary attaches to a veth in a namespace lab, and real TCP
+//! connections from a visitor, an allowed, a denied and an unknown source get through or not.
+use std::{path::Path, process::Command};
+
+use edge_tests::{edge_bin, lab::Lab, privileged};
+
+const VISITOR: &str = "192.0.2.10";
+const ALLOWED: &str = "198.51.100.10";
+const DENIED: &str = "203.0.113.10";
+const UNKNOWN: &str = "192.0.2.99";
+const TIMEOUT_MS: u32 = 700;
+
+fn probe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn edge(cmd: &mut Command) -> Run {
+    let out = cmd.output().expect("running edge");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..50 {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn attach_enforces_on_real_traffic_and_detach_removes_it() {
+    if !privileged("attach_enforces_on_real_traffic_and_detach_removes_it") {
+        return;
+    }
+    let mut lab = Lab::new(&[VISITOR, ALLOWED, DENIED, UNKNOWN]).expect("creating the namespace lab");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("visitors.csv"), format!("{VISITOR}\n")).unwrap();
+    let policy = dir.path().join("strict.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n[lists]\nallow = [\"198.51.100.0/24\"]\n\
+             deny = [\"203.0.113.0/24\"]\nvisitors = \"visitors.csv\"\n"
+        ),
+    )
+    .unwrap();
+
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:443", "192.0.2.1:22"]);
+    lab.spawn(serve).unwrap();
+    wait_until("the server to listen", || lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap());
+    // Without the filter everyone connects.
+    for src in [VISITOR, ALLOWED, DENIED, UNKNOWN] {
+        assert!(lab.connects(probe(), src, 443, TIMEOUT_MS).unwrap(), "{src} before attach");
+    }
+
+    let iface = lab.server_if.clone();
+    let attach = |extra: &[&str]| {
+        let mut cmd = lab.in_server(edge_bin());
+        cmd.args(["attach", "--iface", &iface, "--policy"]).arg(&policy).args(extra);
+        edge(&mut cmd)
+    };
+    let run = attach(&["--xdp-mode", "native"]);
+    assert_eq!(run.code, 0, "attach: {}{}", run.stdout, run.stderr);
+    assert!(Path::new(&format!("/sys/fs/bpf/edge/{iface}/link")).exists());
+
+    let again = attach(&[]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already attached"), "{}", again.stderr);
+
+    // Forget neighbours so the connections below need ARP through the filter.
+    for (ns, dev) in [(&lab.server_ns, &lab.server_if), (&lab.client_ns, &lab.client_if)] {
+        edge_tests::lab::sh(Command::new("ip").args(["-n", ns, "neigh", "flush", "dev", dev])).unwrap();
+    }
+
+    // The attaching process has exited: the filter stays through its pins.
+    assert!(lab.connects(probe(), VISITOR, 443, TIMEOUT_MS).unwrap(), "visitor");
+    assert!(lab.connects(probe(), ALLOWED, 443, TIMEOUT_MS).unwrap(), "allowed");
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "unknown on a protected port");
+    assert!(!lab.connects(probe(), DENIED, 443, TIMEOUT_MS).unwrap(), "denied");
+    assert!(lab.connects(probe(), UNKNOWN, 22, TIMEOUT_MS).unwrap(), "unknown on an unprotected port");
+    assert!(!lab.connects(probe(), DENIED, 22, TIMEOUT_MS).unwrap(), "denied on any port");
+
+    let stats = edge(Command::new(edge_bin()).args(["stats", "--iface", &iface, "--json"]));
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stats.stdout).unwrap();
+    let packets = |reason: &str, action: &str| {
+        rows.iter()
+            .find(|r| r["reason"] == reason && r["action"] == action)
+            .and_then(|r| r["packets"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(packets("visitor", "pass") >= 3, "visitor SYN, ACK, FIN: {}", stats.stdout);
+    assert!(packets("allow", "pass") >= 3, "{}", stats.stdout);
+    assert!(packets("unknown_rate", "drop") >= 1, "{}", stats.stdout);
+    assert!(packets("deny", "drop") >= 2, "{}", stats.stdout);
+    assert!(packets("pass_unprotected", "pass") >= 3, "{}", stats.stdout);
+    assert!(packets("non_ip", "pass") >= 1, "ARP: {}", stats.stdout);
+
+    let detach = edge(Command::new(edge_bin()).args(["detach", "--iface", &iface]));
+    assert_eq!(detach.code, 0, "{}", detach.stderr);
+    assert!(!Path::new(&format!("/sys/fs/bpf/edge/{iface}")).exists(), "pins removed");
+    assert!(lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "unknown after detach");
+    assert!(lab.connects(probe(), DENIED, 443, TIMEOUT_MS).unwrap(), "denied after detach");
+
+    let twice = edge(Command::new(edge_bin()).args(["detach", "--iface", &iface]));
+    assert_eq!(twice.code, 1);
+    assert!(twice.stderr.contains("not attached"), "{}", twice.stderr);
+}
+
+#[test]
+fn clear_errors_and_exit_codes() {
+    if !privileged("clear_errors_and_exit_codes") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "mode = \"enforce\"\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "mode = \"enforce\"\n[unknown]\nburst = 0\n").unwrap();
+
+    let run = edge(Command::new(edge_bin()).args(["attach", "--iface", "edge-nosuchif", "--policy"]).arg(&good));
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("no such network interface: edge-nosuchif"), "{}", run.stderr);
+
+    let run = edge(Command::new(edge_bin()).args(["attach", "--iface", "lo", "--policy"]).arg(&bad));
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("bad.toml:3:9: unknown.burst: 0 is outside 1..="), "{}", run.stderr);
+    assert!(!Path::new("/sys/fs/bpf/edge/lo").exists(), "nothing attached on a bad policy");
+
+    let run = edge(Command::new(edge_bin()).args(["stats", "--iface", "edge-nosuchif"]));
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("not attached"), "{}", run.stderr);
+
+    let run = edge(Command::new(edge_bin()).args(["attach", "--iface"]));
+    assert_eq!(run.code, 2, "usage errors exit 2");
+}
