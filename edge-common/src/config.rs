@@ -8,9 +8,12 @@ pub const MODE_MONITOR: u32 = 1;
 /// Apply the verdict.
 pub const MODE_ENFORCE: u32 = 2;
 
-/// `Config::lists` bits: which LPM tries hold entries, so empty tries cost no lookup.
+/// `Config::lists` bits: which maps hold entries. An empty map costs no lookup; this matters
+/// most under a random-source flood, where each lookup of a large hash map is a cache miss.
 pub const LIST_DENY: u32 = 1 << 0;
 pub const LIST_ALLOW: u32 = 1 << 1;
+pub const LIST_VISITORS_V6: u32 = 1 << 2;
+pub const LIST_ADMITTED: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,19 +1,10 @@
-//! edge: the XDP admission filter. The verdict pipeline, top to bottom:
+//! edge: the XDP admission filter. The pipeline reads top to bottom in `edge()` and `judge()`:
+//! mode, parse, deny, scope, allow, visitors, admitted, fragment, unknown budgets. The first
+//! stage that decides wins. The stage order with every reason and action is documented once,
+//! in the README ("Verdict pipeline"); reason numbers live in `edge_common::reason`.
 //!
-//! | stage | passes                                   | drops                          |
-//! |-------|------------------------------------------|--------------------------------|
-//! | mode  | `off`: everything, unseen                |                                |
-//! | parse | non-IP frames, ICMPv6 neighbour discovery| truncated/malformed headers    |
-//! | deny  |                                          | source on the deny list        |
-//! | scope | destination not a protected (proto, port)|                                |
-//! | allow | source on the allow list                 |                                |
-//! | visitor | source seen within the window          |                                |
-//! | admitted | source admitted, not yet expired      |                                |
-//! | fragment |                                       | later fragments from unknowns  |
-//! | unknown | within global and per-source budgets   | over either budget, or strict  |
-//!
-//! Every packet is counted exactly once, under its reason (`edge_common::reason`). In `monitor`
-//! mode a drop is counted as a would-drop and the packet passes.
+//! Every packet is counted exactly once, under its reason. In `monitor` mode a drop is counted
+//! as a would-drop and the packet passes.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -30,7 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use edge_common::{
-    config::{Config, LIST_ALLOW, LIST_DENY, MODE_ENFORCE, MODE_OFF},
+    config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6, MODE_ENFORCE, MODE_OFF},
     keys::{visitor_v4_slot, Addr, Rule, protected_slot},
     reason::*,
 };
@@ -69,10 +60,10 @@ fn judge(pkt: &Packet, cfg: &Config) -> Reason {
     if cfg.lists & LIST_ALLOW != 0 && listed(&maps::ALLOW_LIST, &pkt.src) {
         return ALLOW;
     }
-    if visitor(pkt) {
+    if visitor(pkt, cfg) {
         return VISITOR;
     }
-    if admitted(pkt, cfg) {
+    if cfg.lists & LIST_ADMITTED != 0 && admitted(pkt, cfg) {
         return ADMITTED;
     }
     if pkt.fragment == Fragment::Later {
@@ -96,15 +87,17 @@ fn protected(pkt: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn visitor(pkt: &Packet) -> bool {
+fn visitor(pkt: &Packet, cfg: &Config) -> bool {
     if pkt.is_v4 {
         let addr = u32::from_be_bytes([pkt.src[12], pkt.src[13], pkt.src[14], pkt.src[15]]);
         let (word, bit) = visitor_v4_slot(addr);
         maps::VISITORS_V4.get(word).is_some_and(|w| w & bit != 0)
-    } else {
+    } else if cfg.lists & LIST_VISITORS_V6 != 0 {
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&pkt.src[..8]);
         maps::VISITORS_V6.get_ptr(&prefix).is_some()
+    } else {
+        false
     }
 }
 

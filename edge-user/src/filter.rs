@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use edge_common::{
-    config::{Config, LIST_ALLOW, LIST_DENY},
+    config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6},
     keys::{v4_mapped, v4_mapped_prefix_len, Addr, Admission, Bucket, Counter, Rule, V6Prefix, VisitorDay},
     maps as names,
     reason::Reason,
@@ -30,6 +30,9 @@ use crate::{
 
 /// The XDP program, built from `edge-ebpf` by build.rs.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
+
+/// Reference programs for benchmarks (`empty`, `anchor_hash`); never attached by edge.
+pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
 
 /// Where `edge attach` pins the program, link and maps: `PIN_ROOT/<iface>/`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
@@ -94,6 +97,22 @@ impl Maps {
         Ok(())
     }
 
+    /// Kernel memory charged for a map (`memlock` in its fdinfo), in bytes.
+    pub fn kernel_bytes(&self, name: &str) -> Result<u64> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let map = self.maps.get(name).ok_or_else(|| Error::Load(format!("no `{name}` map")))?;
+        let data: &MapData = match map {
+            Map::Array(d) | Map::HashMap(d) | Map::LpmTrie(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => d,
+            _ => return Err(Error::Load(format!("`{name}` has an unexpected type"))),
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .map_err(|e| Error::Kernel { what: format!("reading fdinfo of {name}"), source: e })?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok()))
+            .ok_or_else(|| Error::Load(format!("no memlock in the fdinfo of {name}")))
+    }
+
     pub fn visitors_v4(&self) -> &VisitorBitmap {
         &self.visitors_v4
     }
@@ -147,8 +166,33 @@ impl Maps {
         self.set_list(names::DENY, &policy.deny)?;
         self.set_list(names::ALLOW, &policy.allow)?;
         self.set_visitors(history, today, policy.window_days)?;
-        let config = kernel_config(policy);
+        let mut config = kernel_config(policy);
+        config.lists |= self.occupied_lists()?;
         self.config()?.set(0, config, 0).map_err(|e| kernel("writing the config map", e))?;
+        Ok(())
+    }
+
+    /// `LIST_*` bits for the hash maps that hold entries now.
+    fn occupied_lists(&mut self) -> Result<u32> {
+        let mut lists = 0;
+        if self.visitors_v6()?.keys().next().is_some() {
+            lists |= LIST_VISITORS_V6;
+        }
+        if self.admitted()?.keys().next().is_some() {
+            lists |= LIST_ADMITTED;
+        }
+        Ok(lists)
+    }
+
+    /// Turns on the lookups of maps that just gained entries (bits are only added here; `apply`
+    /// recomputes them all).
+    fn enable_lists(&mut self, bits: u32) -> Result<()> {
+        let mut config = self.config()?;
+        let mut current = config.get(&0, 0).map_err(|e| kernel("reading the config map", e))?;
+        if current.lists & bits != bits {
+            current.lists |= bits;
+            config.set(0, current, 0).map_err(|e| kernel("writing the config map", e))?;
+        }
         Ok(())
     }
 
@@ -229,7 +273,8 @@ impl Maps {
     pub fn admit(&mut self, ip: IpAddr, until: u64) -> Result<()> {
         self.admitted()?
             .insert(admission_key(ip), Admission { admitted_until: until }, 0)
-            .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))
+            .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))?;
+        self.enable_lists(LIST_ADMITTED)
     }
 
     /// Withdraws an admission.

@@ -106,7 +106,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let filter = loaded_filter(&policy, &history, today)?;
             let pins = filter.attach(&iface, xdp_mode.into())?;
             println!(
-                "edge attached to {iface} in {} mode; {} visitors known; pins in {}",
+                "edge attached to {iface} in {} mode; visitors known: {}; pins in {}",
                 serde_json::to_value(policy.mode)?.as_str().unwrap_or("?"),
                 history.len(),
                 pins.display()

@@ -2,7 +2,7 @@
 use aya::maps::{MapData, PerCpuArray};
 use edge_common::{
     keys::Counter,
-    reason::{is_drop, Reason, REASON_COUNT, REASON_NAMES, STATS_SLOTS},
+    reason::{is_drop, Reason, INTERNAL, REASON_COUNT, REASON_NAMES, STATS_SLOTS},
 };
 use serde::Serialize;
 
@@ -77,18 +77,23 @@ impl Stats {
         }
     }
 
-    /// Every reason in pipeline order, with zero rows left out unless `all`.
+    /// Every reason in pipeline order (zero rows left out unless `all`), then monitor-mode
+    /// would-drops where there are any.
     pub fn rows(&self, all: bool) -> Vec<Row> {
         let mut rows = Vec::new();
         for reason in 0..REASON_COUNT {
             let name = REASON_NAMES[reason as usize];
             let applied = self.applied(reason);
             if all || applied.packets > 0 {
-                let action = if is_drop(reason) { "drop" } else { "pass" };
+                let action = match reason {
+                    INTERNAL => "aborted",
+                    r if is_drop(r) => "drop",
+                    _ => "pass",
+                };
                 rows.push(Row { reason: name, action, packets: applied.packets, bytes: applied.bytes });
             }
             let would = self.would_drop(reason);
-            if would.packets > 0 || (all && is_drop(reason)) {
+            if would.packets > 0 {
                 rows.push(Row { reason: name, action: "would_drop", packets: would.packets, bytes: would.bytes });
             }
         }

@@ -10,7 +10,9 @@ pub const SKIP_ENV: &str = "EDGE_SKIP_PRIVILEGED";
 /// opted out; otherwise a missing privilege fails the test with the reason.
 pub fn privileged(test: &str) -> bool {
     if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-        println!("SKIPPED {test}: {SKIP_ENV}=1");
+        // Straight to stderr: the test harness captures println!/eprintln! of passing tests.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {SKIP_ENV}=1");
         return false;
     }
     // SAFETY: plain syscall.

@@ -35,6 +35,12 @@ fn targets_protected_port(bytes: &[u8]) -> bool {
     }
 }
 
+/// The privilege gate, asked once for the whole file (proptest calls the body per case).
+fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| privileged("property tests (random frames through the program)"))
+}
+
 fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     if bytes.len() < 14 {
         return Ok(()); // never reaches XDP
@@ -93,14 +99,14 @@ proptest! {
 
     #[test]
     fn structured_frames_never_pass_to_a_protected_port(bytes in structured()) {
-        if privileged("structured_frames_never_pass_to_a_protected_port") {
+        if enabled() {
             check(&bytes)?;
         }
     }
 
     #[test]
     fn random_frames_never_pass_to_a_protected_port(bytes in random_bytes()) {
-        if privileged("random_frames_never_pass_to_a_protected_port") {
+        if enabled() {
             check(&bytes)?;
         }
     }

@@ -1,0 +1,215 @@
+//! `cargo xtask bench`: the real program in the kernel (BPF_PROG_TEST_RUN), side by side with
+//! an empty XDP program and a one-lookup whitelist on a plain preallocated hash map, in one run.
+//!
+//! Same-packet cases: test_run with repeat = 1,000,000, median of 5 runs. Random-source cases
+//! (a spoofed flood: a distinct source per packet, caches cold): one test_run per packet over
+//! 200,000 frames, whose kernel-measured times are summed; their ratios are to the empty
+//! program measured the same way (`empty_per_call`).
+use std::{path::Path, time::{Duration, Instant}};
+
+use anyhow::{Context as _, Result};
+use aya::{programs::{TestRun, TestRunOptions, Xdp}, EbpfLoader};
+use edge::{filter::BASELINE_OBJECT, Day, Filter, Policy, VisitorHistory};
+use edge_tests::frames::{frame, L4};
+
+const VISITORS: u32 = 20_000_000;
+const REPEAT: u32 = 1_000_000;
+const RUNS: usize = 5;
+const FLOOD_FRAMES: usize = 200_000;
+
+const POLICY: &str = r#"
+mode = "enforce"
+[lists]
+allow = ["198.51.100.0/24", "2001:db8:a::/48"]
+deny = ["203.0.113.0/24", "2001:db8:dead::/48"]
+"#;
+
+/// The i-th benchmark visitor: multiplying by an odd constant permutes u32, so all are distinct
+/// and spread over the whole IPv4 space.
+fn visitor(i: u32) -> u32 {
+    i.wrapping_mul(2_654_435_761)
+}
+
+/// xorshift: random sources for the flood, reproducible between runs.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 16) as u32
+    }
+}
+
+fn test_run(prog: &mut Xdp, frame: &[u8], repeat: u32) -> Result<Duration> {
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.repeat = repeat;
+    Ok(prog.test_run(opts).context("BPF_PROG_TEST_RUN")?.duration)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median ns/packet over RUNS runs of REPEAT.
+fn same_packet(mut run: impl FnMut(&[u8], u32) -> Result<Duration>, frame: &[u8]) -> Result<f64> {
+    let runs = (0..RUNS).map(|_| run(frame, REPEAT).map(|d| d.as_nanos() as f64)).collect::<Result<_>>()?;
+    Ok(median(runs))
+}
+
+/// Mean ns/packet, one call per distinct frame; median over RUNS passes.
+fn per_call(mut run: impl FnMut(&[u8], u32) -> Result<Duration>, frames: &[Vec<u8>]) -> Result<f64> {
+    let mut passes = Vec::new();
+    for _ in 0..RUNS {
+        let mut total = 0u128;
+        for f in frames {
+            total += run(f, 1)?.as_nanos();
+        }
+        passes.push(total as f64 / frames.len() as f64);
+    }
+    Ok(median(passes))
+}
+
+/// Fills a hash map with BPF_MAP_UPDATE_BATCH (the fastest way userspace has to fill one).
+fn batch_fill(map_fd: i32, keys: &[[u8; 4]]) -> Result<()> {
+    #[repr(C)]
+    struct BatchAttr { in_batch: u64, out_batch: u64, keys: u64, values: u64, count: u32, map_fd: u32, elem_flags: u64, flags: u64 }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let values = vec![1u8; 100_000];
+    for chunk in keys.chunks(100_000) {
+        let mut attr = BatchAttr {
+            in_batch: 0, out_batch: 0,
+            keys: chunk.as_ptr() as u64, values: values.as_ptr() as u64,
+            count: chunk.len() as u32, map_fd: map_fd as u32, elem_flags: 0, flags: 0,
+        };
+        // SAFETY: attr points at live key/value buffers of `count` elements.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr, std::mem::size_of::<BatchAttr>()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("BPF_MAP_UPDATE_BATCH");
+        }
+    }
+    Ok(())
+}
+
+fn fdinfo_memlock(fd: i32) -> Result<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok())).context("memlock")
+}
+
+struct Report { json: bool, empty: f64, empty_per_call: f64 }
+
+impl Report {
+    fn case(&self, case: &str, ns: f64, per_call: bool) {
+        let floor = if per_call { self.empty_per_call } else { self.empty };
+        let ratio = ns / floor;
+        if self.json {
+            println!("{}", serde_json::json!({ "case": case, "ns_per_packet": (ns * 10.0).round() / 10.0, "ratio": (ratio * 100.0).round() / 100.0 }));
+        } else {
+            let basis = if per_call { "x empty_per_call" } else { "x empty" };
+            println!("  {case:<22} {ns:>9.1} ns/packet  {ratio:>6.2} {basis}");
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let json = std::env::args().any(|a| a == "--json");
+    let say = |s: &str| if !json { println!("{s}") };
+
+    let mut filter = Filter::load()?;
+    let today = Day::today_utc();
+    let history = VisitorHistory::parse_csv("2001:db8:1:2::10\n", "bench", today)?;
+    let policy = Policy::parse(POLICY, "bench.toml", Path::new("."))?;
+    filter.maps.apply(&policy, &history, today)?;
+
+    // 20M IPv4 visitors into the bitmap, through the library's mmap.
+    say(&format!("loading {VISITORS} IPv4 visitors..."));
+    let start = Instant::now();
+    let bitmap = filter.maps.visitors_v4();
+    for i in 0..VISITORS {
+        bitmap.insert(visitor(i).into());
+    }
+    let load_s = start.elapsed().as_secs_f64();
+    let bitmap_bytes = filter.maps.kernel_bytes(edge_common::maps::VISITORS_V4)?;
+
+    // The anchor: the same 20M in a preallocated hash map.
+    say("loading the same 20M into a preallocated hash map (the anchor)...");
+    let mut baseline = EbpfLoader::new().map_max_entries("anchor_v4", VISITORS).load(BASELINE_OBJECT)?;
+    for name in ["empty", "anchor_hash"] {
+        let prog: &mut Xdp = baseline.program_mut(name).context(name)?.try_into()?;
+        prog.load()?;
+    }
+    let anchor_map = baseline.map("anchor_v4").context("anchor_v4")?;
+    let anchor_fd = match anchor_map {
+        aya::maps::Map::HashMap(d) => { use std::os::fd::{AsFd, AsRawFd}; d.fd().as_fd().as_raw_fd() }
+        _ => anyhow::bail!("anchor_v4 is not a hash map"),
+    };
+    let keys: Vec<[u8; 4]> = (0..VISITORS).map(|i| visitor(i).to_be_bytes()).collect();
+    let start = Instant::now();
+    batch_fill(anchor_fd, &keys)?;
+    let anchor_load_s = start.elapsed().as_secs_f64();
+    let anchor_bytes = fdinfo_memlock(anchor_fd)?;
+    drop(keys);
+
+    let mut empty_prog = |f: &[u8], r: u32| {
+        let p: &mut Xdp = baseline.program_mut("empty").unwrap().try_into().unwrap();
+        test_run(p, f, r)
+    };
+    let v4_visitor = std::net::Ipv4Addr::from(visitor(12_345)).to_string();
+    let frames = [
+        ("visitor_v4", frame(&v4_visitor, L4::Tcp(443)).build()),
+        ("visitor_v6", frame("2001:db8:1:2::99", L4::Tcp(443)).build()),
+        ("allow", frame("198.51.100.7", L4::Tcp(443)).build()),
+        ("deny", frame("203.0.113.7", L4::Tcp(443)).build()),
+        ("unknown_drop", frame("192.0.2.99", L4::Tcp(443)).build()),
+        ("malformed", frame("192.0.2.99", L4::Tcp(443)).build()[..40].to_vec()),
+    ];
+    let empty = same_packet(&mut empty_prog, &frames[0].1)?;
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let flood: Vec<Vec<u8>> = (0..FLOOD_FRAMES)
+        .map(|_| frame(&std::net::Ipv4Addr::from(rng.next()).to_string(), L4::Tcp(443)).build())
+        .collect();
+    let empty_per_call = per_call(&mut empty_prog, &flood)?;
+    let report = Report { json, empty, empty_per_call };
+
+    say(&format!("\nper packet, BPF_PROG_TEST_RUN (repeat {REPEAT}, median of {RUNS}):"));
+    report.case("empty", empty, false);
+    for (case, f) in &frames {
+        // Each case starts from fresh budgets; unknown_drop is one abusive source over its bucket.
+        filter.maps.reset_budgets()?;
+        let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), f)?;
+        report.case(case, ns, false);
+    }
+    let open = Policy::parse(&format!("{POLICY}\n[unknown]\nrate_pps = 1000000000\nburst = 1000000000\nglobal_pps = 1000000000\nglobal_burst = 1000000000\n"), "bench.toml", Path::new("."))?;
+    filter.maps.apply(&open, &history, today)?;
+    filter.maps.reset_budgets()?;
+    let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[4].1)?;
+    report.case("unknown_pass", ns, false);
+    filter.maps.apply(&policy, &history, today)?;
+
+    say(&format!("\nrandom sources, one packet per source ({FLOOD_FRAMES} frames, median of {RUNS} passes):"));
+    report.case("empty_per_call", empty_per_call, true);
+    filter.maps.reset_budgets()?;
+    let flood_ns = per_call(|f, r| Ok(filter.run(f, r)?.1), &flood)?;
+    report.case("flood_random_source", flood_ns, true);
+    let ns = per_call(|f, r| {
+        let p: &mut Xdp = baseline.program_mut("anchor_hash").unwrap().try_into().unwrap();
+        test_run(p, f, r)
+    }, &flood)?;
+    report.case("anchor_hash_random", ns, true);
+    say(&format!("  flood_random_source / anchor_hash_random = {:.2}", flood_ns / ns));
+
+    let per_visitor = bitmap_bytes as f64 / f64::from(VISITORS);
+    let anchor_per = anchor_bytes as f64 / f64::from(VISITORS);
+    if json {
+        println!("{}", serde_json::json!({ "case": "load_20m_visitors", "seconds": (load_s * 1000.0).round() / 1000.0, "kernel_bytes_per_visitor": (per_visitor * 10.0).round() / 10.0 }));
+        println!("{}", serde_json::json!({ "case": "load_20m_anchor_hash", "seconds": (anchor_load_s * 1000.0).round() / 1000.0, "kernel_bytes_per_visitor": (anchor_per * 10.0).round() / 10.0 }));
+    } else {
+        println!("\nloading {VISITORS} IPv4 visitors:");
+        println!("  edge bitmap (mmap)     {load_s:>7.3} s  {per_visitor:>6.1} B/visitor  ({} MiB, flat)", bitmap_bytes >> 20);
+        println!("  anchor hash (batch)    {anchor_load_s:>7.3} s  {anchor_per:>6.1} B/visitor  ({} MiB)", anchor_bytes >> 20);
+    }
+    Ok(())
+}
