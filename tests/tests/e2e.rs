@@ -147,3 +147,75 @@ fn clear_errors_and_exit_codes() {
     let run = edge(Command::new(edge_bin()).args(["attach", "--iface"]));
     assert_eq!(run.code, 2, "usage errors exit 2");
 }
+
+#[test]
+fn replay_judges_every_frame_of_a_capture() {
+    if !privileged("replay_judges_every_frame_of_a_capture") {
+        return;
+    }
+    use edge_tests::frames::{arp, frame, L4};
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("visitors.csv"), "192.0.2.10\n").unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n[lists]\ndeny = [\"203.0.113.0/24\"]\nvisitors = \"visitors.csv\"\n").unwrap();
+    let frames = [
+        frame(VISITOR, L4::Tcp(443)).build(),
+        frame(UNKNOWN, L4::Tcp(443)).build(),
+        frame(DENIED, L4::Tcp(22)).build(),
+        arp(),
+        frame(UNKNOWN, L4::Tcp(443)).build()[..30].to_vec(),
+        vec![0u8; 10],
+    ];
+    let pcap = dir.path().join("capture.pcap");
+    let mut writer = PcapWriter::new(std::fs::File::create(&pcap).unwrap()).unwrap();
+    for f in &frames {
+        writer.write_packet(&PcapPacket::new(std::time::Duration::ZERO, f.len() as u32, f)).unwrap();
+    }
+    drop(writer);
+
+    let run = edge(Command::new(edge_bin()).arg("replay").arg(&pcap).arg("--policy").arg(&policy).arg("--json"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<serde_json::Value> = run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<(String, String)> = lines[..frames.len()]
+        .iter()
+        .map(|v| (v["verdict"].as_str().unwrap().into(), v["reason"].as_str().unwrap().into()))
+        .collect();
+    let want = [("pass", "visitor"), ("drop", "unknown_rate"), ("drop", "deny"), ("pass", "non_ip"), ("drop", "malformed"), ("drop", "runt")];
+    assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    for (i, v) in lines[..frames.len()].iter().enumerate() {
+        assert_eq!(v["index"], i);
+    }
+    let summary = &lines[frames.len()]["summary"];
+    assert_eq!((summary["frames"].as_u64(), summary["pass"].as_u64(), summary["drop"].as_u64()), (Some(6), Some(2), Some(4)));
+
+    // Monitor mode: same reasons, every frame passes, drops flagged.
+    std::fs::write(&policy, "mode = \"monitor\"\n[unknown]\nrate_pps = 0\n[lists]\nvisitors = \"visitors.csv\"\n").unwrap();
+    let run = edge(Command::new(edge_bin()).arg("replay").arg(&pcap).arg("--policy").arg(&policy).arg("--json"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let second: serde_json::Value = serde_json::from_str(run.stdout.lines().nth(1).unwrap()).unwrap();
+    assert_eq!((second["verdict"].as_str(), second["reason"].as_str(), second["would_drop"].as_bool()), (Some("pass"), Some("unknown_rate"), Some(true)));
+
+    let run = edge(Command::new(edge_bin()).arg("replay").arg(dir.path().join("p.toml")).arg("--policy").arg(&policy));
+    assert_eq!(run.code, 1, "a policy file is not a capture");
+}
+
+#[test]
+fn without_privileges_the_error_says_so() {
+    if !privileged("without_privileges_the_error_says_so") {
+        return;
+    }
+    // A world-readable policy so the unprivileged user gets as far as the kernel.
+    let policy = std::env::temp_dir().join(format!("edge-unpriv-{}.toml", std::process::id()));
+    std::fs::write(&policy, "mode = \"enforce\"\n").unwrap();
+    let run = edge(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .arg(edge_bin())
+            .args(["attach", "--iface", "lo", "--policy"])
+            .arg(&policy),
+    );
+    let _ = std::fs::remove_file(&policy);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("needs root, or CAP_BPF and CAP_NET_ADMIN"), "{}", run.stderr);
+}
