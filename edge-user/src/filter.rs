@@ -163,8 +163,8 @@ impl Maps {
         check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, v6_in_window)?;
 
         self.set_protected(&policy.protect)?;
-        self.set_list(names::DENY, &policy.deny)?;
-        self.set_list(names::ALLOW, &policy.allow)?;
+        self.set_list(names::DENY, names::DENY_CAPACITY, &policy.deny)?;
+        self.set_list(names::ALLOW, names::ALLOW_CAPACITY, &policy.allow)?;
         self.set_visitors(history, today, policy.window_days)?;
         let mut config = kernel_config(policy);
         config.lists |= self.occupied_lists()?;
@@ -214,12 +214,12 @@ impl Maps {
 
     /// Makes an allow or deny trie hold exactly `nets`: inserts first, then removes the rest,
     /// so a prefix present before and after is never missing in between.
-    fn set_list(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
+    fn set_list(&mut self, name: &'static str, capacity: u32, nets: &[IpNet]) -> Result<()> {
         let mut trie = self.list(name)?;
         let wanted: Vec<(u32, Addr)> = nets.iter().map(lpm_key).collect();
         for (index, (len, addr)) in wanted.iter().enumerate() {
             trie.insert(&Key::new(*len, *addr), Rule { id: index as u32 + 1 }, 0)
-                .map_err(|e| full_or(e, name, names::ALLOW_CAPACITY.max(names::DENY_CAPACITY), nets.len()))?;
+                .map_err(|e| full_or(e, name, capacity, nets.len()))?;
         }
         let wanted: HashSet<(u32, Addr)> = wanted.into_iter().collect();
         let stale: Vec<Key<Addr>> = trie
@@ -589,4 +589,59 @@ pub fn detach(iface: &str) -> Result<()> {
     let link = link.unpin().map_err(|e| kernel("unpinning the link", e))?;
     aya::programs::links::Link::detach(link).map_err(|e| kernel("detaching", e))?;
     std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel { what: format!("removing {}", dir.display()), source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(words: [u64; 2]) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&words[0].to_ne_bytes());
+        out[8..].copy_from_slice(&words[1].to_ne_bytes());
+        out
+    }
+
+    #[test]
+    fn bucket_masks_keep_the_aggregation_prefix() {
+        let mut policy = Policy::default();
+        policy.unknown.prefix_v4 = 24;
+        policy.unknown.prefix_v6 = 56;
+        let c = kernel_config(&policy);
+        // v4-mapped: the ::ffff: prefix and the first three octets survive.
+        let v4 = bytes(c.bucket_mask_v4);
+        assert_eq!(&v4[..15], &[0xff; 15]);
+        assert_eq!(v4[15], 0);
+        let v6 = bytes(c.bucket_mask_v6);
+        assert_eq!(&v6[..7], &[0xff; 7]);
+        assert_eq!(&v6[7..], &[0; 9]);
+        assert_eq!(mask_words(0), [0, 0]);
+        assert_eq!(mask_words(128), [u64::MAX, u64::MAX]);
+    }
+
+    #[test]
+    fn budgets_become_gcra_intervals() {
+        let mut policy = Policy::default();
+        policy.unknown.rate_pps = 50;
+        policy.unknown.burst = 100;
+        policy.unknown.global_pps = 20_000;
+        policy.unknown.global_burst = 2_000;
+        let c = kernel_config(&policy);
+        assert_eq!(c.source_interval_ns, 20_000_000);
+        assert_eq!(c.source_tolerance_ns, 99 * 20_000_000);
+        assert_eq!(c.global_interval_ns, 50_000);
+        assert_eq!(c.global_tolerance_ns, 1_999 * 50_000);
+        policy.unknown.rate_pps = 0;
+        assert_eq!(kernel_config(&policy).source_interval_ns, 0, "0 pps is strict");
+        assert_eq!(c.lists, 0, "empty lists cost no lookups");
+    }
+
+    #[test]
+    fn admissions_key_ipv6_by_its_64() {
+        let a = admission_key("2001:db8:1:2::1".parse().unwrap());
+        let b = admission_key("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(admission_key("192.0.2.1".parse().unwrap()), v4_mapped([192, 0, 2, 1]));
+        assert_eq!(admission_key("::ffff:192.0.2.1".parse().unwrap()), v4_mapped([192, 0, 2, 1]));
+    }
 }

@@ -118,13 +118,13 @@ fn setup() -> Result<()> {
         run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // Nightly with rust-src: the eBPF crate is built with -Z build-std=core.
-    if !quiet_ok(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        || !String::from_utf8_lossy(
-            &Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output()?.stdout,
-        )
-        .contains("rust-src")
-    {
-        eprintln!("setup: installing nightly rust-src");
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: installing nightly with rust-src");
         run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
     }
     let linker = Command::new("bpf-linker").arg("--version").output();
