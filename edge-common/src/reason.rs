@@ -61,8 +61,5 @@ pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
 /// Whether a reason's verdict is a drop (in `enforce`; a would-drop in `monitor`).
 #[inline(always)]
 pub const fn is_drop(reason: Reason) -> bool {
-    matches!(
-        reason,
-        DENY | FRAGMENT | UNKNOWN_GLOBAL | UNKNOWN_RATE | MALFORMED | INTERNAL
-    )
+    matches!(reason, DENY | FRAGMENT | UNKNOWN_GLOBAL | UNKNOWN_RATE | MALFORMED | INTERNAL)
 }

@@ -59,9 +59,7 @@ pub fn judge_unknown(src: &Addr, mask: &[u64; 2], cfg: &Config) -> Reason {
             take(bucket, now, cfg.source_interval_ns);
         }
         None => {
-            let fresh = Bucket {
-                tat_ns: now + cfg.source_interval_ns,
-            };
+            let fresh = Bucket { tat_ns: now + cfg.source_interval_ns };
             // A full LRU recycles its oldest entry; a failed insert only forgets a charge.
             let _ = UNKNOWN_BUCKETS.insert(&key, &fresh, 0);
         }
@@ -74,9 +72,8 @@ pub fn judge_unknown(src: &Addr, mask: &[u64; 2], cfg: &Config) -> Reason {
 #[inline(always)]
 fn bucket_key(src: &Addr, mask: &[u64; 2]) -> Addr {
     let hi = u64::from_ne_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
-    let lo = u64::from_ne_bytes([
-        src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15],
-    ]);
+    let lo =
+        u64::from_ne_bytes([src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15]]);
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&(hi & mask[0]).to_ne_bytes());
     key[8..].copy_from_slice(&(lo & mask[1]).to_ne_bytes());

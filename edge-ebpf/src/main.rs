@@ -21,8 +21,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use edge_common::{
-    config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6, MODE_ENFORCE, MODE_OFF},
-    keys::{visitor_v4_slot, Addr, Rule, protected_slot},
+    config::{
+        Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6, MODE_ENFORCE, MODE_OFF,
+    },
+    keys::{protected_slot, visitor_v4_slot, Addr, Rule},
     reason::*,
 };
 use parse::{Fragment, Packet, Parsed};
@@ -111,7 +113,8 @@ fn admitted(pkt: &Packet, cfg: &Config) -> bool {
     let Some(admission) = maps::ADMITTED.get_ptr(&key) else {
         return false;
     };
-    let now_utc = (unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000).wrapping_sub(cfg.tai_offset_s);
+    let now_utc =
+        (unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000).wrapping_sub(cfg.tai_offset_s);
     now_utc < unsafe { (*admission).admitted_until }
 }
 
@@ -127,7 +130,11 @@ fn apply(reason: Reason, mode: u32, bytes: u64) -> u32 {
         return XDP_PASS;
     }
     count(reason, false, bytes);
-    if reason == INTERNAL { XDP_ABORTED } else { XDP_DROP }
+    if reason == INTERNAL {
+        XDP_ABORTED
+    } else {
+        XDP_DROP
+    }
 }
 
 #[inline(always)]

@@ -24,7 +24,8 @@ pub static PROTECTED: Array<u64> = Array::with_max_entries(PROTECTED_WORDS, 0);
 
 /// Deny list (v4-mapped and IPv6 prefixes).
 #[map(name = "deny")]
-pub static DENY_LIST: LpmTrie<Addr, Rule> = LpmTrie::with_max_entries(DENY_CAPACITY, BPF_F_NO_PREALLOC);
+pub static DENY_LIST: LpmTrie<Addr, Rule> =
+    LpmTrie::with_max_entries(DENY_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Allow list (v4-mapped and IPv6 prefixes).
 #[map(name = "allow")]

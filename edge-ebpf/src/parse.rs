@@ -156,11 +156,8 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
     if (u16::from_be_bytes(ip.tot_len) as usize) < ihl {
         return Err(Malformed);
     }
-    let fragment = if u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 {
-        Fragment::Later
-    } else {
-        Fragment::No
-    };
+    let fragment =
+        if u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 { Fragment::Later } else { Fragment::No };
     let src = v4_mapped(ip.saddr);
     transport(ctx, src, true, ip.protocol, offset + ihl, fragment)
 }
@@ -211,7 +208,10 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
 
 #[inline(always)]
 fn is_extension(next: u8) -> bool {
-    matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT)
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
 }
 
 /// Reads the destination port (TCP/UDP) or recognises neighbour discovery.
@@ -249,11 +249,5 @@ fn transport(
             _ => {}
         }
     }
-    Ok(Parsed::Ip(Packet {
-        src,
-        is_v4,
-        proto,
-        dport,
-        fragment,
-    }))
+    Ok(Parsed::Ip(Packet { src, is_v4, proto, dport, fragment }))
 }

@@ -1,6 +1,11 @@
 //! The IPv4 visitor bitmap, written by userspace through mmap: setting 20 million bits is
 //! memory writes, not 20 million syscalls, and the kernel sees each bit as soon as it is set.
-use std::{net::Ipv4Addr, os::fd::{AsFd, AsRawFd}, ptr::NonNull, sync::atomic::{AtomicU64, Ordering}};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use aya::maps::MapData;
 use edge_common::{keys::visitor_v4_slot, maps::VISITORS_V4_WORDS};
@@ -61,17 +66,6 @@ impl VisitorBitmap {
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         let (word, bit) = self.word(addr);
         word.load(Ordering::Relaxed) & bit != 0
-    }
-
-    /// Number of addresses set (reads all 512 MiB; for stats, not the hot path).
-    pub fn count(&self) -> u64 {
-        let words = unsafe { std::slice::from_raw_parts(self.words.as_ptr(), VISITORS_V4_WORDS as usize) };
-        words.iter().map(|w| u64::from(w.load(Ordering::Relaxed).count_ones())).sum()
-    }
-
-    pub fn clear(&self) {
-        let words = unsafe { std::slice::from_raw_parts(self.words.as_ptr(), VISITORS_V4_WORDS as usize) };
-        words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
     }
 }
 

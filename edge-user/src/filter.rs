@@ -14,7 +14,10 @@ use aya::{
 };
 use edge_common::{
     config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6},
-    keys::{v4_mapped, v4_mapped_prefix_len, Addr, Admission, Bucket, Counter, Rule, V6Prefix, VisitorDay},
+    keys::{
+        v4_mapped, v4_mapped_prefix_len, Addr, Admission, Bucket, Counter, Rule, V6Prefix,
+        VisitorDay,
+    },
     maps as names,
     reason::Reason,
 };
@@ -32,7 +35,8 @@ use crate::{
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
 
 /// Reference programs for benchmarks (`empty`, `anchor_hash`); never attached by edge.
-pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
+pub static BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));
 
 /// Where `edge attach` pins the program, link and maps: `PIN_ROOT/<iface>/`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
@@ -58,11 +62,16 @@ pub struct Maps {
     visitors_v4: VisitorBitmap,
 }
 
-fn view<'a, T>(maps: &'a mut std::collections::HashMap<&'static str, Map>, name: &'static str) -> Result<T>
+fn view<'a, T>(
+    maps: &'a mut std::collections::HashMap<&'static str, Map>,
+    name: &'static str,
+) -> Result<T>
 where
     T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
 {
-    let map = maps.get_mut(name).ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))?;
+    let map = maps
+        .get_mut(name)
+        .ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))?;
     T::try_from(map).map_err(|e| kernel(format!("the `{name}` map"), e))
 }
 
@@ -81,13 +90,9 @@ impl Maps {
 
     fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         Self::new(|name| {
-            ebpf.take_map(name).ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))
+            ebpf.take_map(name)
+                .ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))
         })
-    }
-
-    /// Opens the maps pinned under `dir`.
-    pub fn from_pins(dir: &Path) -> Result<Self> {
-        Self::new(|name| open_pinned_map(&dir.join(name)))
     }
 
     fn pin(&self, dir: &Path) -> Result<()> {
@@ -102,7 +107,11 @@ impl Maps {
         use std::os::fd::{AsFd, AsRawFd};
         let map = self.maps.get(name).ok_or_else(|| Error::Load(format!("no `{name}` map")))?;
         let data: &MapData = match map {
-            Map::Array(d) | Map::HashMap(d) | Map::LpmTrie(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => d,
+            Map::Array(d)
+            | Map::HashMap(d)
+            | Map::LpmTrie(d)
+            | Map::LruHashMap(d)
+            | Map::PerCpuArray(d) => d,
             _ => return Err(Error::Load(format!("`{name}` has an unexpected type"))),
         };
         let fd = data.fd().as_fd().as_raw_fd();
@@ -158,7 +167,9 @@ impl Maps {
         check_capacity(names::DENY, names::DENY_CAPACITY, policy.deny.len())?;
         let v6_in_window = history
             .iter()
-            .filter(|(k, d)| matches!(k, VisitorKey::V6(_)) && in_window(*d, today, policy.window_days))
+            .filter(|(k, d)| {
+                matches!(k, VisitorKey::V6(_)) && in_window(*d, today, policy.window_days)
+            })
             .count();
         check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, v6_in_window)?;
 
@@ -234,9 +245,15 @@ impl Maps {
     }
 
     /// Puts every visitor inside the window in the maps and takes out those that aged out.
-    fn set_visitors(&mut self, history: &VisitorHistory, today: Day, window_days: u16) -> Result<()> {
+    fn set_visitors(
+        &mut self,
+        history: &VisitorHistory,
+        today: Day,
+        window_days: u16,
+    ) -> Result<()> {
         let v4 = &self.visitors_v4;
-        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> = view(&mut self.maps, names::VISITORS_V6)?;
+        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> =
+            view(&mut self.maps, names::VISITORS_V6)?;
         for (key, day) in history.iter() {
             let keep = in_window(day, today, window_days);
             match key {
@@ -254,7 +271,8 @@ impl Maps {
     /// Takes visitors out of the kernel maps (the history itself is the caller's).
     pub fn remove_visitors(&mut self, keys: impl IntoIterator<Item = VisitorKey>) -> Result<()> {
         let v4 = &self.visitors_v4;
-        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> = view(&mut self.maps, names::VISITORS_V6)?;
+        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> =
+            view(&mut self.maps, names::VISITORS_V6)?;
         for key in keys {
             match key {
                 VisitorKey::V4(addr) => v4.remove(addr),
@@ -302,7 +320,10 @@ fn remove_v6(v6: &mut HashMap<&mut MapData, V6Prefix, VisitorDay>, prefix: V6Pre
 /// A delete of a key that is not there (ENOENT) is not an error for an idempotent remove.
 fn absent_ok(result: Result<(), aya::maps::MapError>, what: &str) -> Result<()> {
     match result {
-        Err(e) if errno(&e) != Some(libc::ENOENT) && !matches!(e, aya::maps::MapError::KeyNotFound) => {
+        Err(e)
+            if errno(&e) != Some(libc::ENOENT)
+                && !matches!(e, aya::maps::MapError::KeyNotFound) =>
+        {
             Err(kernel(what, e))
         }
         _ => Ok(()),
@@ -328,7 +349,9 @@ fn full_or(e: aya::maps::MapError, map: &'static str, capacity: u32, wanted: usi
 /// The LPM key of a prefix: IPv4 in v4-mapped form.
 fn lpm_key(net: &IpNet) -> (u32, Addr) {
     match net {
-        IpNet::V4(n) => (v4_mapped_prefix_len(u32::from(n.prefix_len())), v4_mapped(n.network().octets())),
+        IpNet::V4(n) => {
+            (v4_mapped_prefix_len(u32::from(n.prefix_len())), v4_mapped(n.network().octets()))
+        }
         IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
     }
 }
@@ -456,7 +479,9 @@ impl Filter {
             if errno(&e) == Some(libc::EINVAL) && frame.len() < 14 {
                 Error::Kernel {
                     what: format!("test run of a {}-byte frame", frame.len()),
-                    source: std::io::Error::other("the kernel refuses frames shorter than an Ethernet header"),
+                    source: std::io::Error::other(
+                        "the kernel refuses frames shorter than an Ethernet header",
+                    ),
                 }
             } else {
                 kernel("BPF_PROG_TEST_RUN", e)
@@ -473,19 +498,27 @@ impl Filter {
         if dir.exists() {
             return Err(Error::AlreadyAttached { iface: iface.into(), pins: dir });
         }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Kernel { what: format!("creating {}", dir.display()), source: e })?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Kernel {
+            what: format!("creating {}", dir.display()),
+            source: e,
+        })?;
         let attached = (|| {
             self.maps.pin(&dir)?;
             let prog = program(&mut self.ebpf)?;
             prog.pin(dir.join("prog")).map_err(|e| kernel("pinning the program", e))?;
             let link_id = prog.attach_to_if_index(if_index, mode).map_err(|e| match errno(&e) {
-                Some(libc::EBUSY) | Some(libc::EEXIST) => Error::InterfaceBusy { iface: iface.into() },
+                Some(libc::EBUSY) | Some(libc::EEXIST) => {
+                    Error::InterfaceBusy { iface: iface.into() }
+                }
                 Some(libc::EPERM) => Error::NoPrivilege { what: "attaching an XDP program" },
-                Some(libc::EOPNOTSUPP) => kernel(format!("{iface} does not support this XDP mode"), e),
+                Some(libc::EOPNOTSUPP) => {
+                    kernel(format!("{iface} does not support this XDP mode"), e)
+                }
                 _ => kernel(format!("attaching to {iface}"), e),
             })?;
             let link = prog.take_link(link_id).map_err(|e| kernel("taking the XDP link", e))?;
-            let link = FdLink::try_from(link).map_err(|e| kernel("the XDP link is not a bpf_link", e))?;
+            let link =
+                FdLink::try_from(link).map_err(|e| kernel("the XDP link is not a bpf_link", e))?;
             link.pin(dir.join("link")).map_err(|e| kernel("pinning the XDP link", e))?;
             Ok(())
         })();
@@ -544,7 +577,9 @@ fn ensure_bpffs(mount_point: &Path) -> Result<()> {
     }
     let fstype = c"bpf";
     // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
     if rc != 0 || !is_bpffs() {
         return Err(Error::NoBpffs {
             path: mount_point.display().to_string(),
@@ -556,7 +591,9 @@ fn ensure_bpffs(mount_point: &Path) -> Result<()> {
 
 fn open_pinned_map(path: &Path) -> Result<Map> {
     let data = MapData::from_pin(path).map_err(|e| match errno(&e) {
-        Some(libc::EPERM) | Some(libc::EACCES) => Error::NoPrivilege { what: "opening the pinned maps" },
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            Error::NoPrivilege { what: "opening the pinned maps" }
+        }
         _ => kernel(format!("opening {}", path.display()), e),
     })?;
     Map::from_map_data(data).map_err(|e| kernel(format!("opening {}", path.display()), e))
@@ -588,7 +625,8 @@ pub fn detach(iface: &str) -> Result<()> {
     })?;
     let link = link.unpin().map_err(|e| kernel("unpinning the link", e))?;
     aya::programs::links::Link::detach(link).map_err(|e| kernel("detaching", e))?;
-    std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel { what: format!("removing {}", dir.display()), source: e })
+    std::fs::remove_dir_all(&dir)
+        .map_err(|e| Error::Kernel { what: format!("removing {}", dir.display()), source: e })
 }
 
 #[cfg(test)]

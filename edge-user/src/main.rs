@@ -149,7 +149,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Check { policy: path } => {
-            let (policy, history, _) = load_policy(&path).with_context(|| format!("{} is not valid", path.display()))?;
+            let (policy, history, _) =
+                load_policy(&path).with_context(|| format!("{} is not valid", path.display()))?;
             println!(
                 "{}: ok ({:?} mode, {} protected, {} allow, {} deny, {} visitors)",
                 path.display(),

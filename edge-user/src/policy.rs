@@ -50,17 +50,15 @@ pub struct Protected {
 impl Protected {
     /// Parses `tcp/443`, `udp/8000-8100` or `tcp/*`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (proto, ports) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not PROTO/PORT (e.g. tcp/443)"))?;
+        let (proto, ports) =
+            s.split_once('/').ok_or_else(|| format!("`{s}` is not PROTO/PORT (e.g. tcp/443)"))?;
         let proto = match proto {
             "tcp" => edge_common::keys::IPPROTO_TCP,
             "udp" => edge_common::keys::IPPROTO_UDP,
             other => return Err(format!("protocol `{other}` is not tcp or udp")),
         };
         let port = |p: &str| {
-            p.parse::<u16>()
-                .map_err(|_| format!("port `{p}` is not a number in 0..=65535"))
+            p.parse::<u16>().map_err(|_| format!("port `{p}` is not a number in 0..=65535"))
         };
         let ports = match ports {
             "*" => (0, u16::MAX),
@@ -232,13 +230,19 @@ impl Policy {
         let mut policy = Policy::default();
         if let Some(mode) = raw.mode {
             policy.mode = Mode::parse(mode.get_ref()).ok_or_else(|| {
-                at(mode.span(), "mode", format!("`{}` is not off, monitor or enforce", mode.get_ref()))
+                at(
+                    mode.span(),
+                    "mode",
+                    format!("`{}` is not off, monitor or enforce", mode.get_ref()),
+                )
             })?;
         }
         if let Some(protect) = raw.scope.and_then(|s| s.protect) {
             policy.protect = protect
                 .iter()
-                .map(|p| Protected::parse(p.get_ref()).map_err(|r| at(p.span(), "scope.protect", r)))
+                .map(|p| {
+                    Protected::parse(p.get_ref()).map_err(|r| at(p.span(), "scope.protect", r))
+                })
                 .collect::<Result<_, _>>()?;
         }
 
@@ -247,7 +251,11 @@ impl Policy {
             if range.contains(&n) {
                 Ok(n)
             } else {
-                Err(at(v.span(), field, format!("{n} is outside {}..={}", range.start, range.end - 1)))
+                Err(at(
+                    v.span(),
+                    field,
+                    format!("{n} is outside {}..={}", range.start, range.end - 1),
+                ))
             }
         };
         if let Some(u) = raw.unknown {

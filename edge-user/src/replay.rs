@@ -2,10 +2,17 @@
 //! the maps set from a policy, and comes back with its verdict and reason.
 use std::{collections::BTreeMap, fs::File, io::BufReader, path::Path};
 
-use pcap_file::{pcap::PcapReader, pcapng::{Block, PcapNgReader}, DataLink};
+use pcap_file::{
+    pcap::PcapReader,
+    pcapng::{Block, PcapNgReader},
+    DataLink,
+};
 use serde::Serialize;
 
-use crate::{error::{Error, Result}, Filter};
+use crate::{
+    error::{Error, Result},
+    Filter,
+};
 
 /// One replayed frame.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -36,9 +43,11 @@ pub const RUNT: &str = "runt";
 /// Reads every Ethernet frame of a pcap or pcapng file.
 pub fn read_frames(path: &Path) -> Result<Vec<Vec<u8>>> {
     let fail = |what: String| Error::Pcap(format!("{}: {what}", path.display()));
-    let open = || File::open(path).map(BufReader::new).map_err(|e| fail(format!("cannot read: {e}")));
+    let open =
+        || File::open(path).map(BufReader::new).map_err(|e| fail(format!("cannot read: {e}")));
     let mut magic = [0u8; 4];
-    std::io::Read::read_exact(&mut open()?, &mut magic).map_err(|_| fail("too short to be a capture".into()))?;
+    std::io::Read::read_exact(&mut open()?, &mut magic)
+        .map_err(|_| fail("too short to be a capture".into()))?;
     let mut frames = Vec::new();
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
         let mut reader = PcapNgReader::new(open()?).map_err(|e| fail(e.to_string()))?;
@@ -51,7 +60,10 @@ pub fn read_frames(path: &Path) -> Result<Vec<Vec<u8>>> {
             };
             let link = reader.interfaces().get(interface as usize).map(|i| i.linktype);
             if link != Some(DataLink::ETHERNET) {
-                return Err(fail(format!("frame {}: link type {link:?} is not Ethernet", frames.len())));
+                return Err(fail(format!(
+                    "frame {}: link type {link:?} is not Ethernet",
+                    frames.len()
+                )));
             }
             frames.push(data);
         }
@@ -70,14 +82,23 @@ pub fn read_frames(path: &Path) -> Result<Vec<Vec<u8>>> {
 
 /// Judges each frame in order. Budgets see the frames back to back (the program reads the
 /// kernel clock, not capture timestamps).
-pub fn replay(filter: &mut Filter, frames: &[Vec<u8>], mut each: impl FnMut(&FrameVerdict)) -> Result<Summary> {
+pub fn replay(
+    filter: &mut Filter,
+    frames: &[Vec<u8>],
+    mut each: impl FnMut(&FrameVerdict),
+) -> Result<Summary> {
     let mut summary = Summary::default();
     for (index, frame) in frames.iter().enumerate() {
         let verdict = if frame.len() < 14 {
             FrameVerdict { index, verdict: "drop", reason: RUNT, would_drop: false }
         } else {
             let j = filter.judge(frame)?;
-            FrameVerdict { index, verdict: j.verdict(), reason: j.reason_name(), would_drop: j.would_drop }
+            FrameVerdict {
+                index,
+                verdict: j.verdict(),
+                reason: j.reason_name(),
+                would_drop: j.would_drop,
+            }
         };
         summary.frames += 1;
         match verdict.verdict {

@@ -90,11 +90,21 @@ impl Stats {
                     r if is_drop(r) => "drop",
                     _ => "pass",
                 };
-                rows.push(Row { reason: name, action, packets: applied.packets, bytes: applied.bytes });
+                rows.push(Row {
+                    reason: name,
+                    action,
+                    packets: applied.packets,
+                    bytes: applied.bytes,
+                });
             }
             let would = self.would_drop(reason);
             if would.packets > 0 {
-                rows.push(Row { reason: name, action: "would_drop", packets: would.packets, bytes: would.bytes });
+                rows.push(Row {
+                    reason: name,
+                    action: "would_drop",
+                    packets: would.packets,
+                    bytes: would.bytes,
+                });
             }
         }
         rows
@@ -109,7 +119,10 @@ impl Stats {
 pub fn render_table(rows: &[Row]) -> String {
     let mut out = format!("{:<20} {:<11} {:>14} {:>16}\n", "REASON", "ACTION", "PACKETS", "BYTES");
     for r in rows {
-        out.push_str(&format!("{:<20} {:<11} {:>14} {:>16}\n", r.reason, r.action, r.packets, r.bytes));
+        out.push_str(&format!(
+            "{:<20} {:<11} {:>14} {:>16}\n",
+            r.reason, r.action, r.packets, r.bytes
+        ));
     }
     out
 }

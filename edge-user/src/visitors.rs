@@ -115,30 +115,35 @@ impl VisitorHistory {
     /// fails the whole file.
     pub fn load_csv(path: &Path, today: Day) -> Result<Self, ImportError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ImportError { file: file.clone(), line: 0, reason: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ImportError {
+            file: file.clone(),
+            line: 0,
+            reason: format!("cannot read: {e}"),
+        })?;
         Self::parse_csv(&text, &file, today)
     }
 
     pub fn parse_csv(text: &str, file: &str, today: Day) -> Result<Self, ImportError> {
         let mut history = Self::default();
         for (index, raw) in text.lines().enumerate() {
-            let fail = |reason: String| ImportError { file: file.to_string(), line: index + 1, reason };
+            let fail =
+                |reason: String| ImportError { file: file.to_string(), line: index + 1, reason };
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
             }
             let mut fields = line.split(',').map(str::trim);
             let ip_field = fields.next().unwrap_or("");
-            let ip: IpAddr = ip_field
-                .parse()
-                .map_err(|_| fail(format!("`{ip_field}` is not an IP address")))?;
+            let ip: IpAddr =
+                ip_field.parse().map_err(|_| fail(format!("`{ip_field}` is not an IP address")))?;
             let day = match fields.next() {
                 None | Some("") => today,
                 Some(date) => Day::parse(date).map_err(fail)?,
             };
             if let Some(extra) = fields.next() {
-                return Err(fail(format!("unexpected third field `{extra}` (want IP[,YYYY-MM-DD])")));
+                return Err(fail(format!(
+                    "unexpected third field `{extra}` (want IP[,YYYY-MM-DD])"
+                )));
             }
             if day > today {
                 return Err(fail(format!("last-seen day {day} is after today ({today}, UTC)")));

@@ -3,8 +3,7 @@ use std::net::IpAddr;
 
 use etherparse::{
     IpFragOffset, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv4Options, Ipv6Extensions,
-    Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, Ipv6RoutingExtensions, PacketBuilder,
-    VlanId,
+    Ipv6FragmentHeader, Ipv6Header, Ipv6RawExtHeader, Ipv6RoutingExtensions, PacketBuilder, VlanId,
 };
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -116,14 +115,15 @@ impl Frame {
         }
         let v6 = self.src.is_ipv6();
         match self.l4 {
-            L4::Tcp(port) => step.tcp(40000, port, 1, 1024).syn().write(&mut out, &payload).unwrap(),
+            L4::Tcp(port) => {
+                step.tcp(40000, port, 1, 1024).syn().write(&mut out, &payload).unwrap()
+            }
             L4::Udp(port) => step.udp(40000, port).write(&mut out, &payload).unwrap(),
             L4::Echo if v6 => step.icmpv6_echo_request(1, 1).write(&mut out, &payload).unwrap(),
             L4::Echo => step.icmpv4_echo_request(1, 1).write(&mut out, &payload).unwrap(),
-            L4::NeighborSolicitation => step
-                .icmpv6_raw(135, 0, [0; 4])
-                .write(&mut out, &payload)
-                .unwrap(),
+            L4::NeighborSolicitation => {
+                step.icmpv6_raw(135, 0, [0; 4]).write(&mut out, &payload).unwrap()
+            }
         }
         out
     }
@@ -165,9 +165,15 @@ impl Frame {
                 0 => ext.hop_by_hop_options = Some(raw()),
                 60 => ext.destination_options = Some(raw()),
                 43 => {
-                    ext.routing = Some(Ipv6RoutingExtensions { routing: raw(), final_destination_options: None })
+                    ext.routing = Some(Ipv6RoutingExtensions {
+                        routing: raw(),
+                        final_destination_options: None,
+                    })
                 }
-                51 => ext.auth = Some(etherparse::IpAuthHeader::new(IpNumber::TCP, 1, 1, &[0; 4]).unwrap()),
+                51 => {
+                    ext.auth =
+                        Some(etherparse::IpAuthHeader::new(IpNumber::TCP, 1, 1, &[0; 4]).unwrap())
+                }
                 other => panic!("unsupported extension header {other} in a test frame"),
             }
         }

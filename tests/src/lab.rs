@@ -38,7 +38,8 @@ fn ip(args: &[&str]) -> Result<String> {
 impl Lab {
     /// Creates the namespaces and the veth pair; `client_addrs` are the sources clients use.
     pub fn new(client_addrs: &[&str]) -> Result<Self> {
-        let id = format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let id =
+            format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
         let lab = Self {
             server_ns: format!("edge-{id}-srv"),
             client_ns: format!("edge-{id}-cli"),
@@ -49,8 +50,18 @@ impl Lab {
         ip(&["netns", "add", &lab.server_ns])?;
         ip(&["netns", "add", &lab.client_ns])?;
         ip(&[
-            "link", "add", &lab.server_if, "netns", &lab.server_ns, "type", "veth", "peer", "name",
-            &lab.client_if, "netns", &lab.client_ns,
+            "link",
+            "add",
+            &lab.server_if,
+            "netns",
+            &lab.server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.client_if,
+            "netns",
+            &lab.client_ns,
         ])?;
         let (srv, cli) = (lab.server_ns.clone(), lab.client_ns.clone());
         ip(&["-n", &srv, "addr", "add", &format!("{SERVER_ADDR}/32"), "dev", &lab.server_if])?;
@@ -81,13 +92,23 @@ impl Lab {
 
     /// Starts a long-running process that is killed when the lab goes.
     pub fn spawn(&mut self, mut cmd: Command) -> Result<()> {
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().with_context(|| format!("{cmd:?}"))?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("{cmd:?}"))?;
         self.children.push(child);
         Ok(())
     }
 
     /// Whether a TCP connection from `src` to the server's `port` completes within `timeout_ms`.
-    pub fn connects(&self, probe: &std::path::Path, src: &str, port: u16, timeout_ms: u32) -> Result<bool> {
+    pub fn connects(
+        &self,
+        probe: &std::path::Path,
+        src: &str,
+        port: u16,
+        timeout_ms: u32,
+    ) -> Result<bool> {
         let status = self
             .in_client(probe)
             .args(["connect", "--from", src, "--to", &format!("{SERVER_ADDR}:{port}")])

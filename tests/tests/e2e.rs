@@ -44,7 +44,8 @@ fn attach_enforces_on_real_traffic_and_detach_removes_it() {
     if !privileged("attach_enforces_on_real_traffic_and_detach_removes_it") {
         return;
     }
-    let mut lab = Lab::new(&[VISITOR, ALLOWED, DENIED, UNKNOWN]).expect("creating the namespace lab");
+    let mut lab =
+        Lab::new(&[VISITOR, ALLOWED, DENIED, UNKNOWN]).expect("creating the namespace lab");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("visitors.csv"), format!("{VISITOR}\n")).unwrap();
     let policy = dir.path().join("strict.toml");
@@ -82,15 +83,22 @@ fn attach_enforces_on_real_traffic_and_detach_removes_it() {
 
     // Forget neighbours so the connections below need ARP through the filter.
     for (ns, dev) in [(&lab.server_ns, &lab.server_if), (&lab.client_ns, &lab.client_if)] {
-        edge_tests::lab::sh(Command::new("ip").args(["-n", ns, "neigh", "flush", "dev", dev])).unwrap();
+        edge_tests::lab::sh(Command::new("ip").args(["-n", ns, "neigh", "flush", "dev", dev]))
+            .unwrap();
     }
 
     // The attaching process has exited: the filter stays through its pins.
     assert!(lab.connects(probe(), VISITOR, 443, TIMEOUT_MS).unwrap(), "visitor");
     assert!(lab.connects(probe(), ALLOWED, 443, TIMEOUT_MS).unwrap(), "allowed");
-    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "unknown on a protected port");
+    assert!(
+        !lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(),
+        "unknown on a protected port"
+    );
     assert!(!lab.connects(probe(), DENIED, 443, TIMEOUT_MS).unwrap(), "denied");
-    assert!(lab.connects(probe(), UNKNOWN, 22, TIMEOUT_MS).unwrap(), "unknown on an unprotected port");
+    assert!(
+        lab.connects(probe(), UNKNOWN, 22, TIMEOUT_MS).unwrap(),
+        "unknown on an unprotected port"
+    );
     assert!(!lab.connects(probe(), DENIED, 22, TIMEOUT_MS).unwrap(), "denied on any port");
 
     let stats = edge(Command::new(edge_bin()).args(["stats", "--iface", &iface, "--json"]));
@@ -131,13 +139,22 @@ fn clear_errors_and_exit_codes() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "mode = \"enforce\"\n[unknown]\nburst = 0\n").unwrap();
 
-    let run = edge(Command::new(edge_bin()).args(["attach", "--iface", "edge-nosuchif", "--policy"]).arg(&good));
+    let run = edge(
+        Command::new(edge_bin())
+            .args(["attach", "--iface", "edge-nosuchif", "--policy"])
+            .arg(&good),
+    );
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("no such network interface: edge-nosuchif"), "{}", run.stderr);
 
-    let run = edge(Command::new(edge_bin()).args(["attach", "--iface", "lo", "--policy"]).arg(&bad));
+    let run =
+        edge(Command::new(edge_bin()).args(["attach", "--iface", "lo", "--policy"]).arg(&bad));
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("bad.toml:3:9: unknown.burst: 0 is outside 1..="), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("bad.toml:3:9: unknown.burst: 0 is outside 1..="),
+        "{}",
+        run.stderr
+    );
     assert!(!Path::new("/sys/fs/bpf/edge/lo").exists(), "nothing attached on a bad policy");
 
     let run = edge(Command::new(edge_bin()).args(["stats", "--iface", "edge-nosuchif"]));
@@ -170,33 +187,74 @@ fn replay_judges_every_frame_of_a_capture() {
     let pcap = dir.path().join("capture.pcap");
     let mut writer = PcapWriter::new(std::fs::File::create(&pcap).unwrap()).unwrap();
     for f in &frames {
-        writer.write_packet(&PcapPacket::new(std::time::Duration::ZERO, f.len() as u32, f)).unwrap();
+        writer
+            .write_packet(&PcapPacket::new(std::time::Duration::ZERO, f.len() as u32, f))
+            .unwrap();
     }
     drop(writer);
 
-    let run = edge(Command::new(edge_bin()).arg("replay").arg(&pcap).arg("--policy").arg(&policy).arg("--json"));
+    let run = edge(
+        Command::new(edge_bin())
+            .arg("replay")
+            .arg(&pcap)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--json"),
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let lines: Vec<serde_json::Value> = run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let got: Vec<(String, String)> = lines[..frames.len()]
         .iter()
         .map(|v| (v["verdict"].as_str().unwrap().into(), v["reason"].as_str().unwrap().into()))
         .collect();
-    let want = [("pass", "visitor"), ("drop", "unknown_rate"), ("drop", "deny"), ("pass", "non_ip"), ("drop", "malformed"), ("drop", "runt")];
+    let want = [
+        ("pass", "visitor"),
+        ("drop", "unknown_rate"),
+        ("drop", "deny"),
+        ("pass", "non_ip"),
+        ("drop", "malformed"),
+        ("drop", "runt"),
+    ];
     assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
     for (i, v) in lines[..frames.len()].iter().enumerate() {
         assert_eq!(v["index"], i);
     }
     let summary = &lines[frames.len()]["summary"];
-    assert_eq!((summary["frames"].as_u64(), summary["pass"].as_u64(), summary["drop"].as_u64()), (Some(6), Some(2), Some(4)));
+    assert_eq!(
+        (summary["frames"].as_u64(), summary["pass"].as_u64(), summary["drop"].as_u64()),
+        (Some(6), Some(2), Some(4))
+    );
 
     // Monitor mode: same reasons, every frame passes, drops flagged.
-    std::fs::write(&policy, "mode = \"monitor\"\n[unknown]\nrate_pps = 0\n[lists]\nvisitors = \"visitors.csv\"\n").unwrap();
-    let run = edge(Command::new(edge_bin()).arg("replay").arg(&pcap).arg("--policy").arg(&policy).arg("--json"));
+    std::fs::write(
+        &policy,
+        "mode = \"monitor\"\n[unknown]\nrate_pps = 0\n[lists]\nvisitors = \"visitors.csv\"\n",
+    )
+    .unwrap();
+    let run = edge(
+        Command::new(edge_bin())
+            .arg("replay")
+            .arg(&pcap)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--json"),
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let second: serde_json::Value = serde_json::from_str(run.stdout.lines().nth(1).unwrap()).unwrap();
-    assert_eq!((second["verdict"].as_str(), second["reason"].as_str(), second["would_drop"].as_bool()), (Some("pass"), Some("unknown_rate"), Some(true)));
+    let second: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(
+        (second["verdict"].as_str(), second["reason"].as_str(), second["would_drop"].as_bool()),
+        (Some("pass"), Some("unknown_rate"), Some(true))
+    );
 
-    let run = edge(Command::new(edge_bin()).arg("replay").arg(dir.path().join("p.toml")).arg("--policy").arg(&policy));
+    let run = edge(
+        Command::new(edge_bin())
+            .arg("replay")
+            .arg(dir.path().join("p.toml"))
+            .arg("--policy")
+            .arg(&policy),
+    );
     assert_eq!(run.code, 1, "a policy file is not a capture");
 }
 

@@ -2,11 +2,14 @@
 //! protected port ever passes, whatever the frame looks like. Frames are random structures
 //! (VLANs, options, extension chains, fragments, truncation) and random bytes; an independent
 //! parser (etherparse) decides what each frame is.
-use std::{path::Path, sync::OnceLock, sync::Mutex};
+use std::{path::Path, sync::Mutex, sync::OnceLock};
 
 use edge::{filter::XDP_PASS, Day, Filter, Policy, VisitorHistory};
 use edge_common::reason::{NEIGHBOR_DISCOVERY, NON_IP, PASS_UNPROTECTED};
-use edge_tests::{frames::{frame, Fragment, L4}, privileged};
+use edge_tests::{
+    frames::{frame, Fragment, L4},
+    privileged,
+};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
@@ -16,7 +19,12 @@ fn filter() -> &'static Mutex<Filter> {
     static FILTER: OnceLock<Mutex<Filter>> = OnceLock::new();
     FILTER.get_or_init(|| {
         let mut f = Filter::load().expect("loading the XDP program");
-        let policy = Policy::parse("mode = \"enforce\"\n[unknown]\nrate_pps = 0\n", "p.toml", Path::new(".")).unwrap();
+        let policy = Policy::parse(
+            "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n",
+            "p.toml",
+            Path::new("."),
+        )
+        .unwrap();
         f.maps.apply(&policy, &VisitorHistory::default(), Day::today_utc()).unwrap();
         Mutex::new(f)
     })
@@ -50,9 +58,13 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     if j.action == XDP_PASS {
         prop_assert!(
             [NON_IP, NEIGHBOR_DISCOVERY, PASS_UNPROTECTED].contains(&j.reason),
-            "passed for {} ({bytes:02x?})", j.reason_name()
+            "passed for {} ({bytes:02x?})",
+            j.reason_name()
         );
-        prop_assert!(!targets_protected_port(bytes), "a protected-port packet passed ({bytes:02x?})");
+        prop_assert!(
+            !targets_protected_port(bytes),
+            "a protected-port packet passed ({bytes:02x?})"
+        );
     }
     Ok(())
 }
@@ -66,11 +78,28 @@ fn structured() -> impl Strategy<Value = Vec<u8>> {
     let l4 = (any::<bool>(), port).prop_map(|(tcp, p)| if tcp { L4::Tcp(p) } else { L4::Udp(p) });
     let frag = prop_oneof![Just(Fragment::None), Just(Fragment::First), Just(Fragment::Later)];
     let ext = proptest::collection::vec(prop_oneof![Just(0u8), Just(43), Just(60), Just(51)], 0..4)
-        .prop_map(|mut v| { v.sort(); v.dedup(); v });
-    (src, l4, 0..3usize, 0..11usize, ext, frag, any::<u16>(), proptest::collection::vec(any::<(u16, u8)>(), 0..3))
+        .prop_map(|mut v| {
+            v.sort();
+            v.dedup();
+            v
+        });
+    (
+        src,
+        l4,
+        0..3usize,
+        0..11usize,
+        ext,
+        frag,
+        any::<u16>(),
+        proptest::collection::vec(any::<(u16, u8)>(), 0..3),
+    )
         .prop_map(|(src, l4, vlans, opt_words, ext, frag, cut, flips)| {
             let mut f = frame(&src, l4).vlans(vlans).fragment(frag);
-            if src.contains(':') { f = f.ipv6_ext(&ext) } else { f = f.ipv4_options(opt_words * 4) }
+            if src.contains(':') {
+                f = f.ipv6_ext(&ext)
+            } else {
+                f = f.ipv4_options(opt_words * 4)
+            }
             let mut bytes = f.build();
             for (at, value) in flips {
                 let at = at as usize % bytes.len();
@@ -84,8 +113,16 @@ fn structured() -> impl Strategy<Value = Vec<u8>> {
 
 fn random_bytes() -> impl Strategy<Value = Vec<u8>> {
     // Random bytes behind a random one of the ethertypes the parser cares about.
-    (prop_oneof![Just([0x08u8, 0x00]), Just([0x86, 0xdd]), Just([0x81, 0x00]), Just([0x88, 0xa8]), any::<[u8; 2]>()],
-     proptest::collection::vec(any::<u8>(), 0..200))
+    (
+        prop_oneof![
+            Just([0x08u8, 0x00]),
+            Just([0x86, 0xdd]),
+            Just([0x81, 0x00]),
+            Just([0x88, 0xa8]),
+            any::<[u8; 2]>()
+        ],
+        proptest::collection::vec(any::<u8>(), 0..200),
+    )
         .prop_map(|(ethertype, rest)| {
             let mut bytes = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
             bytes.extend_from_slice(&ethertype);

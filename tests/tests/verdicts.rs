@@ -7,7 +7,11 @@ use std::{
     sync::{Mutex, MutexGuard, OnceLock},
 };
 
-use edge::{filter::{XDP_DROP, XDP_PASS}, visitors::VisitorKey, Day, Filter, Policy, VisitorHistory};
+use edge::{
+    filter::{XDP_DROP, XDP_PASS},
+    visitors::VisitorKey,
+    Day, Filter, Policy, VisitorHistory,
+};
 use edge_common::{keys::Counter, reason::*};
 use edge_tests::{
     frames::{arp, frame, ipv6_long_chain, Fragment, L4},
@@ -53,7 +57,13 @@ impl Shared {
     }
 
     /// Applies a policy, visitors (CSV text) and admissions (`IP`, seconds from now).
-    fn setup_admitted(&mut self, policy: &str, visitors: &str, today: &str, admitted: &[(&str, i64)]) {
+    fn setup_admitted(
+        &mut self,
+        policy: &str,
+        visitors: &str,
+        today: &str,
+        admitted: &[(&str, i64)],
+    ) {
         let maps = &mut self.filter.maps;
         maps.remove_visitors(self.visitors.drain(..)).unwrap();
         for ip in self.admitted.drain(..) {
@@ -61,11 +71,14 @@ impl Shared {
         }
         let today = Day::parse(today).unwrap();
         let policy = Policy::parse(policy, "fixture.toml", Path::new(".")).expect("fixture policy");
-        let history = VisitorHistory::parse_csv(visitors, "fixture.csv", today).expect("fixture visitors");
+        let history =
+            VisitorHistory::parse_csv(visitors, "fixture.csv", today).expect("fixture visitors");
         self.visitors = history.iter().map(|(k, _)| k).collect();
         maps.apply(&policy, &history, today).unwrap();
         maps.reset_budgets().unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+                as i64;
         for (ip, from_now) in admitted {
             let ip: IpAddr = ip.parse().unwrap();
             maps.admit(ip, (now + from_now) as u64).unwrap();
@@ -112,8 +125,16 @@ fn every_stage_in_both_families() {
     s.setup(STRICT, VISITORS, TODAY);
 
     s.passes("ARP is not IP", &arp(), NON_IP);
-    s.passes("neighbour solicitation", &frame("fe80::1", L4::NeighborSolicitation).build(), NEIGHBOR_DISCOVERY);
-    s.passes("ND even from a denied prefix", &frame("2001:db8:dead::1", L4::NeighborSolicitation).build(), NEIGHBOR_DISCOVERY);
+    s.passes(
+        "neighbour solicitation",
+        &frame("fe80::1", L4::NeighborSolicitation).build(),
+        NEIGHBOR_DISCOVERY,
+    );
+    s.passes(
+        "ND even from a denied prefix",
+        &frame("2001:db8:dead::1", L4::NeighborSolicitation).build(),
+        NEIGHBOR_DISCOVERY,
+    );
 
     s.drops("deny v4, protected port", &frame("203.0.113.5", L4::Tcp(443)).build(), DENY);
     s.drops("deny v4, any port", &frame("203.0.113.5", L4::Tcp(22)).build(), DENY);
@@ -130,9 +151,21 @@ fn every_stage_in_both_families() {
     s.passes("allow v6", &frame("2001:db8:a:ffff::1", L4::Udp(443)).build(), ALLOW);
 
     s.passes("visitor v4", &frame("192.0.2.10", L4::Tcp(80)).build(), VISITOR);
-    s.passes("visitor v6, same /64 other host", &frame("2001:db8:1:2::beef", L4::Tcp(443)).build(), VISITOR);
-    s.drops("v4 neighbour of a visitor is unknown", &frame("192.0.2.11", L4::Tcp(80)).build(), UNKNOWN_RATE);
-    s.drops("v6 next /64 is unknown", &frame("2001:db8:1:3::10", L4::Tcp(443)).build(), UNKNOWN_RATE);
+    s.passes(
+        "visitor v6, same /64 other host",
+        &frame("2001:db8:1:2::beef", L4::Tcp(443)).build(),
+        VISITOR,
+    );
+    s.drops(
+        "v4 neighbour of a visitor is unknown",
+        &frame("192.0.2.11", L4::Tcp(80)).build(),
+        UNKNOWN_RATE,
+    );
+    s.drops(
+        "v6 next /64 is unknown",
+        &frame("2001:db8:1:3::10", L4::Tcp(443)).build(),
+        UNKNOWN_RATE,
+    );
 
     s.drops("unknown v4 strict", &frame("192.0.2.99", L4::Tcp(443)).build(), UNKNOWN_RATE);
     s.drops("unknown v6 strict", &frame("2001:db8:9::9", L4::Udp(443)).build(), UNKNOWN_RATE);
@@ -148,7 +181,12 @@ fn admissions_pass_until_they_expire() {
         STRICT,
         "",
         TODAY,
-        &[("192.0.2.50", 600), ("2001:db8:5:5::1", 600), ("192.0.2.51", -1), ("2001:db8:5:6::1", -1)],
+        &[
+            ("192.0.2.50", 600),
+            ("2001:db8:5:5::1", 600),
+            ("192.0.2.51", -1),
+            ("2001:db8:5:6::1", -1),
+        ],
     );
     s.passes("admitted v4", &frame("192.0.2.50", L4::Tcp(443)).build(), ADMITTED);
     s.passes("admitted v6 /64", &frame("2001:db8:5:5::99", L4::Tcp(443)).build(), ADMITTED);
@@ -164,24 +202,68 @@ fn vlan_options_and_extension_chains() {
     let mut s = shared();
     s.setup(STRICT, VISITORS, TODAY);
     for vlans in [1, 2] {
-        s.passes(&format!("{vlans} tag(s): visitor v4"), &frame("192.0.2.10", L4::Tcp(443)).vlans(vlans).build(), VISITOR);
-        s.passes(&format!("{vlans} tag(s): visitor v6"), &frame("2001:db8:1:2::1", L4::Tcp(443)).vlans(vlans).build(), VISITOR);
-        s.drops(&format!("{vlans} tag(s): unknown"), &frame("192.0.2.99", L4::Tcp(443)).vlans(vlans).build(), UNKNOWN_RATE);
-        s.passes(&format!("{vlans} tag(s): unprotected"), &frame("192.0.2.99", L4::Tcp(22)).vlans(vlans).build(), PASS_UNPROTECTED);
+        s.passes(
+            &format!("{vlans} tag(s): visitor v4"),
+            &frame("192.0.2.10", L4::Tcp(443)).vlans(vlans).build(),
+            VISITOR,
+        );
+        s.passes(
+            &format!("{vlans} tag(s): visitor v6"),
+            &frame("2001:db8:1:2::1", L4::Tcp(443)).vlans(vlans).build(),
+            VISITOR,
+        );
+        s.drops(
+            &format!("{vlans} tag(s): unknown"),
+            &frame("192.0.2.99", L4::Tcp(443)).vlans(vlans).build(),
+            UNKNOWN_RATE,
+        );
+        s.passes(
+            &format!("{vlans} tag(s): unprotected"),
+            &frame("192.0.2.99", L4::Tcp(22)).vlans(vlans).build(),
+            PASS_UNPROTECTED,
+        );
     }
-    s.drops("three tags are more than we look through", &frame("192.0.2.10", L4::Tcp(443)).vlans(3).build(), MALFORMED);
+    s.drops(
+        "three tags are more than we look through",
+        &frame("192.0.2.10", L4::Tcp(443)).vlans(3).build(),
+        MALFORMED,
+    );
 
     for bytes in [4, 20, 40] {
         // With options the ports move: a parser ignoring IHL would read the wrong port.
-        s.passes(&format!("IPv4 options {bytes}B, ssh"), &frame("192.0.2.99", L4::Tcp(22)).ipv4_options(bytes).build(), PASS_UNPROTECTED);
-        s.drops(&format!("IPv4 options {bytes}B, https"), &frame("192.0.2.99", L4::Tcp(443)).ipv4_options(bytes).build(), UNKNOWN_RATE);
+        s.passes(
+            &format!("IPv4 options {bytes}B, ssh"),
+            &frame("192.0.2.99", L4::Tcp(22)).ipv4_options(bytes).build(),
+            PASS_UNPROTECTED,
+        );
+        s.drops(
+            &format!("IPv4 options {bytes}B, https"),
+            &frame("192.0.2.99", L4::Tcp(443)).ipv4_options(bytes).build(),
+            UNKNOWN_RATE,
+        );
     }
 
     let chain = [0, 60, 43, 51];
-    s.passes("v6 ext chain to ssh", &frame("2001:db8:9::9", L4::Tcp(22)).ipv6_ext(&chain).build(), PASS_UNPROTECTED);
-    s.drops("v6 ext chain to https", &frame("2001:db8:9::9", L4::Tcp(443)).ipv6_ext(&chain).build(), UNKNOWN_RATE);
-    s.passes("v6 ext chain, visitor", &frame("2001:db8:1:2::3", L4::Udp(443)).ipv6_ext(&chain).build(), VISITOR);
-    s.passes("8 destination-option headers", &ipv6_long_chain("2001:db8:9::9", 8, 22), PASS_UNPROTECTED);
+    s.passes(
+        "v6 ext chain to ssh",
+        &frame("2001:db8:9::9", L4::Tcp(22)).ipv6_ext(&chain).build(),
+        PASS_UNPROTECTED,
+    );
+    s.drops(
+        "v6 ext chain to https",
+        &frame("2001:db8:9::9", L4::Tcp(443)).ipv6_ext(&chain).build(),
+        UNKNOWN_RATE,
+    );
+    s.passes(
+        "v6 ext chain, visitor",
+        &frame("2001:db8:1:2::3", L4::Udp(443)).ipv6_ext(&chain).build(),
+        VISITOR,
+    );
+    s.passes(
+        "8 destination-option headers",
+        &ipv6_long_chain("2001:db8:9::9", 8, 22),
+        PASS_UNPROTECTED,
+    );
     s.drops("9 headers: longer than we walk", &ipv6_long_chain("2001:db8:9::9", 9, 22), MALFORMED);
 }
 
@@ -193,15 +275,40 @@ fn fragments() {
     let mut s = shared();
     s.setup(STRICT, VISITORS, TODAY);
     for (src, visitor) in [("192.0.2", "192.0.2.10"), ("2001:db8:9:", "2001:db8:1:2::10")] {
-        let unknown = if src.contains(':') { "2001:db8:9::9".to_string() } else { format!("{src}.99") };
+        let unknown =
+            if src.contains(':') { "2001:db8:9::9".to_string() } else { format!("{src}.99") };
         let f = |ip: &str, l4, frag| frame(ip, l4).fragment(frag).build();
-        s.passes(&format!("{unknown}: first fragment, ssh"), &f(&unknown, L4::Tcp(22), Fragment::First), PASS_UNPROTECTED);
-        s.drops(&format!("{unknown}: first fragment, https"), &f(&unknown, L4::Tcp(443), Fragment::First), UNKNOWN_RATE);
-        s.drops(&format!("{unknown}: later fragment"), &f(&unknown, L4::Tcp(22), Fragment::Later), FRAGMENT);
-        s.passes(&format!("{visitor}: later fragment"), &f(visitor, L4::Tcp(443), Fragment::Later), VISITOR);
+        s.passes(
+            &format!("{unknown}: first fragment, ssh"),
+            &f(&unknown, L4::Tcp(22), Fragment::First),
+            PASS_UNPROTECTED,
+        );
+        s.drops(
+            &format!("{unknown}: first fragment, https"),
+            &f(&unknown, L4::Tcp(443), Fragment::First),
+            UNKNOWN_RATE,
+        );
+        s.drops(
+            &format!("{unknown}: later fragment"),
+            &f(&unknown, L4::Tcp(22), Fragment::Later),
+            FRAGMENT,
+        );
+        s.passes(
+            &format!("{visitor}: later fragment"),
+            &f(visitor, L4::Tcp(443), Fragment::Later),
+            VISITOR,
+        );
     }
-    s.passes("allowed later fragment", &frame("198.51.100.1", L4::Udp(53)).fragment(Fragment::Later).build(), ALLOW);
-    s.drops("denied first fragment", &frame("203.0.113.1", L4::Udp(53)).fragment(Fragment::First).build(), DENY);
+    s.passes(
+        "allowed later fragment",
+        &frame("198.51.100.1", L4::Udp(53)).fragment(Fragment::Later).build(),
+        ALLOW,
+    );
+    s.drops(
+        "denied first fragment",
+        &frame("203.0.113.1", L4::Udp(53)).fragment(Fragment::First).build(),
+        DENY,
+    );
 }
 
 #[test]
@@ -303,12 +410,18 @@ fn window_boundary() {
     for (day, passes) in [(0, true), (20, true), (21, false), (22, false)] {
         let today = d.plus(day).to_string();
         // Apply on top of the previous day's state: the roll itself must take visitors out.
-        s.filter.maps.apply(
-            &Policy::parse(STRICT, "fixture.toml", Path::new(".")).unwrap(),
-            &VisitorHistory::parse_csv(&visitors, "v.csv", d.plus(day)).unwrap(),
-            d.plus(day),
-        ).unwrap();
-        s.visitors = vec![VisitorKey::from("192.0.2.10".parse::<IpAddr>().unwrap()), VisitorKey::from("2001:db8:1:2::10".parse::<IpAddr>().unwrap())];
+        s.filter
+            .maps
+            .apply(
+                &Policy::parse(STRICT, "fixture.toml", Path::new(".")).unwrap(),
+                &VisitorHistory::parse_csv(&visitors, "v.csv", d.plus(day)).unwrap(),
+                d.plus(day),
+            )
+            .unwrap();
+        s.visitors = vec![
+            VisitorKey::from("192.0.2.10".parse::<IpAddr>().unwrap()),
+            VisitorKey::from("2001:db8:1:2::10".parse::<IpAddr>().unwrap()),
+        ];
         for (family, f) in [("v4", &v4), ("v6", &v6)] {
             if passes {
                 s.passes(&format!("{family} seen D, today D+{day} ({today})"), f, VISITOR);
@@ -342,7 +455,11 @@ fn token_bucket_burst_then_drop() {
         s.passes(&format!("v6 burst packet {i}"), &v6, UNKNOWN_PASS);
     }
     s.drops("v6 sixth packet", &v6, UNKNOWN_RATE);
-    s.drops("v6 same /64 shares the bucket", &frame("2001:db8:7:7::2", L4::Udp(443)).build(), UNKNOWN_RATE);
+    s.drops(
+        "v6 same /64 shares the bucket",
+        &frame("2001:db8:7:7::2", L4::Udp(443)).build(),
+        UNKNOWN_RATE,
+    );
 }
 
 #[test]
@@ -354,10 +471,18 @@ fn global_budget_exhaustion_creates_no_source_state() {
     let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 1000\nburst = 1000\nglobal_pps = 1\nglobal_burst = 3\n";
     s.setup(policy, VISITORS, TODAY);
     for i in 1..=3 {
-        s.passes(&format!("source {i} within the global budget"), &frame(&format!("198.18.0.{i}"), L4::Tcp(443)).build(), UNKNOWN_PASS);
+        s.passes(
+            &format!("source {i} within the global budget"),
+            &frame(&format!("198.18.0.{i}"), L4::Tcp(443)).build(),
+            UNKNOWN_PASS,
+        );
     }
     for i in 4..=20 {
-        s.drops(&format!("source {i}: global budget spent"), &frame(&format!("198.18.0.{i}"), L4::Tcp(443)).build(), UNKNOWN_GLOBAL);
+        s.drops(
+            &format!("source {i}: global budget spent"),
+            &frame(&format!("198.18.0.{i}"), L4::Tcp(443)).build(),
+            UNKNOWN_GLOBAL,
+        );
     }
     let buckets = s.filter.maps.bucket_keys().unwrap();
     assert_eq!(buckets.len(), 3, "only the sources that passed got a bucket: {buckets:?}");

@@ -47,14 +47,31 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup()?;
-            run(cargo().args(["build", "--release", "--package", "edge-user", "--package", "edge-tests", "--bins"]))?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "edge-user",
+                "--package",
+                "edge-tests",
+                "--bins",
+            ]))?;
             let edge = root.join("target/release/edge");
             run(Command::new(root.join("target/release/edge-lab-demo")).env("EDGE_BIN", &edge))
         }
         Task::Bench { json } => {
             setup()?;
             let mut cmd = cargo();
-            cmd.args(["run", "--quiet", "--release", "--package", "edge-tests", "--bin", "edge-bench", "--"]);
+            cmd.args([
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "edge-tests",
+                "--bin",
+                "edge-bench",
+                "--",
+            ]);
             if json {
                 cmd.arg("--json");
             }
@@ -78,14 +95,19 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cargo test`, echoing its output, and ends with one total line over all test binaries.
 fn test(cmd: &mut Command) -> Result<()> {
     use std::io::BufRead as _;
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
     let (mut passed, mut failed) = (0u64, 0u64);
     for line in std::io::BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
         if let Some(result) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
-                result.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                result.split(';').find_map(|part| {
+                    part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok()
+                })
             };
             passed += count("passed").unwrap_or(0);
             failed += count("failed").unwrap_or(0);
@@ -115,7 +137,10 @@ fn setup() -> Result<()> {
     if !missing.is_empty() {
         eprintln!("setup: installing {missing:?}");
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
-        run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // Nightly with rust-src: the eBPF crate is built with -Z build-std=core.
     let installed = Command::new("rustup")
@@ -125,13 +150,29 @@ fn setup() -> Result<()> {
         .unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: installing nightly with rust-src");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
     }
     let linker = Command::new("bpf-linker").arg("--version").output();
-    let have = linker.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let have = linker
+        .as_ref()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     if !have.contains(BPF_LINKER_VERSION) {
         eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} (about 1.5 minutes)");
-        run(cargo().args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"]))?;
+        run(cargo().args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
     }
     Ok(())
 }

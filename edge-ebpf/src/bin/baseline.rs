@@ -28,7 +28,11 @@ pub fn anchor_hash(ctx: XdpContext) -> u32 {
         return XDP_DROP;
     }
     let src = unsafe { *((start + 26) as *const [u8; 4]) };
-    if ANCHOR_V4.get_ptr(&src).is_some() { XDP_PASS } else { XDP_DROP }
+    if ANCHOR_V4.get_ptr(&src).is_some() {
+        XDP_PASS
+    } else {
+        XDP_DROP
+    }
 }
 
 #[cfg(not(test))]

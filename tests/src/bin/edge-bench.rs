@@ -5,10 +5,16 @@
 //! (a spoofed flood: a distinct source per packet, caches cold): one test_run per packet over
 //! 200,000 frames, whose kernel-measured times are summed; their ratios are to the empty
 //! program measured the same way (`empty_per_call`).
-use std::{path::Path, time::{Duration, Instant}};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
-use aya::{programs::{TestRun, TestRunOptions, Xdp}, EbpfLoader};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    EbpfLoader,
+};
 use edge::{filter::BASELINE_OBJECT, Day, Filter, Policy, VisitorHistory};
 use edge_tests::frames::{frame, L4};
 
@@ -55,12 +61,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Median ns/packet over RUNS runs of REPEAT.
 fn same_packet(mut run: impl FnMut(&[u8], u32) -> Result<Duration>, frame: &[u8]) -> Result<f64> {
-    let runs = (0..RUNS).map(|_| run(frame, REPEAT).map(|d| d.as_nanos() as f64)).collect::<Result<_>>()?;
+    let runs = (0..RUNS)
+        .map(|_| run(frame, REPEAT).map(|d| d.as_nanos() as f64))
+        .collect::<Result<_>>()?;
     Ok(median(runs))
 }
 
 /// Mean ns/packet, one call per distinct frame; median over RUNS passes.
-fn per_call(mut run: impl FnMut(&[u8], u32) -> Result<Duration>, frames: &[Vec<u8>]) -> Result<f64> {
+fn per_call(
+    mut run: impl FnMut(&[u8], u32) -> Result<Duration>,
+    frames: &[Vec<u8>],
+) -> Result<f64> {
     let mut passes = Vec::new();
     for _ in 0..RUNS {
         let mut total = 0u128;
@@ -75,17 +86,38 @@ fn per_call(mut run: impl FnMut(&[u8], u32) -> Result<Duration>, frames: &[Vec<u
 /// Fills a hash map with BPF_MAP_UPDATE_BATCH (the fastest way userspace has to fill one).
 fn batch_fill(map_fd: i32, keys: &[[u8; 4]]) -> Result<()> {
     #[repr(C)]
-    struct BatchAttr { in_batch: u64, out_batch: u64, keys: u64, values: u64, count: u32, map_fd: u32, elem_flags: u64, flags: u64 }
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let values = vec![1u8; 100_000];
     for chunk in keys.chunks(100_000) {
         let mut attr = BatchAttr {
-            in_batch: 0, out_batch: 0,
-            keys: chunk.as_ptr() as u64, values: values.as_ptr() as u64,
-            count: chunk.len() as u32, map_fd: map_fd as u32, elem_flags: 0, flags: 0,
+            in_batch: 0,
+            out_batch: 0,
+            keys: chunk.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: map_fd as u32,
+            elem_flags: 0,
+            flags: 0,
         };
         // SAFETY: attr points at live key/value buffers of `count` elements.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr, std::mem::size_of::<BatchAttr>()) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
         if rc != 0 {
             return Err(std::io::Error::last_os_error()).context("BPF_MAP_UPDATE_BATCH");
         }
@@ -95,17 +127,26 @@ fn batch_fill(map_fd: i32, keys: &[[u8; 4]]) -> Result<()> {
 
 fn fdinfo_memlock(fd: i32) -> Result<u64> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-    info.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok())).context("memlock")
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok()))
+        .context("memlock")
 }
 
-struct Report { json: bool, empty: f64, empty_per_call: f64 }
+struct Report {
+    json: bool,
+    empty: f64,
+    empty_per_call: f64,
+}
 
 impl Report {
     fn case(&self, case: &str, ns: f64, per_call: bool) {
         let floor = if per_call { self.empty_per_call } else { self.empty };
         let ratio = ns / floor;
         if self.json {
-            println!("{}", serde_json::json!({ "case": case, "ns_per_packet": (ns * 10.0).round() / 10.0, "ratio": (ratio * 100.0).round() / 100.0 }));
+            println!(
+                "{}",
+                serde_json::json!({ "case": case, "ns_per_packet": (ns * 10.0).round() / 10.0, "ratio": (ratio * 100.0).round() / 100.0 })
+            );
         } else {
             let basis = if per_call { "x empty_per_call" } else { "x empty" };
             println!("  {case:<22} {ns:>9.1} ns/packet  {ratio:>6.2} {basis}");
@@ -115,7 +156,11 @@ impl Report {
 
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
-    let say = |s: &str| if !json { println!("{s}") };
+    let say = |s: &str| {
+        if !json {
+            println!("{s}")
+        }
+    };
 
     let mut filter = Filter::load()?;
     let today = Day::today_utc();
@@ -135,14 +180,18 @@ fn main() -> Result<()> {
 
     // The anchor: the same 20M in a preallocated hash map.
     say("loading the same 20M into a preallocated hash map (the anchor)...");
-    let mut baseline = EbpfLoader::new().map_max_entries("anchor_v4", VISITORS).load(BASELINE_OBJECT)?;
+    let mut baseline =
+        EbpfLoader::new().map_max_entries("anchor_v4", VISITORS).load(BASELINE_OBJECT)?;
     for name in ["empty", "anchor_hash"] {
         let prog: &mut Xdp = baseline.program_mut(name).context(name)?.try_into()?;
         prog.load()?;
     }
     let anchor_map = baseline.map("anchor_v4").context("anchor_v4")?;
     let anchor_fd = match anchor_map {
-        aya::maps::Map::HashMap(d) => { use std::os::fd::{AsFd, AsRawFd}; d.fd().as_fd().as_raw_fd() }
+        aya::maps::Map::HashMap(d) => {
+            use std::os::fd::{AsFd, AsRawFd};
+            d.fd().as_fd().as_raw_fd()
+        }
         _ => anyhow::bail!("anchor_v4 is not a hash map"),
     };
     let keys: Vec<[u8; 4]> = (0..VISITORS).map(|i| visitor(i).to_be_bytes()).collect();
@@ -189,23 +238,34 @@ fn main() -> Result<()> {
     report.case("unknown_pass", ns, false);
     filter.maps.apply(&policy, &history, today)?;
 
-    say(&format!("\nrandom sources, one packet per source ({FLOOD_FRAMES} frames, median of {RUNS} passes):"));
+    say(&format!(
+        "\nrandom sources, one packet per source ({FLOOD_FRAMES} frames, median of {RUNS} passes):"
+    ));
     report.case("empty_per_call", empty_per_call, true);
     filter.maps.reset_budgets()?;
     let flood_ns = per_call(|f, r| Ok(filter.run(f, r)?.1), &flood)?;
     report.case("flood_random_source", flood_ns, true);
-    let ns = per_call(|f, r| {
-        let p: &mut Xdp = baseline.program_mut("anchor_hash").unwrap().try_into().unwrap();
-        test_run(p, f, r)
-    }, &flood)?;
+    let ns = per_call(
+        |f, r| {
+            let p: &mut Xdp = baseline.program_mut("anchor_hash").unwrap().try_into().unwrap();
+            test_run(p, f, r)
+        },
+        &flood,
+    )?;
     report.case("anchor_hash_random", ns, true);
     say(&format!("  flood_random_source / anchor_hash_random = {:.2}", flood_ns / ns));
 
     let per_visitor = bitmap_bytes as f64 / f64::from(VISITORS);
     let anchor_per = anchor_bytes as f64 / f64::from(VISITORS);
     if json {
-        println!("{}", serde_json::json!({ "case": "load_20m_visitors", "seconds": (load_s * 1000.0).round() / 1000.0, "kernel_bytes_per_visitor": (per_visitor * 10.0).round() / 10.0 }));
-        println!("{}", serde_json::json!({ "case": "load_20m_anchor_hash", "seconds": (anchor_load_s * 1000.0).round() / 1000.0, "kernel_bytes_per_visitor": (anchor_per * 10.0).round() / 10.0 }));
+        println!(
+            "{}",
+            serde_json::json!({ "case": "load_20m_visitors", "seconds": (load_s * 1000.0).round() / 1000.0, "kernel_bytes_per_visitor": (per_visitor * 10.0).round() / 10.0 })
+        );
+        println!(
+            "{}",
+            serde_json::json!({ "case": "load_20m_anchor_hash", "seconds": (anchor_load_s * 1000.0).round() / 1000.0, "kernel_bytes_per_visitor": (anchor_per * 10.0).round() / 10.0 })
+        );
     } else {
         println!("\nloading {VISITORS} IPv4 visitors:");
         println!("  edge bitmap (mmap)     {load_s:>7.3} s  {per_visitor:>6.1} B/visitor  ({} MiB, flat)", bitmap_bytes >> 20);

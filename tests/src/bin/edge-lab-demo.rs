@@ -4,7 +4,10 @@
 use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
-use edge_tests::{edge_bin, lab::{Lab, SERVER_ADDR}};
+use edge_tests::{
+    edge_bin,
+    lab::{Lab, SERVER_ADDR},
+};
 
 const POLICY: &str = r#"# The demo's policy (embedded in edge-lab-demo).
 mode = "enforce"
@@ -38,7 +41,10 @@ fn main() -> Result<()> {
     let policy = dir.path().join("demo.toml");
     std::fs::write(&policy, POLICY)?;
 
-    println!("== lab: namespaces {} and {}, filter on {}", lab.client_ns, lab.server_ns, lab.server_if);
+    println!(
+        "== lab: namespaces {} and {}, filter on {}",
+        lab.client_ns, lab.server_ns, lab.server_if
+    );
     println!("== policy:\n{POLICY}");
     let mut serve = lab.in_server(&probe);
     serve.args(["serve", &format!("{SERVER_ADDR}:443"), &format!("{SERVER_ADDR}:22")]);
@@ -63,7 +69,10 @@ fn main() -> Result<()> {
                 (_, 22) => " (tcp/22 is not protected)",
                 _ => "",
             };
-            println!("  {role:<8} {addr:<14} -> tcp/{port:<4} {}{note}", if ok { "connected" } else { "blocked" });
+            println!(
+                "  {role:<8} {addr:<14} -> tcp/{port:<4} {}{note}",
+                if ok { "connected" } else { "blocked" }
+            );
         }
     }
 

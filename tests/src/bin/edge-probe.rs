@@ -10,7 +10,9 @@ use std::{
 use socket2::{Domain, Socket, Type};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N]");
+    eprintln!(
+        "usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N]"
+    );
     ExitCode::from(2)
 }
 
