@@ -277,3 +277,43 @@ fn without_privileges_the_error_says_so() {
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("needs root, or CAP_BPF and CAP_NET_ADMIN"), "{}", run.stderr);
 }
+
+#[test]
+fn a_foreign_xdp_program_is_reported_not_replaced() {
+    if !privileged("a_foreign_xdp_program_is_reported_not_replaced") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
+    let (ns, iface) = (lab.server_ns.clone(), lab.server_if.clone());
+    let (attached_tx, attached_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // Another tool's XDP program, attached from a thread that entered the server namespace and
+    // holding its link until the check below is done.
+    let holder = std::thread::spawn(move || {
+        let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        // SAFETY: setns on this thread only.
+        assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let mut other = aya::Ebpf::load(edge::filter::BASELINE_OBJECT).unwrap();
+        let prog: &mut aya::programs::Xdp = other.program_mut("empty").unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        prog.attach(&iface, aya::programs::XdpMode::Skb).unwrap();
+        attached_tx.send(()).unwrap();
+        let _ = done_rx.recv();
+    });
+    attached_rx.recv().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "mode = \"enforce\"\n").unwrap();
+    let mut cmd = lab.in_server(edge_bin());
+    cmd.args(["attach", "--iface", &lab.server_if, "--xdp-mode", "skb", "--policy"]).arg(&policy);
+    let run = edge(&mut cmd);
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("another XDP program is already attached"), "{}", run.stderr);
+    assert!(
+        !Path::new(&format!("/sys/fs/bpf/edge/{}", lab.server_if)).exists(),
+        "no pins left behind"
+    );
+}
