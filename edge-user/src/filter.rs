@@ -254,18 +254,18 @@ impl Maps {
         let v4 = &self.visitors_v4;
         let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> =
             view(&mut self.maps, names::VISITORS_V6)?;
+        let mut expired = Vec::new();
         for (key, day) in history.iter() {
-            let keep = in_window(day, today, window_days);
             match key {
-                VisitorKey::V4(addr) if keep => v4.insert(addr),
-                VisitorKey::V4(addr) => v4.remove(addr),
-                VisitorKey::V6(prefix) if keep => v6
+                _ if !in_window(day, today, window_days) => expired.push(key),
+                VisitorKey::V4(addr) => v4.insert(addr),
+                VisitorKey::V6(prefix) => v6
                     .insert(prefix, VisitorDay { last_seen_day: day.0 }, 0)
                     .map_err(|e| full_or(e, names::VISITORS_V6, names::VISITORS_V6_CAPACITY, 1))?,
-                VisitorKey::V6(prefix) => remove_v6(&mut v6, prefix)?,
             }
         }
-        Ok(())
+        // Inserted first, removed after: a visitor in both old and new windows is never missing.
+        self.remove_visitors(expired)
     }
 
     /// Takes visitors out of the kernel maps (the history itself is the caller's).
@@ -276,7 +276,9 @@ impl Maps {
         for key in keys {
             match key {
                 VisitorKey::V4(addr) => v4.remove(addr),
-                VisitorKey::V6(prefix) => remove_v6(&mut v6, prefix)?,
+                VisitorKey::V6(prefix) => {
+                    absent_ok(v6.remove(&prefix), "removing from visitors_v6")?
+                }
             }
         }
         Ok(())
@@ -311,10 +313,6 @@ impl Maps {
             .set(0, Bucket::default(), 0)
             .map_err(|e| kernel("resetting the unknown budget", e))
     }
-}
-
-fn remove_v6(v6: &mut HashMap<&mut MapData, V6Prefix, VisitorDay>, prefix: V6Prefix) -> Result<()> {
-    absent_ok(v6.remove(&prefix), "removing from visitors_v6")
 }
 
 /// A delete of a key that is not there (ENOENT) is not an error for an idempotent remove.

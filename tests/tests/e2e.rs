@@ -29,6 +29,15 @@ fn edge(cmd: &mut Command) -> Run {
     }
 }
 
+/// `edge replay PCAP --policy POLICY --json`, which must succeed, as one JSON value per line.
+fn replay_json(pcap: &Path, policy: &Path) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(edge_bin());
+    cmd.arg("replay").arg(pcap).arg("--policy").arg(policy).arg("--json");
+    let run = edge(&mut cmd);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     for _ in 0..50 {
         if ok() {
@@ -193,17 +202,7 @@ fn replay_judges_every_frame_of_a_capture() {
     }
     drop(writer);
 
-    let run = edge(
-        Command::new(edge_bin())
-            .arg("replay")
-            .arg(&pcap)
-            .arg("--policy")
-            .arg(&policy)
-            .arg("--json"),
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let lines: Vec<serde_json::Value> =
-        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = replay_json(&pcap, &policy);
     let got: Vec<(String, String)> = lines[..frames.len()]
         .iter()
         .map(|v| (v["verdict"].as_str().unwrap().into(), v["reason"].as_str().unwrap().into()))
@@ -232,17 +231,7 @@ fn replay_judges_every_frame_of_a_capture() {
         "mode = \"monitor\"\n[unknown]\nrate_pps = 0\n[lists]\nvisitors = \"visitors.csv\"\n",
     )
     .unwrap();
-    let run = edge(
-        Command::new(edge_bin())
-            .arg("replay")
-            .arg(&pcap)
-            .arg("--policy")
-            .arg(&policy)
-            .arg("--json"),
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let second: serde_json::Value =
-        serde_json::from_str(run.stdout.lines().nth(1).unwrap()).unwrap();
+    let second = &replay_json(&pcap, &policy)[1];
     assert_eq!(
         (second["verdict"].as_str(), second["reason"].as_str(), second["would_drop"].as_bool()),
         (Some("pass"), Some("unknown_rate"), Some(true))
