@@ -1,12 +1,29 @@
 //! Builds the XDP program from source (edge-ebpf, with nightly and bpf-linker) into OUT_DIR so
-//! the `edge` binary embeds it. Set AYA_BUILD_SKIP=1 for host-only checks such as clippy.
+//! the `edge` binary embeds it, and generates the gRPC code from proto/edge/v1/edge.proto.
+//! Set AYA_BUILD_SKIP=1 for host-only checks such as clippy.
 use anyhow::Context as _;
+use prost::Message as _;
 
 fn main() -> anyhow::Result<()> {
+    compile_api()?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-ebpf");
     let root = root.to_str().context("non-UTF-8 path to edge-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "edge-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
+}
+
+/// protox compiles the .proto in Rust, so building needs no protoc; the descriptor set is also
+/// embedded for server reflection.
+fn compile_api() -> anyhow::Result<()> {
+    let proto = "proto/edge/v1/edge.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"]).context("compiling the API .proto")?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("edge_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .type_attribute(".edge.v1", "#[derive(serde::Serialize)]")
+        .compile_fds(fds)
+        .context("generating the API code")
 }

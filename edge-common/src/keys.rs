@@ -17,8 +17,8 @@ pub const fn v4_mapped_prefix_len(len: u32) -> u32 {
     96 + len
 }
 
-/// Value of the allow and deny tries: the rule's 1-based position in its policy list, so a
-/// map dump can be traced back to the policy. The kernel only tests presence.
+/// Value of the allow and deny tries. The kernel only tests presence; comments, sources and
+/// expiry live in the control plane. `id` is reserved (written as 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {

@@ -9,6 +9,7 @@ use std::{
 
 use aya::maps::MapData;
 use edge_common::{keys::visitor_v4_slot, maps::VISITORS_V4_WORDS};
+use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
 
@@ -61,6 +62,31 @@ impl VisitorBitmap {
     pub fn remove(&self, addr: Ipv4Addr) {
         let (word, bit) = self.word(addr);
         word.fetch_and(!bit, Ordering::Relaxed);
+    }
+
+    /// Makes the bitmap hold exactly `want`, one word at a time: a word's new bits are set
+    /// before its stale bits are cleared, so an address in both old and new sets never reads
+    /// as absent. Returns (bits set, bits cleared). Costs one pass over the 512 MiB.
+    pub fn reconcile(&self, want: &RoaringBitmap) -> (u64, u64) {
+        let (mut set, mut cleared) = (0, 0);
+        let mut wanted = want.iter().peekable();
+        for index in 0..VISITORS_V4_WORDS {
+            let mut target = 0u64;
+            while let Some(addr) = wanted.next_if(|a| a >> 6 == index) {
+                target |= visitor_v4_slot(addr).1;
+            }
+            // SAFETY: index < VISITORS_V4_WORDS.
+            let word = unsafe { &*self.words.as_ptr().add(index as usize) };
+            let current = word.load(Ordering::Relaxed);
+            if current != target {
+                let (add, drop) = (target & !current, current & !target);
+                word.fetch_or(add, Ordering::Relaxed);
+                word.fetch_and(!drop, Ordering::Relaxed);
+                set += u64::from(add.count_ones());
+                cleared += u64::from(drop.count_ones());
+            }
+        }
+        (set, cleared)
     }
 
     pub fn contains(&self, addr: Ipv4Addr) -> bool {

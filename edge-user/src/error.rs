@@ -6,7 +6,7 @@ pub enum Error {
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
-    Import(#[from] crate::visitors::ImportError),
+    Import(#[from] crate::import::ImportError),
     #[error("no such network interface: {0}")]
     NoInterface(String),
     #[error("{what} needs root, or CAP_BPF and CAP_NET_ADMIN")]

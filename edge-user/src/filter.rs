@@ -26,10 +26,12 @@ use ipnet::IpNet;
 use crate::{
     bitmap::VisitorBitmap,
     error::{chain, errno, kernel, Error, Result},
+    history::{window_start, VisitorHistory},
     policy::{Policy, Protected},
     stats::Stats,
-    visitors::{in_window, Day, VisitorHistory, VisitorKey},
+    visitors::{Day, VisitorKey},
 };
+use roaring::RoaringTreemap;
 
 /// The XDP program, built from `edge-ebpf` by build.rs.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
@@ -163,24 +165,38 @@ impl Maps {
     /// Everything is validated before the first write; the mode is written last so that
     /// switching to `enforce` happens with the lists already in place.
     pub fn apply(&mut self, policy: &Policy, history: &VisitorHistory, today: Day) -> Result<()> {
-        check_capacity(names::ALLOW, names::ALLOW_CAPACITY, policy.allow.len())?;
-        check_capacity(names::DENY, names::DENY_CAPACITY, policy.deny.len())?;
-        let v6_in_window = history
-            .iter()
-            .filter(|(k, d)| {
-                matches!(k, VisitorKey::V6(_)) && in_window(*d, today, policy.window_days)
-            })
-            .count();
-        check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, v6_in_window)?;
+        self.apply_lists(policy, &policy.allow, &policy.deny, history, today)?;
+        self.set_config(kernel_config(policy))
+    }
+
+    /// [`Maps::apply`] with the allow and deny lists given apart from the policy (the daemon's
+    /// lists are the config file's plus those managed through its API). The config record is
+    /// left to the caller.
+    pub fn apply_lists(
+        &mut self,
+        policy: &Policy,
+        allow: &[IpNet],
+        deny: &[IpNet],
+        history: &VisitorHistory,
+        today: Day,
+    ) -> Result<()> {
+        check_capacity(names::ALLOW, names::ALLOW_CAPACITY, allow.len())?;
+        check_capacity(names::DENY, names::DENY_CAPACITY, deny.len())?;
+        let first = window_start(today, policy.window_days);
+        let v6 = history.v6.seen_between(first, today);
+        check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, v6.len() as usize)?;
 
         self.set_protected(&policy.protect)?;
-        self.set_list(names::DENY, names::DENY_CAPACITY, &policy.deny)?;
-        self.set_list(names::ALLOW, names::ALLOW_CAPACITY, &policy.allow)?;
-        self.set_visitors(history, today, policy.window_days)?;
-        let mut config = kernel_config(policy);
+        self.set_list(names::DENY, deny)?;
+        self.set_list(names::ALLOW, allow)?;
+        self.visitors_v4.reconcile(&history.v4.seen_between(first, today));
+        self.set_visitors_v6(&v6, history)
+    }
+
+    /// Writes the config record, with the lookups of non-empty hash maps turned on.
+    pub fn set_config(&mut self, mut config: Config) -> Result<()> {
         config.lists |= self.occupied_lists()?;
-        self.config()?.set(0, config, 0).map_err(|e| kernel("writing the config map", e))?;
-        Ok(())
+        self.config()?.set(0, config, 0).map_err(|e| kernel("writing the config map", e))
     }
 
     /// `LIST_*` bits for the hash maps that hold entries now.
@@ -195,8 +211,8 @@ impl Maps {
         Ok(lists)
     }
 
-    /// Turns on the lookups of maps that just gained entries (bits are only added here; `apply`
-    /// recomputes them all).
+    /// Turns on the lookups of maps that just gained entries (bits are only added here;
+    /// `set_config` recomputes them all).
     fn enable_lists(&mut self, bits: u32) -> Result<()> {
         let mut config = self.config()?;
         let mut current = config.get(&0, 0).map_err(|e| kernel("reading the config map", e))?;
@@ -225,14 +241,10 @@ impl Maps {
 
     /// Makes an allow or deny trie hold exactly `nets`: inserts first, then removes the rest,
     /// so a prefix present before and after is never missing in between.
-    fn set_list(&mut self, name: &'static str, capacity: u32, nets: &[IpNet]) -> Result<()> {
+    fn set_list(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
+        self.insert_rules(name, nets)?;
         let mut trie = self.list(name)?;
-        let wanted: Vec<(u32, Addr)> = nets.iter().map(lpm_key).collect();
-        for (index, (len, addr)) in wanted.iter().enumerate() {
-            trie.insert(&Key::new(*len, *addr), Rule { id: index as u32 + 1 }, 0)
-                .map_err(|e| full_or(e, name, capacity, nets.len()))?;
-        }
-        let wanted: HashSet<(u32, Addr)> = wanted.into_iter().collect();
+        let wanted: HashSet<(u32, Addr)> = nets.iter().map(lpm_key).collect();
         let stale: Vec<Key<Addr>> = trie
             .keys()
             .filter_map(|k| k.ok())
@@ -244,42 +256,74 @@ impl Maps {
         Ok(())
     }
 
-    /// Puts every visitor inside the window in the maps and takes out those that aged out.
-    fn set_visitors(
-        &mut self,
-        history: &VisitorHistory,
-        today: Day,
-        window_days: u16,
-    ) -> Result<()> {
-        let v4 = &self.visitors_v4;
-        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> =
-            view(&mut self.maps, names::VISITORS_V6)?;
-        let mut expired = Vec::new();
-        for (key, day) in history.iter() {
-            match key {
-                _ if !in_window(day, today, window_days) => expired.push(key),
-                VisitorKey::V4(addr) => v4.insert(addr),
-                VisitorKey::V6(prefix) => v6
-                    .insert(prefix, VisitorDay { last_seen_day: day.0 }, 0)
-                    .map_err(|e| full_or(e, names::VISITORS_V6, names::VISITORS_V6_CAPACITY, 1))?,
-            }
+    /// Adds prefixes to the `allow` or `deny` trie (an existing prefix is left as it is).
+    pub fn insert_rules(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
+        let capacity = list_capacity(name);
+        let mut trie = self.list(name)?;
+        for net in nets {
+            let (len, addr) = lpm_key(net);
+            trie.insert(&Key::new(len, addr), Rule { id: 0 }, 0)
+                .map_err(|e| full_or(e, name, capacity, nets.len()))?;
         }
-        // Inserted first, removed after: a visitor in both old and new windows is never missing.
-        self.remove_visitors(expired)
+        self.enable_lists(if name == names::ALLOW { LIST_ALLOW } else { LIST_DENY })
+    }
+
+    /// Takes prefixes out of the `allow` or `deny` trie.
+    pub fn remove_rules(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
+        let mut trie = self.list(name)?;
+        for net in nets {
+            let (len, addr) = lpm_key(net);
+            absent_ok(trie.remove(&Key::new(len, addr)), &format!("removing from {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `visitors_v6` hold exactly `want`: inserts first, then removes the rest.
+    fn set_visitors_v6(&mut self, want: &RoaringTreemap, history: &VisitorHistory) -> Result<()> {
+        let have: RoaringTreemap =
+            self.visitors_v6()?.keys().filter_map(|k| k.ok()).map(u64::from_be_bytes).collect();
+        let missing = want - &have;
+        let stale = &have - want;
+        let day = |k: u64| history.v6.last_seen(k).map_or(0, |d| d.0);
+        self.insert_visitors(std::iter::empty(), missing.iter().map(|k| (k, Day(day(k)))))?;
+        self.remove_visitors(std::iter::empty(), stale.iter())
+    }
+
+    /// Puts visitors in the kernel maps: IPv4 addresses (host order) and IPv6 /64 prefixes
+    /// (as big-endian `u64`) with the day each was last seen.
+    pub fn insert_visitors(
+        &mut self,
+        v4: impl IntoIterator<Item = u32>,
+        v6: impl IntoIterator<Item = (u64, Day)>,
+    ) -> Result<()> {
+        for addr in v4 {
+            self.visitors_v4.insert(addr.into());
+        }
+        let mut map = self.visitors_v6()?;
+        let mut any_v6 = false;
+        for (prefix, day) in v6 {
+            map.insert(prefix.to_be_bytes(), VisitorDay { last_seen_day: day.0 }, 0)
+                .map_err(|e| full_or(e, names::VISITORS_V6, names::VISITORS_V6_CAPACITY, 1))?;
+            any_v6 = true;
+        }
+        if any_v6 {
+            self.enable_lists(LIST_VISITORS_V6)?;
+        }
+        Ok(())
     }
 
     /// Takes visitors out of the kernel maps (the history itself is the caller's).
-    pub fn remove_visitors(&mut self, keys: impl IntoIterator<Item = VisitorKey>) -> Result<()> {
-        let v4 = &self.visitors_v4;
-        let mut v6: HashMap<&mut MapData, V6Prefix, VisitorDay> =
-            view(&mut self.maps, names::VISITORS_V6)?;
-        for key in keys {
-            match key {
-                VisitorKey::V4(addr) => v4.remove(addr),
-                VisitorKey::V6(prefix) => {
-                    absent_ok(v6.remove(&prefix), "removing from visitors_v6")?
-                }
-            }
+    pub fn remove_visitors(
+        &mut self,
+        v4: impl IntoIterator<Item = u32>,
+        v6: impl IntoIterator<Item = u64>,
+    ) -> Result<()> {
+        for addr in v4 {
+            self.visitors_v4.remove(addr.into());
+        }
+        let mut map = self.visitors_v6()?;
+        for prefix in v6 {
+            absent_ok(map.remove(&prefix.to_be_bytes()), "removing from visitors_v6")?;
         }
         Ok(())
     }
@@ -325,6 +369,14 @@ fn absent_ok(result: Result<(), aya::maps::MapError>, what: &str) -> Result<()> 
             Err(kernel(what, e))
         }
         _ => Ok(()),
+    }
+}
+
+fn list_capacity(name: &str) -> u32 {
+    if name == names::ALLOW {
+        names::ALLOW_CAPACITY
+    } else {
+        names::DENY_CAPACITY
     }
 }
 

@@ -87,7 +87,7 @@ fn load_policy(path: &std::path::Path) -> anyhow::Result<(Policy, VisitorHistory
     let today = Day::today_utc();
     let policy = Policy::load(path)?;
     let history = match &policy.visitors {
-        Some(file) => VisitorHistory::load_csv(file, today)?,
+        Some(file) => edge::import::load(file, edge::import::Format::Csv, today)?,
         None => VisitorHistory::default(),
     };
     Ok((policy, history, today))

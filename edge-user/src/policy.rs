@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// What the filter does with its verdicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Off,

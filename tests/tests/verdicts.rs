@@ -9,8 +9,8 @@ use std::{
 
 use edge::{
     filter::{XDP_DROP, XDP_PASS},
-    visitors::VisitorKey,
-    Day, Filter, Policy, VisitorHistory,
+    import::{self, Format},
+    Day, Filter, Policy,
 };
 use edge_common::{keys::Counter, reason::*};
 use edge_tests::{
@@ -19,10 +19,10 @@ use edge_tests::{
 };
 
 /// One loaded program for the whole file (loading allocates the 512 MiB visitor bitmap); each
-/// test takes it, clears what the previous test put in, and applies its own policy.
+/// test takes it and applies its own policy and visitors (apply makes the maps hold exactly
+/// those), after revoking the previous test's admissions.
 struct Shared {
     filter: Filter,
-    visitors: Vec<VisitorKey>,
     admitted: Vec<IpAddr>,
 }
 
@@ -31,7 +31,7 @@ fn shared() -> MutexGuard<'static, Shared> {
     SHARED
         .get_or_init(|| {
             let filter = Filter::load().expect("loading the XDP program (BPF_PROG_LOAD)");
-            Mutex::new(Shared { filter, visitors: Vec::new(), admitted: Vec::new() })
+            Mutex::new(Shared { filter, admitted: Vec::new() })
         })
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -65,15 +65,13 @@ impl Shared {
         admitted: &[(&str, i64)],
     ) {
         let maps = &mut self.filter.maps;
-        maps.remove_visitors(self.visitors.drain(..)).unwrap();
         for ip in self.admitted.drain(..) {
             maps.revoke(ip).unwrap();
         }
         let today = Day::parse(today).unwrap();
         let policy = Policy::parse(policy, "fixture.toml", Path::new(".")).expect("fixture policy");
         let history =
-            VisitorHistory::parse_csv(visitors, "fixture.csv", today).expect("fixture visitors");
-        self.visitors = history.iter().map(|(k, _)| k).collect();
+            import::parse(visitors, "fixture.csv", Format::Csv, today).expect("fixture visitors");
         maps.apply(&policy, &history, today).unwrap();
         maps.reset_budgets().unwrap();
         let now =
@@ -414,14 +412,10 @@ fn window_boundary() {
             .maps
             .apply(
                 &Policy::parse(STRICT, "fixture.toml", Path::new(".")).unwrap(),
-                &VisitorHistory::parse_csv(&visitors, "v.csv", d.plus(day)).unwrap(),
+                &import::parse(&visitors, "v.csv", Format::Csv, d.plus(day)).unwrap(),
                 d.plus(day),
             )
             .unwrap();
-        s.visitors = vec![
-            VisitorKey::from("192.0.2.10".parse::<IpAddr>().unwrap()),
-            VisitorKey::from("2001:db8:1:2::10".parse::<IpAddr>().unwrap()),
-        ];
         for (family, f) in [("v4", &v4), ("v6", &v6)] {
             if passes {
                 s.passes(&format!("{family} seen D, today D+{day} ({today})"), f, VISITOR);

@@ -15,7 +15,11 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     EbpfLoader,
 };
-use edge::{filter::BASELINE_OBJECT, Day, Filter, Policy, VisitorHistory};
+use edge::{
+    filter::BASELINE_OBJECT,
+    import::{self, Format},
+    Day, Filter, Policy,
+};
 use edge_tests::frames::{frame, L4};
 
 const VISITORS: u32 = 20_000_000;
@@ -164,7 +168,7 @@ fn main() -> Result<()> {
 
     let mut filter = Filter::load()?;
     let today = Day::today_utc();
-    let history = VisitorHistory::parse_csv("2001:db8:1:2::10\n", "bench", today)?;
+    let history = import::parse("2001:db8:1:2::10\n", "bench", Format::Csv, today)?;
     let policy = Policy::parse(POLICY, "bench.toml", Path::new("."))?;
     filter.maps.apply(&policy, &history, today)?;
 
