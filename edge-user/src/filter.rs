@@ -90,6 +90,11 @@ impl Maps {
         Ok(Self { maps, visitors_v4 })
     }
 
+    /// The maps pinned in `dir` by an earlier attach.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Self::new(|name| open_pinned_map(&dir.join(name)))
+    }
+
     fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         Self::new(|name| {
             ebpf.take_map(name)
@@ -165,32 +170,18 @@ impl Maps {
     /// Everything is validated before the first write; the mode is written last so that
     /// switching to `enforce` happens with the lists already in place.
     pub fn apply(&mut self, policy: &Policy, history: &VisitorHistory, today: Day) -> Result<()> {
-        self.apply_lists(policy, &policy.allow, &policy.deny, history, today)?;
-        self.set_config(kernel_config(policy))
-    }
-
-    /// [`Maps::apply`] with the allow and deny lists given apart from the policy (the daemon's
-    /// lists are the config file's plus those managed through its API). The config record is
-    /// left to the caller.
-    pub fn apply_lists(
-        &mut self,
-        policy: &Policy,
-        allow: &[IpNet],
-        deny: &[IpNet],
-        history: &VisitorHistory,
-        today: Day,
-    ) -> Result<()> {
-        check_capacity(names::ALLOW, names::ALLOW_CAPACITY, allow.len())?;
-        check_capacity(names::DENY, names::DENY_CAPACITY, deny.len())?;
+        check_capacity(names::ALLOW, names::ALLOW_CAPACITY, policy.allow.len())?;
+        check_capacity(names::DENY, names::DENY_CAPACITY, policy.deny.len())?;
         let first = window_start(today, policy.window_days);
         let v6 = history.v6.seen_between(first, today);
         check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, v6.len() as usize)?;
 
         self.set_protected(&policy.protect)?;
-        self.set_list(names::DENY, deny)?;
-        self.set_list(names::ALLOW, allow)?;
+        self.set_list(names::DENY, &policy.deny)?;
+        self.set_list(names::ALLOW, &policy.allow)?;
         self.visitors_v4.reconcile(&history.v4.seen_between(first, today));
-        self.set_visitors_v6(&v6, history)
+        self.set_visitors_v6(&v6, history)?;
+        self.set_config(kernel_config(policy))
     }
 
     /// Writes the config record, with the lookups of non-empty hash maps turned on.
@@ -542,7 +533,8 @@ impl Filter {
 
     /// Pins program and maps under `PIN_ROOT/<iface>/`, attaches, and pins the link, so the
     /// filter stays after this process exits. On any failure, nothing is left behind.
-    pub fn attach(mut self, iface: &str, mode: XdpMode) -> Result<PathBuf> {
+    /// Returns the pin directory and the maps, which stay usable.
+    pub fn attach(mut self, iface: &str, mode: XdpMode) -> Result<(PathBuf, Maps)> {
         let if_index = if_index(iface)?;
         let dir = pin_dir(iface)?;
         if dir.exists() {
@@ -576,7 +568,7 @@ impl Filter {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        Ok(dir)
+        Ok((dir, self.maps))
     }
 }
 
@@ -656,6 +648,29 @@ pub fn pinned_stats(iface: &str) -> Result<Stats> {
     let map: PerCpuArray<MapData, Counter> =
         PerCpuArray::try_from(map).map_err(|e| kernel("the pinned stats map", e))?;
     Stats::read(&map)
+}
+
+/// The interfaces edge is attached to, from the pins.
+pub fn pinned_interfaces() -> Result<Vec<String>> {
+    ensure_bpffs(Path::new(PIN_ROOT).parent().unwrap())?;
+    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else { return Ok(Vec::new()) };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("link").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The mode the filter attached to `iface` runs in, from its pinned config map.
+pub fn pinned_mode(iface: &str) -> Result<crate::Mode> {
+    let dir = attached_dir(iface)?;
+    let map = open_pinned_map(&dir.join(names::CONFIG))?;
+    let map: Array<MapData, Config> =
+        Array::try_from(map).map_err(|e| kernel("the pinned config map", e))?;
+    let config = map.get(&0, 0).map_err(|e| kernel("reading the pinned config map", e))?;
+    Ok(crate::Mode::from_kernel(config.mode))
 }
 
 fn attached_dir(iface: &str) -> Result<PathBuf> {

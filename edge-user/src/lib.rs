@@ -2,6 +2,8 @@
 //! it, attach it to interfaces, and read its counters. The `edge` command is a thin front end.
 pub mod api;
 pub mod bitmap;
+pub mod client;
+pub mod daemon;
 pub mod error;
 pub mod filter;
 pub mod history;

@@ -30,6 +30,15 @@ impl Mode {
         }
     }
 
+    pub(crate) fn from_kernel(mode: u32) -> Self {
+        use edge_common::config::*;
+        match mode {
+            MODE_OFF => Self::Off,
+            MODE_ENFORCE => Self::Enforce,
+            _ => Self::Monitor,
+        }
+    }
+
     pub(crate) fn to_kernel(self) -> u32 {
         use edge_common::config::*;
         match self {
@@ -37,6 +46,16 @@ impl Mode {
             Self::Monitor => MODE_MONITOR,
             Self::Enforce => MODE_ENFORCE,
         }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Monitor => "monitor",
+            Self::Enforce => "enforce",
+        })
     }
 }
 
@@ -118,6 +137,43 @@ pub struct Policy {
     pub deny: Vec<IpNet>,
     /// Visitors file, resolved against the policy file's directory.
     pub visitors: Option<PathBuf>,
+    /// The `[daemon]` table, for `edge daemon`.
+    pub daemon: Option<DaemonSettings>,
+}
+
+/// How `edge daemon` runs: the `[daemon]` table of the config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonSettings {
+    pub interfaces: Vec<String>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub tcp_listen: Option<std::net::SocketAddr>,
+    /// Holds the bearer token TCP clients must send; required with `tcp_listen`.
+    pub token_file: Option<PathBuf>,
+    pub xdp_mode: XdpModeSetting,
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/edge";
+pub const DEFAULT_SOCKET: &str = "/run/edge/edge.sock";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native if the driver supports it, generic (skb) otherwise.
+    Auto,
+    Native,
+    Skb,
+}
+
+impl XdpModeSetting {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "native" => Some(Self::Native),
+            "skb" => Some(Self::Skb),
+            _ => None,
+        }
+    }
 }
 
 pub const DEFAULT_PROTECT: [&str; 3] = ["tcp/80", "tcp/443", "udp/443"];
@@ -134,7 +190,78 @@ impl Default for Policy {
             allow: Vec::new(),
             deny: Vec::new(),
             visitors: None,
+            daemon: None,
         }
+    }
+}
+
+impl fmt::Display for Protected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = if self.proto == edge_common::keys::IPPROTO_TCP { "tcp" } else { "udp" };
+        match self.ports {
+            (0, u16::MAX) => write!(f, "{proto}/*"),
+            (lo, hi) if lo == hi => write!(f, "{proto}/{lo}"),
+            (lo, hi) => write!(f, "{proto}/{lo}-{hi}"),
+        }
+    }
+}
+
+impl Policy {
+    /// The policy in the config file's own schema (what `edge config show` prints); parsing it
+    /// back gives the same policy.
+    pub fn to_toml(&self) -> String {
+        use toml::{Table, Value};
+        let strings =
+            |items: Vec<String>| Value::Array(items.into_iter().map(Value::String).collect());
+        let mut root = Table::new();
+        root.insert("mode".into(), Value::String(self.mode.to_string()));
+        let mut scope = Table::new();
+        scope.insert(
+            "protect".into(),
+            strings(self.protect.iter().map(|p| p.to_string()).collect()),
+        );
+        root.insert("scope".into(), Value::Table(scope));
+        let u = &self.unknown;
+        let mut unknown = Table::new();
+        for (key, value) in [
+            ("rate_pps", u.rate_pps),
+            ("burst", u.burst),
+            ("global_pps", u.global_pps),
+            ("global_burst", u.global_burst),
+            ("prefix_v4", u32::from(u.prefix_v4)),
+            ("prefix_v6", u32::from(u.prefix_v6)),
+        ] {
+            unknown.insert(key.into(), Value::Integer(i64::from(value)));
+        }
+        root.insert("unknown".into(), Value::Table(unknown));
+        let mut window = Table::new();
+        window.insert("days".into(), Value::Integer(i64::from(self.window_days)));
+        root.insert("window".into(), Value::Table(window));
+        let mut lists = Table::new();
+        lists.insert("allow".into(), strings(self.allow.iter().map(|n| n.to_string()).collect()));
+        lists.insert("deny".into(), strings(self.deny.iter().map(|n| n.to_string()).collect()));
+        if let Some(v) = &self.visitors {
+            lists.insert("visitors".into(), Value::String(v.display().to_string()));
+        }
+        root.insert("lists".into(), Value::Table(lists));
+        if let Some(d) = &self.daemon {
+            let mut daemon = Table::new();
+            daemon.insert("interfaces".into(), strings(d.interfaces.clone()));
+            daemon.insert("state_dir".into(), Value::String(d.state_dir.display().to_string()));
+            daemon.insert("socket".into(), Value::String(d.socket.display().to_string()));
+            if let Some(addr) = d.tcp_listen {
+                daemon.insert("tcp_listen".into(), Value::String(addr.to_string()));
+            }
+            if let Some(t) = &d.token_file {
+                daemon.insert("token_file".into(), Value::String(t.display().to_string()));
+            }
+            daemon.insert(
+                "xdp_mode".into(),
+                Value::String(format!("{:?}", d.xdp_mode).to_lowercase()),
+            );
+            root.insert("daemon".into(), Value::Table(daemon));
+        }
+        toml::to_string(&root).expect("a TOML table always renders")
     }
 }
 
@@ -166,6 +293,18 @@ struct RawPolicy {
     unknown: Option<RawUnknown>,
     window: Option<RawWindow>,
     lists: Option<RawLists>,
+    daemon: Option<RawDaemon>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    state_dir: Option<Spanned<String>>,
+    socket: Option<Spanned<String>>,
+    tcp_listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    xdp_mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -298,7 +437,97 @@ impl Policy {
                     return Err(at(v.span(), "lists.visitors", "empty path".into()));
                 }
                 policy.visitors = Some(base.join(v.get_ref()));
+                if raw.daemon.is_some() {
+                    return Err(at(
+                        v.span(),
+                        "lists.visitors",
+                        "the daemon keeps visitors in its store: import the file with \
+                         `edge visitors import` instead"
+                            .into(),
+                    ));
+                }
             }
+        }
+        if let Some(d) = raw.daemon {
+            let path = |v: &Spanned<String>, field: &str| {
+                if v.get_ref().is_empty() {
+                    Err(at(v.span(), field, "empty path".into()))
+                } else {
+                    Ok(base.join(v.get_ref()))
+                }
+            };
+            let interfaces = d.interfaces.ok_or_else(|| {
+                at(0..0, "daemon.interfaces", "missing: the interfaces to attach to".into())
+            })?;
+            if interfaces.get_ref().is_empty() {
+                return Err(at(interfaces.span(), "daemon.interfaces", "empty list".into()));
+            }
+            let mut names = Vec::new();
+            for name in interfaces.get_ref() {
+                let n = name.get_ref();
+                if n.is_empty()
+                    || n.len() > 15
+                    || n.contains('/')
+                    || n.contains(char::is_whitespace)
+                {
+                    return Err(at(
+                        name.span(),
+                        "daemon.interfaces",
+                        format!("`{n}` is not an interface name"),
+                    ));
+                }
+                if names.contains(n) {
+                    return Err(at(
+                        name.span(),
+                        "daemon.interfaces",
+                        format!("`{n}` is listed twice"),
+                    ));
+                }
+                names.push(n.clone());
+            }
+            let tcp_listen = match &d.tcp_listen {
+                Some(v) => Some(v.get_ref().parse().map_err(|_| {
+                    at(
+                        v.span(),
+                        "daemon.tcp_listen",
+                        format!("`{}` is not ADDRESS:PORT", v.get_ref()),
+                    )
+                })?),
+                None => None,
+            };
+            let token_file =
+                d.token_file.as_ref().map(|v| path(v, "daemon.token_file")).transpose()?;
+            if let (Some(listen), None) = (&d.tcp_listen, &token_file) {
+                return Err(at(
+                    listen.span(),
+                    "daemon.tcp_listen",
+                    "a TCP listener needs `token_file` (clients must send its bearer token)".into(),
+                ));
+            }
+            let xdp_mode = match &d.xdp_mode {
+                Some(v) => XdpModeSetting::parse(v.get_ref()).ok_or_else(|| {
+                    at(
+                        v.span(),
+                        "daemon.xdp_mode",
+                        format!("`{}` is not auto, native or skb", v.get_ref()),
+                    )
+                })?,
+                None => XdpModeSetting::Auto,
+            };
+            policy.daemon = Some(DaemonSettings {
+                interfaces: names,
+                state_dir: match &d.state_dir {
+                    Some(v) => path(v, "daemon.state_dir")?,
+                    None => PathBuf::from(DEFAULT_STATE_DIR),
+                },
+                socket: match &d.socket {
+                    Some(v) => path(v, "daemon.socket")?,
+                    None => PathBuf::from(DEFAULT_SOCKET),
+                },
+                tcp_listen,
+                token_file,
+                xdp_mode,
+            });
         }
         Ok(policy)
     }
@@ -396,6 +625,55 @@ visitors = "visitors.csv"
 
         let e = parse("mode = \n").unwrap_err();
         assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn daemon_table() {
+        let p = parse(
+            "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nstate_dir = \"state\"\n\
+             tcp_listen = \"127.0.0.1:7443\"\ntoken_file = \"/etc/edge/token\"\n",
+        )
+        .unwrap();
+        let d = p.daemon.unwrap();
+        assert_eq!(d.interfaces, ["eth0", "eth1"]);
+        assert_eq!(d.state_dir, Path::new("/etc/edge/state"));
+        assert_eq!(d.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(d.tcp_listen, Some("127.0.0.1:7443".parse().unwrap()));
+        assert_eq!(parse("").unwrap().daemon, None);
+
+        let e =
+            parse("[daemon]\ninterfaces = [\"eth0\"]\ntcp_listen = \"0.0.0.0:1\"\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (3, "daemon.tcp_listen"));
+        assert!(e.reason.contains("token_file"), "{e}");
+        let e = parse("[daemon]\ninterfaces = [\"eth0\", \"eth0\"]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 23));
+        assert!(e.reason.contains("twice"));
+        let e = parse("[daemon]\ninterfaces = []\n").unwrap_err();
+        assert_eq!(e.field, "daemon.interfaces");
+        let e = parse("[daemon]\nstate_dir = \"/x\"\n").unwrap_err();
+        assert!(e.reason.contains("missing"), "{e}");
+        let e = parse("[daemon]\ninterfaces = [\"a/b\"]\n").unwrap_err();
+        assert!(e.reason.contains("not an interface name"), "{e}");
+        let e = parse("[lists]\nvisitors = \"v.csv\"\n[daemon]\ninterfaces = [\"eth0\"]\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (2, "lists.visitors"));
+        let e = parse("[daemon]\ninterfaces = [\"eth0\"]\nxdp_mode = \"fast\"\n").unwrap_err();
+        assert_eq!(e.field, "daemon.xdp_mode");
+        let e = parse("[daemon]\ninterfaces = [\"eth0\"]\nsocket_path = \"x\"\n").unwrap_err();
+        assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn rendered_toml_parses_back_to_the_same_policy() {
+        let p = parse(
+            "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/443\", \"udp/8000-8100\", \"tcp/*\"]\n\
+             [unknown]\nrate_pps = 7\nprefix_v4 = 24\n[lists]\nallow = [\"10.0.0.0/8\"]\n\
+             deny = [\"2001:db8::/32\"]\n[daemon]\ninterfaces = [\"eth0\"]\nstate_dir = \"/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(parse(&p.to_toml()).unwrap(), p);
+        let default = Policy::default();
+        assert_eq!(parse(&default.to_toml()).unwrap(), default);
     }
 
     #[test]

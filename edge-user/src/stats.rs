@@ -17,9 +17,9 @@ pub struct Stats {
 /// One row of `edge stats`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Row {
-    pub reason: &'static str,
-    /// `pass`, `drop`, or `would_drop` (monitor mode).
-    pub action: &'static str,
+    pub reason: String,
+    /// `pass`, `drop`, `would_drop` (monitor mode) or `aborted`.
+    pub action: String,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -50,6 +50,17 @@ impl Stats {
     /// Packets `monitor` mode would have dropped for `reason`.
     pub fn would_drop(&self, reason: Reason) -> Counter {
         self.slot(REASON_COUNT + reason)
+    }
+
+    /// The counters of two filters together.
+    pub fn plus(&self, other: &Stats) -> Stats {
+        let slots = (0..STATS_SLOTS)
+            .map(|s| {
+                let (a, b) = (self.slot(s), other.slot(s));
+                Counter { packets: a.packets + b.packets, bytes: a.bytes + b.bytes }
+            })
+            .collect();
+        Stats { slots }
     }
 
     /// What happened between `earlier` and `self`.
@@ -91,8 +102,8 @@ impl Stats {
                     _ => "pass",
                 };
                 rows.push(Row {
-                    reason: name,
-                    action,
+                    reason: name.into(),
+                    action: action.into(),
                     packets: applied.packets,
                     bytes: applied.bytes,
                 });
@@ -100,8 +111,8 @@ impl Stats {
             let would = self.would_drop(reason);
             if would.packets > 0 {
                 rows.push(Row {
-                    reason: name,
-                    action: "would_drop",
+                    reason: name.into(),
+                    action: "would_drop".into(),
                     packets: would.packets,
                     bytes: would.bytes,
                 });

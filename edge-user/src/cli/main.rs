@@ -1,21 +1,54 @@
-//! `edge`: attach the admission filter to interfaces, read its counters, and check a policy
-//! against captured traffic. Exit codes: 0 ok, 1 error, 2 usage.
+//! `edge`: the daemon, the thin client that talks to it, and the standalone tools (attach
+//! without a daemon, replay a capture, check a policy). Exit codes: 0 ok, 1 error, 2 usage.
+mod remote;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
-use edge::{replay, stats::render_table, Day, Filter, Policy, VisitorHistory};
+use edge::{replay, Day, Filter, Policy, VisitorHistory};
 
 #[derive(Parser)]
 #[command(name = "edge", version, about = "XDP edge admission filter")]
 struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "EDGE_SOCKET", default_value = edge::policy::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the control daemon: attach to the config's interfaces (or adopt the pinned filter),
+    /// keep the maps right, serve the API.
+    Daemon {
+        #[arg(long, default_value = "/etc/edge/edge.toml")]
+        config: PathBuf,
+    },
+    /// Daemon status (from the pins if the daemon is down).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the mode: off, monitor or enforce (persisted by the daemon).
+    Mode {
+        #[arg(value_parser = ["off", "monitor", "enforce"])]
+        mode: String,
+    },
+    /// The rolling visitor whitelist.
+    #[command(subcommand)]
+    Visitors(remote::VisitorsCommand),
+    /// The static allow list (CIDR prefixes that always pass).
+    #[command(subcommand)]
+    Allow(remote::RulesCommand),
+    /// The static deny list (CIDR prefixes that never pass).
+    #[command(subcommand)]
+    Deny(remote::RulesCommand),
+    /// The daemon's configuration.
+    #[command(subcommand)]
+    Config(remote::ConfigCommand),
     /// Load the filter with a policy and attach it to an interface; it stays attached (pinned
     /// under /sys/fs/bpf/edge/IFACE) after this command exits.
     Attach {
@@ -31,10 +64,14 @@ enum Command {
         #[arg(long)]
         iface: String,
     },
-    /// Packets and bytes per reason, from the pinned counters.
+    /// Packets and bytes per reason: from the daemon, or from the pins if it is down.
     Stats {
+        /// One interface; all of them if left out.
         #[arg(long)]
-        iface: String,
+        iface: Option<String>,
+        /// Print again every SECS seconds, with the rate since the last print.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -73,13 +110,17 @@ impl From<XdpModeArg> for XdpMode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command, &cli.socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edge: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 /// A policy and its visitors, both validated, as of today (UTC).
@@ -99,12 +140,23 @@ fn loaded_filter(policy: &Policy, history: &VisitorHistory, today: Day) -> anyho
     Ok(filter)
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
+    use remote::Request;
     match command {
+        Command::Daemon { config } => runtime()?.block_on(edge::daemon::run(&config))?,
+        Command::Status { json } => remote::run(socket, Request::Status { json })?,
+        Command::Mode { mode } => remote::run(socket, Request::Mode(mode))?,
+        Command::Visitors(c) => remote::run(socket, Request::Visitors(c))?,
+        Command::Allow(c) => remote::run(socket, Request::Rules("allow", c))?,
+        Command::Deny(c) => remote::run(socket, Request::Rules("deny", c))?,
+        Command::Config(c) => remote::run(socket, Request::Config(c))?,
+        Command::Stats { iface, watch, json } => {
+            remote::run(socket, Request::Stats { iface, watch, json })?
+        }
         Command::Attach { iface, policy: path, xdp_mode } => {
             let (policy, history, today) = load_policy(&path)?;
             let filter = loaded_filter(&policy, &history, today)?;
-            let pins = filter.attach(&iface, xdp_mode.into())?;
+            let (pins, _) = filter.attach(&iface, xdp_mode.into())?;
             println!(
                 "edge attached to {iface} in {} mode; visitors known: {}; pins in {}",
                 serde_json::to_value(policy.mode)?.as_str().unwrap_or("?"),
@@ -115,14 +167,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Detach { iface } => {
             edge::detach(&iface)?;
             println!("edge detached from {iface}");
-        }
-        Command::Stats { iface, json } => {
-            let rows = edge::pinned_stats(&iface)?.rows(true);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", render_table(&rows));
-            }
         }
         Command::Replay { pcap, policy: path, json } => {
             let (policy, history, today) = load_policy(&path)?;

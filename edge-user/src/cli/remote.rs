@@ -1,0 +1,493 @@
+//! The commands that talk to the daemon. Thin: parse arguments, make one API call, print.
+//! `stats` and `status` fall back to reading the pins when the daemon is down.
+use std::{
+    io::{IsTerminal as _, Read as _, Write as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use edge::{
+    api::{
+        self, control_client::ControlClient, rules_client::RulesClient,
+        visitors_client::VisitorsClient,
+    },
+    stats::{render_table, Row},
+};
+use tonic::{transport::Channel, Code};
+
+#[derive(Subcommand)]
+pub enum VisitorsCommand {
+    /// Record visits of IPs (IPv6: their /64) on a day (default today, UTC).
+    Add {
+        #[arg(required = true)]
+        ips: Vec<String>,
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        day: Option<String>,
+    },
+    /// Forget visitors.
+    Remove {
+        #[arg(required = true)]
+        ips: Vec<String>,
+    },
+    /// List visitors in address order, a page at a time.
+    List {
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Start at this visitor (the `next:` line of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// How many visitors are in the window.
+    Count {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a file, all or nothing: a plain list, IP,YYYY-MM-DD CSV, or a combined access log.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "csv", "combined"])]
+        format: String,
+    },
+    /// Write every visitor as IP,YYYY-MM-DD (to FILE, or standard output).
+    Export { file: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Add CIDR prefixes (or bare addresses).
+    Add {
+        #[arg(required = true)]
+        cidrs: Vec<String>,
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Remove the entries after this long: 90s, 30m, 12h, 7d.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    Remove {
+        #[arg(required = true)]
+        cidrs: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// The effective configuration (TOML; the mode set through the API included).
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub enum Request {
+    Status { json: bool },
+    Mode(String),
+    Visitors(VisitorsCommand),
+    Rules(&'static str, RulesCommand),
+    Config(ConfigCommand),
+    Stats { iface: Option<String>, watch: Option<u64>, json: bool },
+}
+
+pub fn run(socket: &Path, request: Request) -> anyhow::Result<()> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let channel = edge::client::connect(socket).await;
+        match (request, channel) {
+            (Request::Stats { iface, watch, json }, Err(_)) => {
+                eprintln!(
+                    "edge: the daemon is not reachable at {}; reading the pins",
+                    socket.display()
+                );
+                stats_loop(watch, json, || pinned_rows(iface.as_deref())).await
+            }
+            (Request::Status { json }, Err(_)) => pinned_status(socket, json),
+            (_, Err(e)) => bail!(
+                "cannot reach the edge daemon at {} ({e}); is `edge daemon` running? \
+                 (--socket or EDGE_SOCKET pick another)",
+                socket.display()
+            ),
+            (request, Ok(channel)) => call(channel, request).await.map_err(explain),
+        }
+    })
+}
+
+/// `CODE: message`, with the gRPC code spelled as in the .proto's documentation.
+fn explain(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(status) => anyhow::anyhow!("{}: {}", code_name(status.code()), status.message()),
+        None => e,
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::Internal => "INTERNAL",
+        _ => "ERROR",
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn call(channel: Channel, request: Request) -> anyhow::Result<()> {
+    let mut control = ControlClient::new(channel.clone());
+    let mut visitors = VisitorsClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    let mut rules = RulesClient::new(channel);
+    match request {
+        Request::Status { json } => {
+            let s = control.get_status(api::GetStatusRequest {}).await?.into_inner();
+            if json {
+                return print_json(&s);
+            }
+            println!(
+                "edge {}: {}, mode {}",
+                s.version,
+                if s.ready { "ready" } else { "NOT READY" },
+                s.mode
+            );
+            for i in &s.interfaces {
+                let adopted = if i.adopted { " (adopted pins)" } else { "" };
+                println!("  {:<16} {}{adopted}", i.name, i.state);
+            }
+            println!(
+                "  today {} (UTC), window {} days, rolled to {}",
+                s.today, s.window_days, s.rolled_to
+            );
+            println!("  visitors: {} IPv4, {} IPv6 /64", s.visitors_v4, s.visitors_v6);
+            println!("  rules: {} allow, {} deny", s.allow_rules, s.deny_rules);
+            println!("  store: {} ({} bytes of log since the snapshot)", s.state_dir, s.wal_bytes);
+        }
+        Request::Mode(mode) => {
+            let r = control.set_mode(api::SetModeRequest { mode }).await?.into_inner();
+            println!("mode: {} (was {})", r.mode, r.previous);
+        }
+        Request::Config(ConfigCommand::Show { json }) => {
+            let c = control.get_config(api::GetConfigRequest {}).await?.into_inner();
+            if json {
+                return print_json(&c);
+            }
+            println!("# {} (mode from {})", c.path, c.mode_source);
+            print!("{}", c.toml);
+        }
+        Request::Stats { iface, watch, json } => {
+            let interface = iface.unwrap_or_default();
+            stats_loop(watch, json, || {
+                let mut control = control.clone();
+                let interface = interface.clone();
+                async move {
+                    let r = control.get_stats(api::GetStatsRequest { interface }).await?;
+                    Ok(r.into_inner().rows.into_iter().map(row_of).collect())
+                }
+            })
+            .await?;
+        }
+        Request::Visitors(command) => visitors_command(&mut visitors, command).await?,
+        Request::Rules(list, command) => rules_command(&mut rules, list, command).await?,
+    }
+    Ok(())
+}
+
+fn row_of(r: api::StatsRow) -> Row {
+    Row { reason: r.reason, action: r.action, packets: r.packets, bytes: r.bytes }
+}
+
+/// Prints the rows once, or every `watch` seconds with packets per second since the last.
+async fn stats_loop<F, Fut>(watch: Option<u64>, json: bool, mut fetch: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<Row>>>,
+{
+    let mut previous: Option<Vec<Row>> = None;
+    loop {
+        let rows = fetch().await?;
+        if json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            print!("{}", render_table(&rows));
+            if let (Some(prev), Some(secs)) = (&previous, watch) {
+                let total = |rows: &[Row]| rows.iter().map(|r| r.packets).sum::<u64>();
+                let rate = total(&rows).saturating_sub(total(prev)) as f64 / secs as f64;
+                println!("{rate:.0} packets/s over the last {secs} s");
+            }
+        }
+        let Some(secs) = watch else { return Ok(()) };
+        previous = Some(rows);
+        std::io::stdout().flush()?;
+        tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
+        if !json {
+            println!();
+        }
+    }
+}
+
+async fn pinned_rows(iface: Option<&str>) -> anyhow::Result<Vec<Row>> {
+    let interfaces = match iface {
+        Some(i) => vec![i.to_string()],
+        None => edge::filter::pinned_interfaces()?,
+    };
+    if interfaces.is_empty() {
+        bail!("edge is not attached to any interface (no pins in {})", edge::filter::PIN_ROOT);
+    }
+    let mut total: Option<edge::Stats> = None;
+    for iface in interfaces {
+        let stats = edge::pinned_stats(&iface)?;
+        total = Some(match total {
+            Some(sum) => sum.plus(&stats),
+            None => stats,
+        });
+    }
+    Ok(total.expect("at least one interface").rows(false))
+}
+
+fn pinned_status(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let interfaces = edge::filter::pinned_interfaces()?;
+    let modes: Vec<(String, String)> = interfaces
+        .iter()
+        .map(|i| Ok((i.clone(), edge::filter::pinned_mode(i)?.to_string())))
+        .collect::<anyhow::Result<_>>()?;
+    if json {
+        let attached: Vec<_> =
+            modes.iter().map(|(i, m)| serde_json::json!({ "name": i, "mode": m })).collect();
+        return print_json(&serde_json::json!({ "daemon": "unreachable", "attached": attached }));
+    }
+    println!("edge daemon: not reachable at {}", socket.display());
+    if modes.is_empty() {
+        println!("  not attached to any interface");
+    }
+    for (iface, mode) in modes {
+        println!("  {iface:<16} attached (pinned), mode {mode}");
+    }
+    Ok(())
+}
+
+async fn visitors_command(
+    client: &mut VisitorsClient<Channel>,
+    command: VisitorsCommand,
+) -> anyhow::Result<()> {
+    match command {
+        VisitorsCommand::Add { ips, day } => {
+            let day = day.unwrap_or_default();
+            let visits = ips.into_iter().map(|ip| api::Visit { ip, day: day.clone() }).collect();
+            let r = client.record_visits(api::RecordVisitsRequest { visits }).await?.into_inner();
+            println!("recorded {} (outside the window: {})", r.recorded, r.outside_window);
+        }
+        VisitorsCommand::Remove { ips } => {
+            let r = client.remove_visitors(api::RemoveVisitorsRequest { ips }).await?.into_inner();
+            println!("removed {}", r.removed);
+        }
+        VisitorsCommand::List { limit, after, json } => {
+            let page_token = after.unwrap_or_default();
+            let r = client
+                .list_visitors(api::ListVisitorsRequest { page_size: limit, page_token })
+                .await?
+                .into_inner();
+            if json {
+                return print_json(&r);
+            }
+            for v in &r.visitors {
+                println!("{},{}", v.ip, v.last_seen);
+            }
+            if !r.next_page_token.is_empty() {
+                eprintln!("next: --after {}", r.next_page_token);
+            }
+        }
+        VisitorsCommand::Count { json } => {
+            let r = client.count_visitors(api::CountVisitorsRequest {}).await?.into_inner();
+            if json {
+                return print_json(&r);
+            }
+            println!("{} visitors ({} IPv4, {} IPv6 /64)", r.total, r.v4, r.v6);
+        }
+        VisitorsCommand::Import { file, format } => import(client, &file, format).await?,
+        VisitorsCommand::Export { file } => {
+            let mut stream =
+                client.export_visitors(api::ExportVisitorsRequest {}).await?.into_inner();
+            let mut out: Box<dyn std::io::Write> = match &file {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut n = 0u64;
+            while let Some(chunk) = stream.message().await? {
+                for v in chunk.visitors {
+                    writeln!(out, "{},{}", v.ip, v.last_seen)?;
+                    n += 1;
+                }
+            }
+            out.flush()?;
+            if let Some(path) = file {
+                eprintln!("exported {n} visitors to {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams the file to the daemon in 1 MiB chunks; the daemon parses and applies it whole.
+async fn import(
+    client: &mut VisitorsClient<Channel>,
+    path: &Path,
+    format: String,
+) -> anyhow::Result<()> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let progress = indicatif::ProgressBar::with_draw_target(
+        Some(size),
+        if std::io::stderr().is_terminal() {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        },
+    );
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid template"),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let file_name = path.display().to_string();
+    let bar = progress.clone();
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut first = true;
+        loop {
+            let mut chunk = vec![0u8; 1 << 20];
+            let n = file.read(&mut chunk)?;
+            if n == 0 && !first {
+                return Ok(());
+            }
+            chunk.truncate(n);
+            bar.inc(n as u64);
+            let message = api::ImportVisitorsRequest {
+                format: if first { format.clone() } else { String::new() },
+                file_name: if first { file_name.clone() } else { String::new() },
+                chunk,
+            };
+            first = false;
+            if tx.blocking_send(message).is_err() {
+                return Ok(()); // the daemon answered early (an error)
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    });
+    let answer = client.import_visitors(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    progress.finish_and_clear();
+    reader.await??;
+    let r = answer?.into_inner();
+    println!(
+        "imported {}: {} lines, {} visits recorded, {} outside the window",
+        path.display(),
+        r.lines,
+        r.recorded,
+        r.outside_window
+    );
+    Ok(())
+}
+
+/// `90s`, `30m`, `12h`, `7d` in seconds.
+fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let (number, unit) =
+        text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().with_context(|| format!("`{text}` is not a duration like 30m"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("`{text}`: the unit must be s, m, h or d"),
+    };
+    Ok(n * scale)
+}
+
+async fn rules_command(
+    client: &mut RulesClient<Channel>,
+    list: &'static str,
+    command: RulesCommand,
+) -> anyhow::Result<()> {
+    match command {
+        RulesCommand::Add { cidrs, comment, expires } => {
+            let expires_at = match expires {
+                Some(d) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_secs();
+                    now + parse_duration(&d)?
+                }
+                None => 0,
+            };
+            let rules = cidrs
+                .into_iter()
+                .map(|cidr| api::Rule {
+                    list: list.into(),
+                    cidr,
+                    comment: comment.clone(),
+                    expires_at,
+                    ..Default::default()
+                })
+                .collect();
+            let r = client.add_rules(api::AddRulesRequest { rules }).await?.into_inner();
+            println!("{list}: added {}, updated {}", r.added, r.updated);
+        }
+        RulesCommand::Remove { cidrs } => {
+            let r = client
+                .remove_rules(api::RemoveRulesRequest { list: list.into(), cidrs })
+                .await?
+                .into_inner();
+            println!("{list}: removed {}", r.removed);
+        }
+        RulesCommand::List { json } => {
+            let r =
+                client.list_rules(api::ListRulesRequest { list: list.into() }).await?.into_inner();
+            if json {
+                return print_json(&r);
+            }
+            for rule in r.rules {
+                let expires = match rule.expires_at {
+                    0 => String::new(),
+                    at => format!(" expires_at={at}"),
+                };
+                let comment = if rule.comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(" # {}", rule.comment)
+                };
+                println!("{:<43} {:<6}{expires}{comment}", rule.cidr, rule.source);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration("90s").unwrap(), 90);
+        assert_eq!(super::parse_duration("7d").unwrap(), 7 * 86_400);
+        assert!(super::parse_duration("7w").is_err());
+        assert!(super::parse_duration("h").is_err());
+    }
+}

@@ -1,0 +1,498 @@
+//! The daemon's state and the verbs that change it. One `Core` owns the store, the desired
+//! state it recovered, and the kernel maps of every interface; the API calls these verbs with
+//! the core locked, so changes are serialized. Each change is validated first, written to the
+//! store (fsync) second, and put in the kernel maps third; the caller answers after all three.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::XdpMode;
+use edge_common::maps as names;
+use ipnet::IpNet;
+
+use super::{clock::Clock, Fault};
+use crate::{
+    filter::{kernel_config, pin_dir, Filter, Maps},
+    history::{Expired, VisitorHistory},
+    policy::{Mode, Policy, XdpModeSetting},
+    stats::Stats,
+    store::{List, Op, Recovery, State, Store, StoredRule},
+    visitors::{Day, VisitorKey},
+    Error,
+};
+
+/// Compact the log into a snapshot once it holds this much.
+const COMPACT_AT_BYTES: u64 = 256 << 20;
+
+pub struct Core {
+    pub config_path: PathBuf,
+    /// The config file's policy; the effective one adds the API's mode and rules.
+    pub policy: Policy,
+    store: Store,
+    state: State,
+    clock: Clock,
+    rolled_to: Day,
+    pub interfaces: Vec<Interface>,
+    xdp_mode: XdpModeSetting,
+}
+
+pub struct Interface {
+    pub name: String,
+    pub link: Link,
+}
+
+pub enum Link {
+    Waiting(String),
+    Attached { maps: Box<Maps>, adopted: bool },
+}
+
+/// Counts of a change to the visitors.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recorded {
+    pub recorded: u64,
+    pub outside_window: u64,
+}
+
+/// A rule as listed: from the config file or from the API.
+pub struct ListedRule {
+    pub rule: StoredRule,
+    pub from_config: bool,
+}
+
+impl Core {
+    pub fn open(
+        config_path: &Path,
+        policy: Policy,
+        clock: Clock,
+    ) -> anyhow::Result<(Self, Recovery)> {
+        let settings = policy.daemon.clone().expect("the daemon config has a [daemon] table");
+        let (store, state, recovery) = Store::open(&settings.state_dir)?;
+        let interfaces = settings
+            .interfaces
+            .iter()
+            .map(|name| Interface { name: name.clone(), link: Link::Waiting("starting".into()) })
+            .collect();
+        let mut core = Self {
+            config_path: config_path.to_path_buf(),
+            policy,
+            store,
+            state,
+            rolled_to: Day(0),
+            clock,
+            interfaces,
+            xdp_mode: settings.xdp_mode,
+        };
+        core.roll();
+        Ok((core, recovery))
+    }
+
+    pub fn today(&self) -> Day {
+        self.clock.today()
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn history(&self) -> &VisitorHistory {
+        &self.state.history
+    }
+
+    pub fn rolled_to(&self) -> Day {
+        self.rolled_to
+    }
+
+    pub fn wal_bytes(&self) -> u64 {
+        self.store.wal_bytes()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.interfaces.iter().all(|i| matches!(i.link, Link::Attached { .. }))
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.state.mode.unwrap_or(self.policy.mode)
+    }
+
+    /// The policy the kernel runs: the config file's, with the mode and rules set through the
+    /// API.
+    pub fn effective_policy(&self) -> Policy {
+        let mut policy = self.policy.clone();
+        policy.mode = self.mode();
+        for rule in self.state.rules.values() {
+            match rule.list {
+                List::Allow => policy.allow.push(rule.net),
+                List::Deny => policy.deny.push(rule.net),
+            }
+        }
+        policy
+    }
+
+    fn attached(&mut self) -> impl Iterator<Item = &mut Maps> {
+        self.interfaces.iter_mut().filter_map(|i| match &mut i.link {
+            Link::Attached { maps, .. } => Some(maps.as_mut()),
+            Link::Waiting(_) => None,
+        })
+    }
+
+    /// Every change needs every interface: a change applied to some would leave them
+    /// disagreeing, so it is refused until all are attached.
+    fn require_ready(&self) -> Result<(), Fault> {
+        match self.interfaces.iter().find_map(|i| match &i.link {
+            Link::Waiting(why) => Some((i.name.as_str(), why.as_str())),
+            Link::Attached { .. } => None,
+        }) {
+            Some((name, why)) => Err(Fault::Unavailable(format!(
+                "the filter is not attached to {name} yet ({why}); nothing was changed"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Attaches, or adopts the pins an earlier run left, on every interface still waiting.
+    /// Returns the interfaces whose state changed, with a line for the log.
+    pub fn bring_up(&mut self) -> Vec<String> {
+        let mut log = Vec::new();
+        let policy = self.effective_policy();
+        let today = self.today();
+        let mode = match self.xdp_mode {
+            XdpModeSetting::Auto => XdpMode::Default,
+            XdpModeSetting::Native => XdpMode::Driver,
+            XdpModeSetting::Skb => XdpMode::Skb,
+        };
+        for iface in &mut self.interfaces {
+            let Link::Waiting(previous) = &iface.link else { continue };
+            match attach_or_adopt(&iface.name, mode, &policy, &self.state.history, today) {
+                Ok((maps, adopted)) => {
+                    log.push(format!(
+                        "{}: {}",
+                        iface.name,
+                        if adopted { "adopted the pinned filter" } else { "attached" }
+                    ));
+                    iface.link = Link::Attached { maps: Box::new(maps), adopted };
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if *previous != why {
+                        log.push(format!("{}: waiting: {why}", iface.name));
+                    }
+                    iface.link = Link::Waiting(why);
+                }
+            }
+        }
+        log
+    }
+
+    /// Moves the window to today: the days that left it are dropped, and the visitors seen
+    /// only on them leave the kernel maps. Returns them.
+    pub fn roll(&mut self) -> Option<Expired> {
+        let today = self.today();
+        if today <= self.rolled_to {
+            return None;
+        }
+        let expired = self.state.history.roll(today, self.policy.window_days);
+        self.rolled_to = today;
+        Some(expired)
+    }
+
+    /// The periodic work: roll the window at a day boundary, expire rules, retry interfaces,
+    /// compact the log. Returns lines for the log.
+    pub fn tick(&mut self) -> Vec<String> {
+        let mut log = Vec::new();
+        if let Some(expired) = self.roll() {
+            let n = expired.len();
+            if let Err(e) = self.remove_from_kernel(&expired) {
+                log.push(format!("day roll: {e}"));
+            }
+            log.push(format!("rolled the window to {}: {n} visitors left it", self.rolled_to));
+        }
+        let now = self.now();
+        for list in [List::Allow, List::Deny] {
+            let nets: Vec<IpNet> = self
+                .state
+                .rules(list)
+                .filter(|r| r.expires_at != 0 && r.expires_at <= now)
+                .map(|r| r.net)
+                .collect();
+            if !nets.is_empty() {
+                match self.remove_rules(list, &nets) {
+                    Ok(n) => log.push(format!("{n} {} rules expired", list.name())),
+                    Err(e) => log.push(format!("expiring {} rules: {e}", list.name())),
+                }
+            }
+        }
+        log.extend(self.bring_up());
+        if self.store.wal_bytes() > COMPACT_AT_BYTES {
+            match self.compact() {
+                Ok(()) => log.push("compacted the log into a snapshot".into()),
+                Err(e) => log.push(format!("compacting: {e}")),
+            }
+        }
+        log
+    }
+
+    pub fn compact(&mut self) -> Result<(), Fault> {
+        self.store.compact(&self.state).map_err(Fault::store)
+    }
+
+    fn commit(&mut self, op: &Op) -> Result<(), Fault> {
+        self.store.append(op).map_err(Fault::store)?;
+        self.state.apply(op);
+        Ok(())
+    }
+
+    /// Records visits (all or nothing). Days after today are the caller's to refuse.
+    pub fn record(&mut self, visits: VisitorHistory) -> Result<Recorded, Fault> {
+        self.require_ready()?;
+        let today = self.today();
+        let mut in_window = visits.clone();
+        in_window.roll(today, self.policy.window_days);
+        let counts = Recorded {
+            recorded: count_visits(&in_window),
+            outside_window: count_visits(&visits) - count_visits(&in_window),
+        };
+        // Capacity first: nothing is written if the IPv6 map cannot take the new prefixes.
+        let known = self.state.history.v6.all();
+        let new_v6 = in_window.v6.all().iter().filter(|k| !known.contains(*k)).count() as u64;
+        let wanted = known.len() + new_v6;
+        if wanted > u64::from(names::VISITORS_V6_CAPACITY) {
+            return Err(Fault::from(Error::MapFull {
+                map: names::VISITORS_V6,
+                capacity: names::VISITORS_V6_CAPACITY,
+                wanted: wanted as usize,
+            }));
+        }
+        if in_window.is_empty() {
+            return Ok(counts);
+        }
+        self.commit(&Op::visits(&in_window))?;
+        let v4: Vec<u32> = in_window.v4.all().iter().collect();
+        let v6: Vec<(u64, Day)> = in_window
+            .v6
+            .all()
+            .iter()
+            .map(|k| (k, self.state.history.v6.last_seen(k).unwrap_or(today)))
+            .collect();
+        for maps in self.attached() {
+            maps.insert_visitors(v4.iter().copied(), v6.iter().copied()).map_err(Fault::from)?;
+        }
+        Ok(counts)
+    }
+
+    /// Removes visitors (all or nothing: NOT_FOUND if any is not in the history).
+    pub fn remove_visitors(&mut self, keys: &[VisitorKey]) -> Result<u64, Fault> {
+        self.require_ready()?;
+        if let Some(missing) = keys.iter().find(|k| !self.state.history.contains(**k)) {
+            return Err(Fault::NotFound(format!("{} is not a visitor", display_key(*missing))));
+        }
+        let mut gone = Expired::default();
+        for key in keys {
+            match *key {
+                VisitorKey::V4(a) => gone.v4.insert(a.into()),
+                VisitorKey::V6(p) => gone.v6.insert(u64::from_be_bytes(p)),
+            };
+        }
+        self.commit(&Op::RemoveVisitors {
+            v4: gone.v4.iter().collect(),
+            v6: gone.v6.iter().collect(),
+        })?;
+        self.remove_from_kernel(&gone)?;
+        Ok(gone.len())
+    }
+
+    fn remove_from_kernel(&mut self, gone: &Expired) -> Result<(), Fault> {
+        for maps in self.attached() {
+            maps.remove_visitors(gone.v4.iter(), gone.v6.iter()).map_err(Fault::from)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) -> Result<Mode, Fault> {
+        self.require_ready()?;
+        let previous = self.mode();
+        self.commit(&Op::SetMode(mode))?;
+        self.write_config()?;
+        Ok(previous)
+    }
+
+    fn write_config(&mut self) -> Result<(), Fault> {
+        let config = kernel_config(&self.effective_policy());
+        for maps in self.attached() {
+            maps.set_config(config).map_err(Fault::from)?;
+        }
+        Ok(())
+    }
+
+    fn config_rule(&self, list: List, net: &IpNet) -> bool {
+        match list {
+            List::Allow => self.policy.allow.contains(net),
+            List::Deny => self.policy.deny.contains(net),
+        }
+    }
+
+    /// Adds or updates rules (all or nothing). Returns (added, updated).
+    pub fn add_rules(&mut self, rules: Vec<StoredRule>) -> Result<(u64, u64), Fault> {
+        self.require_ready()?;
+        for rule in &rules {
+            if self.config_rule(rule.list, &rule.net) {
+                return Err(Fault::FailedPrecondition(format!(
+                    "{} is on the {} list of the config file {}; change it there",
+                    rule.net,
+                    rule.list.name(),
+                    self.config_path.display()
+                )));
+            }
+        }
+        let added =
+            rules.iter().filter(|r| !self.state.rules.contains_key(&(r.list, r.net))).count();
+        for (list, capacity) in
+            [(List::Allow, names::ALLOW_CAPACITY), (List::Deny, names::DENY_CAPACITY)]
+        {
+            let policy = self.effective_policy();
+            let current = if list == List::Allow { policy.allow.len() } else { policy.deny.len() };
+            let new = rules
+                .iter()
+                .filter(|r| r.list == list && !self.state.rules.contains_key(&(r.list, r.net)))
+                .map(|r| r.net)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            if current + new > capacity as usize {
+                return Err(Fault::from(Error::MapFull {
+                    map: list.name(),
+                    capacity,
+                    wanted: current + new,
+                }));
+            }
+        }
+        self.commit(&Op::PutRules(rules.clone()))?;
+        for list in [List::Allow, List::Deny] {
+            let nets: Vec<IpNet> = rules.iter().filter(|r| r.list == list).map(|r| r.net).collect();
+            if !nets.is_empty() {
+                for maps in self.attached() {
+                    maps.insert_rules(list.name(), &nets).map_err(Fault::from)?;
+                }
+            }
+        }
+        Ok((added as u64, (rules.len() - added) as u64))
+    }
+
+    /// Removes rules set through the API (all or nothing).
+    pub fn remove_rules(&mut self, list: List, nets: &[IpNet]) -> Result<u64, Fault> {
+        self.require_ready()?;
+        for net in nets {
+            if self.config_rule(list, net) {
+                return Err(Fault::FailedPrecondition(format!(
+                    "{net} is on the {} list of the config file {}; remove it there",
+                    list.name(),
+                    self.config_path.display()
+                )));
+            }
+            if !self.state.rules.contains_key(&(list, *net)) {
+                return Err(Fault::NotFound(format!("{net} is not on the {} list", list.name())));
+            }
+        }
+        self.commit(&Op::RemoveRules { list, nets: nets.to_vec() })?;
+        for maps in self.attached() {
+            maps.remove_rules(list.name(), nets).map_err(Fault::from)?;
+        }
+        Ok(nets.len() as u64)
+    }
+
+    pub fn list_rules(&self, list: List) -> Vec<ListedRule> {
+        let config = match list {
+            List::Allow => &self.policy.allow,
+            List::Deny => &self.policy.deny,
+        };
+        let from_config = config.iter().map(|net| ListedRule {
+            rule: StoredRule {
+                list,
+                net: *net,
+                comment: String::new(),
+                expires_at: 0,
+                added_at: 0,
+            },
+            from_config: true,
+        });
+        let from_api =
+            self.state.rules(list).map(|r| ListedRule { rule: r.clone(), from_config: false });
+        from_config.chain(from_api).collect()
+    }
+
+    /// Counters summed over `interface` (or every attached interface).
+    pub fn stats(&mut self, interface: &str) -> Result<Stats, Fault> {
+        if !interface.is_empty() && !self.interfaces.iter().any(|i| i.name == interface) {
+            return Err(Fault::NotFound(format!("the daemon does not run on {interface}")));
+        }
+        let mut total: Option<Stats> = None;
+        for iface in &mut self.interfaces {
+            if !interface.is_empty() && iface.name != interface {
+                continue;
+            }
+            if let Link::Attached { maps, .. } = &mut iface.link {
+                let stats = maps.stats().map_err(Fault::from)?;
+                total = Some(match total {
+                    Some(sum) => sum.plus(&stats),
+                    None => stats,
+                });
+            }
+        }
+        total.ok_or_else(|| {
+            Fault::Unavailable("the filter is not attached to any interface yet".into())
+        })
+    }
+}
+
+fn attach_or_adopt(
+    iface: &str,
+    mode: XdpMode,
+    policy: &Policy,
+    history: &VisitorHistory,
+    today: Day,
+) -> crate::Result<(Maps, bool)> {
+    let dir = pin_dir(iface)?;
+    if dir.join("link").exists() {
+        // A restart: the filter kept running; make its maps match the store, never clearing.
+        let mut maps = Maps::open_pinned(&dir)?;
+        maps.apply(policy, history, today)?;
+        return Ok((maps, true));
+    }
+    if dir.exists() {
+        // Pins without a link are not enforcing anything: the leftovers of a failed attach.
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel {
+            what: format!("removing stale pins in {}", dir.display()),
+            source: e,
+        })?;
+    }
+    // Every map is filled before the program is attached: it never runs with empty maps.
+    let mut filter = Filter::load()?;
+    filter.maps.apply(policy, history, today)?;
+    let (_, maps) = filter.attach(iface, mode)?;
+    Ok((maps, false))
+}
+
+/// Distinct (visitor, day) pairs.
+fn count_visits(history: &VisitorHistory) -> u64 {
+    history.v4.days().map(|(_, s)| s.len()).sum::<u64>()
+        + history.v6.days().map(|(_, s)| s.len()).sum::<u64>()
+}
+
+/// How a visitor key is written in answers: `192.0.2.1` or `2001:db8::/64`.
+pub fn display_key(key: VisitorKey) -> String {
+    match key {
+        VisitorKey::V4(a) => a.to_string(),
+        VisitorKey::V6(p) => {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&p);
+            format!("{}/64", IpAddr::from(bytes))
+        }
+    }
+}

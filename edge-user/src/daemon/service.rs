@@ -1,0 +1,435 @@
+//! The gRPC services: parse and bound each request, call the core, translate the answer.
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    clock::Clock,
+    core::{display_key, Core, Link},
+    Fault,
+};
+use crate::{
+    api::{self, control_server::Control, rules_server::Rules, visitors_server::Visitors},
+    history::VisitorHistory,
+    import::{visitor_key, Format, Importer},
+    policy::{parse_cidr, Mode},
+    store::{List, StoredRule},
+    visitors::{Day, VisitorKey},
+};
+
+/// Longest a request waits for the core before it is refused (fail fast: a client retries,
+/// it does not queue behind a stuck change).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Largest batch of a unary call.
+pub const MAX_BATCH: usize = 100_000;
+/// Longest gap between two messages of an import stream.
+const IMPORT_IDLE: Duration = Duration::from_secs(30);
+/// Imports buffered at once (each holds its parsed visitors in memory until it commits).
+const MAX_IMPORTS: usize = 2;
+const MAX_PAGE: u32 = 10_000;
+const DEFAULT_PAGE: u32 = 1_000;
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct Handle {
+    core: Arc<Mutex<Core>>,
+    clock: Clock,
+    imports: Arc<Semaphore>,
+}
+
+impl Handle {
+    pub fn new(core: Core, clock: Clock) -> Self {
+        Self {
+            core: Arc::new(Mutex::new(core)),
+            clock,
+            imports: Arc::new(Semaphore::new(MAX_IMPORTS)),
+        }
+    }
+
+    /// Runs `f` on the locked core on a blocking thread (the verbs write files and maps).
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<T, Fault> + Send + 'static,
+    ) -> Result<T, Status> {
+        let guard = tokio::time::timeout(LOCK_WAIT, self.core.clone().lock_owned()).await.map_err(
+            |_| {
+                Status::unavailable(format!(
+                    "the daemon is busy: another change held it for over {} s; retry",
+                    LOCK_WAIT.as_secs()
+                ))
+            },
+        )?;
+        tokio::task::spawn_blocking(move || {
+            let mut core = guard;
+            f(&mut core)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the daemon task failed: {e}")))?
+        .map_err(Status::from)
+    }
+}
+
+fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+fn parse_mode(field: &str, s: &str) -> Result<Mode, Status> {
+    Mode::parse(s).ok_or_else(|| invalid(field, format!("`{s}` is not off, monitor or enforce")))
+}
+
+fn parse_list(field: &str, s: &str) -> Result<List, Status> {
+    List::parse(s).ok_or_else(|| invalid(field, format!("`{s}` is not allow or deny")))
+}
+
+fn check_batch(field: &str, len: usize) -> Result<(), Status> {
+    if len > MAX_BATCH {
+        return Err(invalid(field, format!("{len} entries; at most {MAX_BATCH} per call")));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Control for Handle {
+    async fn get_status(
+        &self,
+        _: Request<api::GetStatusRequest>,
+    ) -> Result<Response<api::GetStatusResponse>, Status> {
+        let status = self
+            .with(|core| {
+                let interfaces = core
+                    .interfaces
+                    .iter()
+                    .map(|i| api::InterfaceStatus {
+                        name: i.name.clone(),
+                        state: match &i.link {
+                            Link::Attached { .. } => "attached".into(),
+                            Link::Waiting(why) => format!("waiting: {why}"),
+                        },
+                        adopted: matches!(i.link, Link::Attached { adopted: true, .. }),
+                        pins: crate::filter::PIN_ROOT.to_string() + "/" + &i.name,
+                    })
+                    .collect();
+                let rules = |list| core.list_rules(list).len() as u64;
+                Ok(api::GetStatusResponse {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ready: core.ready(),
+                    mode: core.mode().to_string(),
+                    interfaces,
+                    today: core.today().to_string(),
+                    window_days: u32::from(core.policy.window_days),
+                    visitors_v4: core.history().v4.len(),
+                    visitors_v6: core.history().v6.len(),
+                    allow_rules: rules(List::Allow),
+                    deny_rules: rules(List::Deny),
+                    state_dir: core.state_dir().display().to_string(),
+                    wal_bytes: core.wal_bytes(),
+                    rolled_to: core.rolled_to().to_string(),
+                })
+            })
+            .await?;
+        Ok(Response::new(status))
+    }
+
+    async fn set_mode(
+        &self,
+        request: Request<api::SetModeRequest>,
+    ) -> Result<Response<api::SetModeResponse>, Status> {
+        let mode = parse_mode("mode", &request.into_inner().mode)?;
+        let previous = self.with(move |core| core.set_mode(mode)).await?;
+        Ok(Response::new(api::SetModeResponse {
+            previous: previous.to_string(),
+            mode: mode.to_string(),
+        }))
+    }
+
+    async fn get_config(
+        &self,
+        _: Request<api::GetConfigRequest>,
+    ) -> Result<Response<api::GetConfigResponse>, Status> {
+        let answer = self
+            .with(|core| {
+                Ok(api::GetConfigResponse {
+                    path: core.config_path.display().to_string(),
+                    toml: core.effective_policy().to_toml(),
+                    mode_source: if core.state().mode.is_some() { "api" } else { "config" }.into(),
+                })
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<api::GetStatsRequest>,
+    ) -> Result<Response<api::GetStatsResponse>, Status> {
+        let interface = request.into_inner().interface;
+        let stats = self.with(move |core| core.stats(&interface)).await?;
+        let rows = stats
+            .rows(false)
+            .into_iter()
+            .map(|r| api::StatsRow {
+                reason: r.reason,
+                action: r.action,
+                packets: r.packets,
+                bytes: r.bytes,
+            })
+            .collect();
+        Ok(Response::new(api::GetStatsResponse { rows }))
+    }
+}
+
+/// A visit's key and day, or INVALID_ARGUMENT naming `visits[i]`.
+fn parse_visit(index: usize, visit: &api::Visit, today: Day) -> Result<(VisitorKey, Day), Status> {
+    let key =
+        visitor_key(visit.ip.trim()).map_err(|r| invalid(format!("visits[{index}].ip"), r))?;
+    let day = match visit.day.trim() {
+        "" => today,
+        text => Day::parse(text).map_err(|r| invalid(format!("visits[{index}].day"), r))?,
+    };
+    if day > today {
+        return Err(invalid(
+            format!("visits[{index}].day"),
+            format!("{day} is after today ({today}, UTC)"),
+        ));
+    }
+    Ok((key, day))
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<api::ExportVisitorsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Visitors for Handle {
+    async fn record_visits(
+        &self,
+        request: Request<api::RecordVisitsRequest>,
+    ) -> Result<Response<api::RecordVisitsResponse>, Status> {
+        let visits = request.into_inner().visits;
+        check_batch("visits", visits.len())?;
+        let today = self.clock.today();
+        let mut history = VisitorHistory::default();
+        for (index, visit) in visits.iter().enumerate() {
+            let (key, day) = parse_visit(index, visit, today)?;
+            history.record_key(key, day);
+        }
+        let counts = self.with(move |core| core.record(history)).await?;
+        Ok(Response::new(api::RecordVisitsResponse {
+            recorded: counts.recorded,
+            outside_window: counts.outside_window,
+        }))
+    }
+
+    async fn remove_visitors(
+        &self,
+        request: Request<api::RemoveVisitorsRequest>,
+    ) -> Result<Response<api::RemoveVisitorsResponse>, Status> {
+        let ips = request.into_inner().ips;
+        check_batch("ips", ips.len())?;
+        let keys = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| visitor_key(ip.trim()).map_err(|r| invalid(format!("ips[{i}]"), r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let removed = self.with(move |core| core.remove_visitors(&keys)).await?;
+        Ok(Response::new(api::RemoveVisitorsResponse { removed }))
+    }
+
+    async fn list_visitors(
+        &self,
+        request: Request<api::ListVisitorsRequest>,
+    ) -> Result<Response<api::ListVisitorsResponse>, Status> {
+        let request = request.into_inner();
+        let size = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n if n <= MAX_PAGE => n,
+            n => return Err(invalid("page_size", format!("{n} is over the {MAX_PAGE} limit"))),
+        } as usize;
+        let from = match request.page_token.as_str() {
+            "" => None,
+            token => Some(
+                visitor_key(token)
+                    .map_err(|_| invalid("page_token", format!("`{token}` is not a page token")))?,
+            ),
+        };
+        let page = self
+            .with(move |core| {
+                let mut entries = core.history().iter_from(from).take(size + 1);
+                let visitors: Vec<_> = entries
+                    .by_ref()
+                    .take(size)
+                    .map(|(k, d)| api::VisitorEntry {
+                        ip: display_key(k),
+                        last_seen: d.to_string(),
+                    })
+                    .collect();
+                let next = entries.next().map(|(k, _)| display_key(k)).unwrap_or_default();
+                Ok(api::ListVisitorsResponse { visitors, next_page_token: next })
+            })
+            .await?;
+        Ok(Response::new(page))
+    }
+
+    async fn count_visitors(
+        &self,
+        _: Request<api::CountVisitorsRequest>,
+    ) -> Result<Response<api::CountVisitorsResponse>, Status> {
+        let (v4, v6) =
+            self.with(|core| Ok((core.history().v4.len(), core.history().v6.len()))).await?;
+        Ok(Response::new(api::CountVisitorsResponse { v4, v6, total: v4 + v6 }))
+    }
+
+    async fn import_visitors(
+        &self,
+        request: Request<Streaming<api::ImportVisitorsRequest>>,
+    ) -> Result<Response<api::ImportVisitorsResponse>, Status> {
+        let _permit = self.imports.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_IMPORTS} imports are already running; retry when one finishes"
+            ))
+        })?;
+        let mut stream = request.into_inner();
+        let mut importer: Option<Importer> = None;
+        loop {
+            let message = tokio::time::timeout(IMPORT_IDLE, stream.next()).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no data for {} s; the import was abandoned and changed nothing",
+                    IMPORT_IDLE.as_secs()
+                ))
+            })?;
+            let Some(message) = message else { break };
+            let message = message?;
+            let importer = match &mut importer {
+                Some(importer) => importer,
+                None => {
+                    let format = Format::parse(&message.format).ok_or_else(|| {
+                        invalid(
+                            "format",
+                            format!("`{}` is not auto, plain, csv or combined", message.format),
+                        )
+                    })?;
+                    let name =
+                        if message.file_name.is_empty() { "import" } else { &message.file_name };
+                    importer.insert(Importer::new(name, format, self.clock.today()))
+                }
+            };
+            importer.feed(&message.chunk).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let importer = importer.ok_or_else(|| invalid("chunk", "the stream was empty"))?;
+        let (history, lines) =
+            importer.finish().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let counts = self.with(move |core| core.record(history)).await?;
+        Ok(Response::new(api::ImportVisitorsResponse {
+            lines: lines as u64,
+            recorded: counts.recorded,
+            outside_window: counts.outside_window,
+        }))
+    }
+
+    type ExportVisitorsStream = ExportStream;
+
+    async fn export_visitors(
+        &self,
+        _: Request<api::ExportVisitorsRequest>,
+    ) -> Result<Response<Self::ExportVisitorsStream>, Status> {
+        // A copy (compact: the per-day bitmaps) so a slow reader never holds the core.
+        let history = self.with(|core| Ok(core.history().clone())).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut entries = history
+                .iter()
+                .map(|(k, d)| api::VisitorEntry { ip: display_key(k), last_seen: d.to_string() });
+            loop {
+                let chunk: Vec<_> = entries.by_ref().take(10_000).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let message = api::ExportVisitorsResponse { visitors: chunk };
+                if tx.blocking_send(Ok(message)).is_err() {
+                    break; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn parse_rule(index: usize, rule: &api::Rule, now: u64) -> Result<StoredRule, Status> {
+    let field = |name: &str| format!("rules[{index}].{name}");
+    let list = parse_list(&field("list"), &rule.list)?;
+    let net: IpNet = parse_cidr(rule.cidr.trim()).map_err(|r| invalid(field("cidr"), r))?;
+    if rule.expires_at != 0 && rule.expires_at <= now {
+        return Err(invalid(field("expires_at"), format!("{} is in the past", rule.expires_at)));
+    }
+    if rule.comment.len() > 256 {
+        return Err(invalid(field("comment"), "longer than 256 bytes"));
+    }
+    Ok(StoredRule {
+        list,
+        net,
+        comment: rule.comment.clone(),
+        expires_at: rule.expires_at,
+        added_at: now,
+    })
+}
+
+#[tonic::async_trait]
+impl Rules for Handle {
+    async fn add_rules(
+        &self,
+        request: Request<api::AddRulesRequest>,
+    ) -> Result<Response<api::AddRulesResponse>, Status> {
+        let rules = request.into_inner().rules;
+        check_batch("rules", rules.len())?;
+        let now = self.clock.now();
+        let rules = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| parse_rule(i, r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (added, updated) = self.with(move |core| core.add_rules(rules)).await?;
+        Ok(Response::new(api::AddRulesResponse { added, updated }))
+    }
+
+    async fn remove_rules(
+        &self,
+        request: Request<api::RemoveRulesRequest>,
+    ) -> Result<Response<api::RemoveRulesResponse>, Status> {
+        let request = request.into_inner();
+        let list = parse_list("list", &request.list)?;
+        check_batch("cidrs", request.cidrs.len())?;
+        let nets = request
+            .cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| parse_cidr(c.trim()).map_err(|r| invalid(format!("cidrs[{i}]"), r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let removed = self.with(move |core| core.remove_rules(list, &nets)).await?;
+        Ok(Response::new(api::RemoveRulesResponse { removed }))
+    }
+
+    async fn list_rules(
+        &self,
+        request: Request<api::ListRulesRequest>,
+    ) -> Result<Response<api::ListRulesResponse>, Status> {
+        let list = parse_list("list", &request.into_inner().list)?;
+        let rules = self
+            .with(move |core| {
+                Ok(core
+                    .list_rules(list)
+                    .into_iter()
+                    .map(|r| api::Rule {
+                        list: list.name().into(),
+                        cidr: r.rule.net.to_string(),
+                        comment: r.rule.comment,
+                        expires_at: r.rule.expires_at,
+                        source: if r.from_config { "config" } else { "api" }.into(),
+                        added_at: r.rule.added_at,
+                    })
+                    .collect())
+            })
+            .await?;
+        Ok(Response::new(api::ListRulesResponse { rules }))
+    }
+}
