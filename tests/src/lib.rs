@@ -1,5 +1,6 @@
 //! Shared helpers for edge's integration tests: frame builders, the privileged-test gate, and
 //! a network-namespace lab that cleans up after itself.
+pub mod daemon;
 pub mod frames;
 pub mod lab;
 

@@ -1,0 +1,163 @@
+//! A real `edge daemon` process for tests: its config, state directory, socket and clock file
+//! in a temporary directory, run in a lab's server namespace, killed when dropped.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{edge_bin, lab::Lab};
+
+/// The outcome of one `edge` command.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn of(cmd: &mut Command) -> Run {
+        let out = cmd.output().expect("running edge");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts exit code 0 and returns stdout.
+    pub fn ok(self, what: &str) -> String {
+        assert_eq!(self.code, 0, "{what}: {}{}", self.stdout, self.stderr);
+        self.stdout
+    }
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub clock: PathBuf,
+    server_ns: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes `policy` plus a `[daemon]` table for `interfaces` and the clock file (today =
+    /// `today`); does not start the daemon.
+    pub fn configure(lab: &Lab, interfaces: &[&str], policy: &str, today: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("edge.toml");
+        let socket = dir.path().join("edge.sock");
+        let clock = dir.path().join("today");
+        let list = interfaces.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+        std::fs::write(
+            &config,
+            format!(
+                "{policy}\n[daemon]\ninterfaces = [{list}]\nstate_dir = \"state\"\nsocket = \"{}\"\n",
+                socket.display()
+            ),
+        )?;
+        std::fs::write(&clock, today)?;
+        Ok(Self { dir, config, socket, clock, server_ns: lab.server_ns.clone(), child: None })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Starts the daemon (stderr goes to `daemon.log` in the directory).
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.server_ns))
+            .arg("--")
+            .arg(edge_bin())
+            .arg("daemon")
+            .arg("--config")
+            .arg(&self.config)
+            .env("EDGE_CLOCK_FILE", &self.clock)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting edge daemon")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Waits until `edge status` reports ready.
+    pub fn wait_ready(&self) -> Result<()> {
+        self.wait_status("ready", |s| s["ready"] == true)
+    }
+
+    /// Waits until `edge status --json` satisfies `ok`.
+    pub fn wait_status(&self, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            let run = self.cli(&["status", "--json"]);
+            if run.code == 0 {
+                let status: serde_json::Value = serde_json::from_str(&run.stdout)?;
+                if status.get("ready").is_some() && ok(&status) {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the daemon did not become {what} in 20 s; its log:\n{}", self.log())
+    }
+
+    /// Moves the daemon's day and waits until it has rolled the window to it.
+    pub fn set_today(&self, day: &str) -> Result<()> {
+        std::fs::write(&self.clock, day)?;
+        self.wait_status(&format!("rolled to {day}"), |s| s["rolled_to"] == day)
+    }
+
+    /// Runs `edge ARGS` against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        Run::of(Command::new(edge_bin()).args(args).env("EDGE_SOCKET", &self.socket))
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain syscall on our child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("edge daemon exited with {status}; its log:\n{}", self.log());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}

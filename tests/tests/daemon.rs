@@ -1,0 +1,226 @@
+//! End to end with the daemon: a real `edge daemon` in a namespace lab, driven by the real CLI,
+//! judged by real TCP connections and by the pinned maps themselves.
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use edge::filter::{Maps, PIN_ROOT};
+use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+
+const VISITOR: &str = "192.0.2.10";
+const UNKNOWN: &str = "192.0.2.99";
+const DENIED: &str = "203.0.113.10";
+const TIMEOUT_MS: u32 = 700;
+/// Unknown sources get nothing: every unknown SYN to a protected port is dropped.
+const STRICT: &str = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
+
+fn probe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
+}
+
+/// A lab with a TCP server on 443 and 22, and a daemon configured for its server interface.
+fn lab_with_daemon(today: &str) -> (Lab, Daemon) {
+    let mut lab = Lab::new(&[VISITOR, UNKNOWN, DENIED]).expect("creating the namespace lab");
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:443", "192.0.2.1:22"]);
+    lab.spawn(serve).unwrap();
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, today).unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    (lab, daemon)
+}
+
+fn connects(lab: &Lab, src: &str, port: u16) -> bool {
+    lab.connects(probe(), src, port, TIMEOUT_MS).unwrap()
+}
+
+/// Whether the pinned IPv4 bitmap of `iface` holds `ip` (the kernel's own view).
+fn in_kernel_bitmap(iface: &str, ip: &str) -> bool {
+    let maps = Maps::open_pinned(&Path::new(PIN_ROOT).join(iface)).expect("opening the pins");
+    maps.visitors_v4().contains(ip.parse::<Ipv4Addr>().unwrap())
+}
+
+fn count(daemon: &Daemon) -> u64 {
+    let out = daemon.cli(&["visitors", "count", "--json"]).ok("visitors count");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["total"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_recorded_visitor_passes_until_the_window_rolls_past_it() {
+    if !privileged("a_recorded_visitor_passes_until_the_window_rolls_past_it") {
+        return;
+    }
+    let (lab, daemon) = lab_with_daemon("2026-11-01");
+    assert!(!connects(&lab, VISITOR, 443), "not yet a visitor");
+
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    assert!(in_kernel_bitmap(&lab.server_if, VISITOR));
+    assert!(connects(&lab, VISITOR, 443), "recorded on D");
+    assert!(!connects(&lab, UNKNOWN, 443), "an unknown source is still dropped");
+
+    // D+20 is the last day inside a 21-day window.
+    daemon.set_today("2026-11-21").unwrap();
+    assert!(connects(&lab, VISITOR, 443), "D+20 still passes");
+    assert_eq!(count(&daemon), 1);
+
+    daemon.set_today("2026-11-22").unwrap();
+    assert!(!connects(&lab, VISITOR, 443), "D+21 no longer passes");
+    assert!(!in_kernel_bitmap(&lab.server_if, VISITOR));
+    assert_eq!(count(&daemon), 0);
+
+    // Seen again: back in.
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    assert!(connects(&lab, VISITOR, 443));
+    let stats = daemon.cli(&["stats", "--json"]).ok("stats");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stats).unwrap();
+    let packets = |reason: &str| {
+        rows.iter()
+            .filter(|r| r["reason"] == reason)
+            .map(|r| r["packets"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert!(packets("visitor") >= 3, "{stats}");
+    assert!(packets("unknown_global") + packets("unknown_rate") >= 2, "{stats}");
+}
+
+/// Writes `n` distinct IPv4 addresses from `first` upwards, one per line.
+fn big_list(path: &Path, first: Ipv4Addr, n: u32) {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..n {
+        writeln!(out, "{}", Ipv4Addr::from(u32::from(first) + i)).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+#[test]
+fn kill_9_during_a_big_import_loses_nothing_acknowledged_and_never_stops_enforcing() {
+    if !privileged(
+        "kill_9_during_a_big_import_loses_nothing_acknowledged_and_never_stops_enforcing",
+    ) {
+        return;
+    }
+    let (lab, mut daemon) = lab_with_daemon("2026-11-22");
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    daemon.cli(&["deny", "add", "203.0.113.0/24", "--comment", "abuse"]).ok("deny add");
+    const N: u32 = 1_000_000;
+    let mut round = 0u8;
+    let mut import = |daemon: &Daemon, fifo: bool| {
+        // Each round imports its own addresses: 10.(16 * round).0.0 upwards.
+        let first = Ipv4Addr::new(10, 16 * round, 0, 0);
+        round += 1;
+        let file = daemon.config_dir().join(format!("big{round}.txt"));
+        if fifo {
+            let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: valid path.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        } else {
+            big_list(&file, first, N);
+        }
+        let child = std::process::Command::new(edge_tests::edge_bin())
+            .args(["visitors", "import"])
+            .arg(&file)
+            .env("EDGE_SOCKET", &daemon.socket)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (first, file, child)
+    };
+
+    // Check everything a restart must preserve; returns whether the import was applied.
+    let check = |daemon: &mut Daemon, before: u64, first: Ipv4Addr, acknowledged: bool| {
+        // No daemon: the pinned filter keeps enforcing exactly as before.
+        assert!(connects(&lab, VISITOR, 443), "visitor passes while the daemon is dead");
+        assert!(!connects(&lab, UNKNOWN, 443), "unknown dropped while the daemon is dead");
+        assert!(!connects(&lab, DENIED, 22), "denied dropped while the daemon is dead");
+        daemon.start().unwrap();
+        daemon.wait_ready().unwrap();
+        let status = daemon.cli(&["status", "--json"]).ok("status");
+        assert!(status.contains("\"adopted\": true"), "{status}");
+        let after = count(daemon);
+        let applied = after == before + u64::from(N);
+        assert!(after == before || applied, "{before} before, {after} after: all or nothing");
+        if acknowledged {
+            assert!(applied, "an acknowledged import must survive kill -9");
+        }
+        assert!(in_kernel_bitmap(&lab.server_if, VISITOR));
+        let deny = daemon.cli(&["deny", "list"]).ok("deny list");
+        assert!(deny.contains("203.0.113.0/24") && deny.contains("abuse"), "{deny}");
+        // The maps match the store after the restart.
+        let last = Ipv4Addr::from(u32::from(first) + N - 1).to_string();
+        for ip in [first.to_string(), last] {
+            assert_eq!(in_kernel_bitmap(&lab.server_if, &ip), applied, "{ip}: kernel vs store");
+        }
+        applied
+    };
+
+    // 1. Killed while the file is still streaming (half of it written to a FIFO): never applied.
+    let before = count(&daemon);
+    let (first, file, mut child) = import(&daemon, true);
+    {
+        use std::io::Write as _;
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        for i in 0..N / 2 {
+            writeln!(fifo, "{}", Ipv4Addr::from(u32::from(first) + i)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        daemon.kill9().unwrap();
+        drop(fifo); // end of file: the client finds the daemon gone
+        let acknowledged = child.wait().unwrap().success();
+        assert!(!acknowledged, "the daemon died before the end of the file");
+    }
+    assert!(!check(&mut daemon, before, first, false), "a half-streamed import was applied");
+
+    // 2. A whole import, timed, so the kills below land inside it.
+    let before = count(&daemon);
+    let (first, _, mut child) = import(&daemon, false);
+    let start = std::time::Instant::now();
+    assert!(child.wait().unwrap().success(), "a whole import");
+    let took = start.elapsed();
+    assert_eq!(count(&daemon), before + u64::from(N));
+    assert!(in_kernel_bitmap(&lab.server_if, &first.to_string()));
+
+    // 3. Killed at points through the import (streaming, parsing, committing).
+    for percent in [10u32, 30, 50, 70, 90] {
+        let before = count(&daemon);
+        let (first, _, mut child) = import(&daemon, false);
+        std::thread::sleep(took * percent / 100);
+        daemon.kill9().unwrap();
+        let acknowledged = child.wait().unwrap().success();
+        let applied = check(&mut daemon, before, first, acknowledged);
+        eprintln!(
+            "killed at {percent}% of {took:?}: acknowledged {acknowledged}, applied {applied}"
+        );
+    }
+    assert!(connects(&lab, VISITOR, 443));
+}
+
+#[test]
+fn without_pins_the_daemon_rebuilds_every_map_from_its_store() {
+    if !privileged("without_pins_the_daemon_rebuilds_every_map_from_its_store") {
+        return;
+    }
+    let (lab, mut daemon) = lab_with_daemon("2026-11-22");
+    daemon.cli(&["visitors", "add", VISITOR, "2001:db8:1:2::10"]).ok("visitors add");
+    daemon.cli(&["deny", "add", "203.0.113.0/24"]).ok("deny add");
+    daemon.cli(&["mode", "enforce"]).ok("mode");
+    daemon.stop().unwrap();
+
+    // A reboot, as far as the filter is concerned: no program, no maps, no pins.
+    daemon.cli(&["detach", "--iface", &lab.server_if]).ok("detach");
+    assert!(!Path::new(PIN_ROOT).join(&lab.server_if).exists());
+    assert!(connects(&lab, UNKNOWN, 443), "no filter: everyone connects");
+
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    let status = daemon.cli(&["status", "--json"]).ok("status");
+    assert!(status.contains("\"adopted\": false"), "{status}");
+    assert!(in_kernel_bitmap(&lab.server_if, VISITOR), "rebuilt before ready");
+    let maps_dir = Path::new(PIN_ROOT).join(&lab.server_if);
+    let mut maps = Maps::open_pinned(&maps_dir).unwrap();
+    let v6: Vec<[u8; 8]> = maps.visitors_v6().unwrap().keys().map(|k| k.unwrap()).collect();
+    assert_eq!(v6, vec![[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2]]);
+    assert!(connects(&lab, VISITOR, 443));
+    assert!(!connects(&lab, UNKNOWN, 443));
+    assert!(!connects(&lab, DENIED, 22), "the deny rule was rebuilt too");
+}
