@@ -47,6 +47,17 @@ impl Daemon {
     /// Writes `policy` plus a `[daemon]` table for `interfaces` and the clock file (today =
     /// `today`); does not start the daemon.
     pub fn configure(lab: &Lab, interfaces: &[&str], policy: &str, today: &str) -> Result<Self> {
+        Self::configure_with(lab, interfaces, policy, today, "")
+    }
+
+    /// [`Daemon::configure`] with more lines for the `[daemon]` table.
+    pub fn configure_with(
+        lab: &Lab,
+        interfaces: &[&str],
+        policy: &str,
+        today: &str,
+        daemon_lines: &str,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("edge.toml");
         let socket = dir.path().join("edge.sock");
@@ -55,7 +66,8 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "{policy}\n[daemon]\ninterfaces = [{list}]\nstate_dir = \"state\"\nsocket = \"{}\"\n",
+                "{policy}\n[daemon]\ninterfaces = [{list}]\nstate_dir = \"state\"\nsocket = \"{}\"\n\
+                 {daemon_lines}\n",
                 socket.display()
             ),
         )?;
