@@ -66,17 +66,14 @@ impl VisitorBitmap {
 
     /// Makes the bitmap hold exactly `want`, one word at a time: a word's new bits are set
     /// before its stale bits are cleared, so an address in both old and new sets never reads
-    /// as absent. Returns (bits set, bits cleared). Costs one pass over the 512 MiB.
+    /// as absent. Returns (bits set, bits cleared). Reads the whole 512 MiB once; words with
+    /// nothing wanted are only loaded, and written if they hold stale bits.
     pub fn reconcile(&self, want: &RoaringBitmap) -> (u64, u64) {
-        let (mut set, mut cleared) = (0, 0);
-        let mut wanted = want.iter().peekable();
-        for index in 0..VISITORS_V4_WORDS {
-            let mut target = 0u64;
-            while let Some(addr) = wanted.next_if(|a| a >> 6 == index) {
-                target |= visitor_v4_slot(addr).1;
-            }
-            // SAFETY: index < VISITORS_V4_WORDS.
-            let word = unsafe { &*self.words.as_ptr().add(index as usize) };
+        // SAFETY: the mapping is VISITORS_V4_WORDS words long and lives as long as self.
+        let words =
+            unsafe { std::slice::from_raw_parts(self.words.as_ptr(), VISITORS_V4_WORDS as usize) };
+        let (mut set, mut cleared) = (0u64, 0u64);
+        let mut fix = |word: &AtomicU64, target: u64| {
             let current = word.load(Ordering::Relaxed);
             if current != target {
                 let (add, drop) = (target & !current, current & !target);
@@ -85,6 +82,33 @@ impl VisitorBitmap {
                 set += u64::from(add.count_ones());
                 cleared += u64::from(drop.count_ones());
             }
+        };
+        // Words [done..) are not reconciled yet; `pending` is the word being assembled.
+        let mut done = 0usize;
+        let mut pending: Option<(usize, u64)> = None;
+        for addr in want {
+            let (index, bit) = visitor_v4_slot(addr);
+            let index = index as usize;
+            match &mut pending {
+                Some((at, target)) if *at == index => *target |= bit,
+                _ => {
+                    if let Some((at, target)) = pending {
+                        fix(&words[at], target);
+                        done = at + 1;
+                    }
+                    for word in &words[done..index] {
+                        fix(word, 0);
+                    }
+                    pending = Some((index, bit));
+                }
+            }
+        }
+        if let Some((at, target)) = pending {
+            fix(&words[at], target);
+            done = at + 1;
+        }
+        for word in &words[done..] {
+            fix(word, 0);
         }
         (set, cleared)
     }

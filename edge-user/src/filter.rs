@@ -133,6 +133,15 @@ impl Maps {
         &self.visitors_v4
     }
 
+    /// Another, owned mapping of the IPv4 bitmap: for a thread that writes visitors while
+    /// another runs packets through the program.
+    pub fn map_visitors_v4(&self) -> Result<VisitorBitmap> {
+        match self.maps.get(names::VISITORS_V4) {
+            Some(Map::Array(data)) => VisitorBitmap::map(data),
+            _ => Err(Error::Load("visitors_v4 is not an array".into())),
+        }
+    }
+
     pub fn config(&mut self) -> Result<Array<&mut MapData, Config>> {
         view(&mut self.maps, names::CONFIG)
     }

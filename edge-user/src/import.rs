@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::Path};
 
 use crate::{
-    history::VisitorHistory,
+    history::{HistoryBuilder, VisitorHistory},
     visitors::{Day, VisitorKey},
 };
 
@@ -56,7 +56,7 @@ pub struct Importer {
     today: Day,
     lines: usize,
     partial: Vec<u8>,
-    history: VisitorHistory,
+    history: HistoryBuilder,
 }
 
 impl Importer {
@@ -67,7 +67,7 @@ impl Importer {
             today,
             lines: 0,
             partial: Vec::new(),
-            history: VisitorHistory::default(),
+            history: HistoryBuilder::default(),
         }
     }
 
@@ -103,7 +103,7 @@ impl Importer {
             let last = std::mem::take(&mut self.partial);
             self.line(&last)?;
         }
-        Ok((self.history, self.lines))
+        Ok((self.history.finish(), self.lines))
     }
 
     fn error(&self, line: usize, reason: String) -> ImportError {
@@ -138,7 +138,7 @@ impl Importer {
                 format!("last-seen day {day} is after today ({}, UTC)", self.today),
             ));
         }
-        self.history.record_key(key, day);
+        self.history.push(key, day);
         Ok(())
     }
 }

@@ -25,7 +25,7 @@ use roaring::{RoaringBitmap, RoaringTreemap};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    history::{KeySet, VisitorHistory},
+    history::{Days, KeySet, VisitorHistory},
     policy::Mode,
     visitors::Day,
 };
@@ -120,12 +120,8 @@ impl State {
         match op {
             Op::Visits(batches) => {
                 for batch in batches {
-                    for addr in &batch.v4 {
-                        self.history.v4.record(Day(batch.day), *addr);
-                    }
-                    for prefix in &batch.v6 {
-                        self.history.v6.record(Day(batch.day), *prefix);
-                    }
+                    self.history.v4.record_all(Day(batch.day), &mut batch.v4.clone());
+                    self.history.v6.record_all(Day(batch.day), &mut batch.v6.clone());
                 }
             }
             Op::RemoveVisitors { v4, v6 } => {
@@ -443,6 +439,7 @@ fn read_snapshot(path: &Path, state: &mut State) -> Result<u64, StoreError> {
     state.mode = meta.mode;
     state.rules = meta.rules.into_iter().map(|r| ((r.list, r.net), r)).collect();
     let days = cursor.u32().ok_or_else(|| corrupt("truncated day count"))?;
+    let (mut v4_days, mut v6_days) = (BTreeMap::new(), BTreeMap::new());
     for _ in 0..days {
         let day = Day(cursor.u32().ok_or_else(|| corrupt("truncated day"))?);
         let v4 = cursor.section().ok_or_else(|| corrupt("truncated IPv4 set"))?;
@@ -451,9 +448,15 @@ fn read_snapshot(path: &Path, state: &mut State) -> Result<u64, StoreError> {
             .map_err(|e| corrupt(&format!("IPv4 set of {day}: {e}")))?;
         let v6 = RoaringTreemap::read_from(v6)
             .map_err(|e| corrupt(&format!("IPv6 set of {day}: {e}")))?;
-        state.history.v4.insert_day(day, v4);
-        state.history.v6.insert_day(day, v6);
+        if !v4.is_empty() {
+            v4_days.insert(day, v4);
+        }
+        if !v6.is_empty() {
+            v6_days.insert(day, v6);
+        }
     }
+    state.history.v4 = Days::from_days(v4_days);
+    state.history.v6 = Days::from_days(v6_days);
     Ok(last_seq)
 }
 

@@ -26,7 +26,8 @@ enum Task {
     Test,
     /// Set up, then run the namespace demo: a lab, the filter, real traffic, the counters.
     Demo,
-    /// Set up, then benchmark the program in the kernel (BPF_PROG_TEST_RUN).
+    /// Set up, then benchmark the program in the kernel (BPF_PROG_TEST_RUN) and the control
+    /// plane (cold start, day roll, API) through the real daemon.
     Bench {
         /// One JSON object per line.
         #[arg(long)]
@@ -61,21 +62,26 @@ fn main() -> Result<()> {
         }
         Task::Bench { json } => {
             setup()?;
-            let mut cmd = cargo();
-            cmd.args([
-                "run",
+            run(cargo().args([
+                "build",
                 "--quiet",
                 "--release",
                 "--package",
+                "edge-user",
+                "--package",
                 "edge-tests",
-                "--bin",
-                "edge-bench",
-                "--",
-            ]);
-            if json {
-                cmd.arg("--json");
+                "--bins",
+            ]))?;
+            // The data plane (program in the kernel), then the control plane (store, daemon, API).
+            for bench in ["edge-bench", "edge-bench-daemon"] {
+                let mut cmd = Command::new(root.join("target/release").join(bench));
+                cmd.env("EDGE_BIN", root.join("target/release/edge"));
+                if json {
+                    cmd.arg("--json");
+                }
+                run(&mut cmd)?;
             }
-            run(&mut cmd)
+            Ok(())
         }
     }
 }

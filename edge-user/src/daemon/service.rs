@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     api::{self, control_server::Control, rules_server::Rules, visitors_server::Visitors},
-    history::VisitorHistory,
+    history::HistoryBuilder,
     import::{visitor_key, Format, Importer},
     policy::{parse_cidr, Mode},
     store::{List, StoredRule},
@@ -209,11 +209,12 @@ impl Visitors for Handle {
         let visits = request.into_inner().visits;
         check_batch("visits", visits.len())?;
         let today = self.clock.today();
-        let mut history = VisitorHistory::default();
+        let mut history = HistoryBuilder::default();
         for (index, visit) in visits.iter().enumerate() {
             let (key, day) = parse_visit(index, visit, today)?;
-            history.record_key(key, day);
+            history.push(key, day);
         }
+        let history = history.finish();
         let counts = self.with(move |core| core.record(history)).await?;
         Ok(Response::new(api::RecordVisitsResponse {
             recorded: counts.recorded,

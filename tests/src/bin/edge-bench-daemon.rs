@@ -1,0 +1,308 @@
+//! `cargo xtask bench`, control plane: cold start of 20M IPv4 visitors from the store, the day
+//! roll with 20M visitors while packets run through the program, and the API's throughput and
+//! acknowledgement-to-kernel latency through the real daemon on its Unix socket.
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use edge::{
+    api::{self, visitors_client::VisitorsClient},
+    filter::{Maps, PIN_ROOT, XDP_PASS},
+    history::VisitorHistory,
+    store::{Op, Store},
+    Day, Filter, Policy,
+};
+use edge_tests::{
+    daemon::Daemon,
+    frames::{frame, L4},
+    lab::Lab,
+};
+
+const VISITORS: u32 = 20_000_000;
+const WINDOW: u32 = 21;
+const TODAY: &str = "2026-11-22";
+
+/// The i-th visitor: multiplying by an odd constant permutes u32 (distinct, spread out).
+fn visitor(i: u32) -> u32 {
+    i.wrapping_mul(2_654_435_761)
+}
+
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn say(&self, line: &str) {
+        if !self.json {
+            println!("{line}");
+        }
+    }
+
+    fn case(&self, value: serde_json::Value, text: String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("  {text}");
+        }
+    }
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("RssAnon:"), field("RssFile:")))
+}
+
+fn main() -> Result<()> {
+    let json = std::env::args().any(|a| a == "--json");
+    let out = Out { json };
+    let today = Day::parse(TODAY).map_err(anyhow::Error::msg)?;
+    let first_day = Day(today.0 - (WINDOW - 1));
+
+    // 20M visitors spread evenly over the 21 days of the window, written as the daemon would
+    // (one log record) and compacted into a snapshot.
+    out.say(&format!("control plane: {VISITORS} IPv4 visitors over {WINDOW} days"));
+    let mut history = VisitorHistory::default();
+    for i in 0..VISITORS {
+        history.v4.record(first_day.plus(i % WINDOW), visitor(i));
+    }
+    let lab = Lab::new(&[]).context("creating the namespace lab")?;
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], "mode = \"enforce\"\n", TODAY)?;
+    let start = Instant::now();
+    {
+        let (mut store, _, _) = Store::open(&daemon.state_dir())?;
+        store.append(&Op::visits(&history))?;
+        let mut state = edge::store::State::default();
+        state.history = history.clone();
+        store.compact(&state)?;
+    }
+    let snapshot_bytes = std::fs::metadata(daemon.state_dir().join("snapshot"))?.len();
+    out.say(&format!(
+        "  (store written in {:.1} s; snapshot {} MiB, {:.1} B/visitor)",
+        start.elapsed().as_secs_f64(),
+        snapshot_bytes >> 20,
+        snapshot_bytes as f64 / f64::from(VISITORS)
+    ));
+
+    // Cold start in the library, step by step.
+    out.say("\ncold start, library (store -> kernel maps):");
+    let policy = Policy::parse("mode = \"enforce\"\n", "bench.toml", Path::new("."))?;
+    let start = Instant::now();
+    let (store, state, _) = Store::open(&daemon.state_dir())?;
+    let open_s = start.elapsed().as_secs_f64();
+    drop(store);
+    let t = Instant::now();
+    let mut filter = Filter::load()?;
+    let load_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    filter.maps.apply(&policy, &state.history, today)?;
+    let apply_s = t.elapsed().as_secs_f64();
+    let total_s = start.elapsed().as_secs_f64();
+    let kernel = filter.maps.kernel_bytes(edge_common::maps::VISITORS_V4)?;
+    let per_visitor = kernel as f64 / f64::from(VISITORS);
+    out.case(
+        serde_json::json!({ "case": "cold_start_20m", "seconds": round3(total_s), "store_open_s": round3(open_s), "program_load_s": round3(load_s), "maps_fill_s": round3(apply_s), "kernel_bytes_per_visitor": round1(per_visitor) }),
+        format!(
+            "cold_start_20m         {total_s:.3} s (store {open_s:.3} + load {load_s:.3} + fill {apply_s:.3}), {per_visitor:.1} kernel B/visitor"
+        ),
+    );
+    drop(state);
+
+    // The day roll: D+20 -> D+21 moves the oldest day (1/21 of the visitors) out. Packets from
+    // visitors that stay run through the program the whole time; none may be dropped.
+    day_roll(&out, &mut filter, &history, today, "day_roll_20m", WINDOW)?;
+    // Worst case: half of everyone leaves at once (a 2-day window over two days).
+    let mut halves = VisitorHistory::default();
+    for i in 0..VISITORS {
+        halves.v4.record(today.plus(i % 2), visitor(i));
+    }
+    filter.maps.apply(&policy, &halves, today.plus(1))?;
+    day_roll(&out, &mut filter, &halves, today.plus(1), "day_roll_10m_leave", 2)?;
+    drop(halves);
+    drop(filter);
+
+    // The daemon process: spawn to SERVING, and its memory.
+    out.say("\ncold start, daemon process (spawn -> health SERVING):");
+    let start = Instant::now();
+    daemon.start()?;
+    wait_ready_fast(&daemon)?;
+    let ready_s = start.elapsed().as_secs_f64();
+    let (rss, anon, file) = rss_kib(daemon.pid().context("daemon pid")?)?;
+    out.case(
+        serde_json::json!({ "case": "daemon_cold_start_20m", "seconds": round3(ready_s), "rss_mib": rss / 1024, "rss_anon_mib": anon / 1024, "rss_file_mib": file / 1024 }),
+        format!(
+            "daemon_cold_start_20m  {ready_s:.3} s to SERVING; RSS {} MiB = {} MiB heap + {} MiB mapped (the kernel's bitmap, binary)",
+            rss / 1024,
+            anon / 1024,
+            file / 1024
+        ),
+    );
+    daemon.kill9()?;
+    let start = Instant::now();
+    daemon.start()?;
+    wait_ready_fast(&daemon)?;
+    let adopt_s = start.elapsed().as_secs_f64();
+    out.case(
+        serde_json::json!({ "case": "daemon_restart_adopt_20m", "seconds": round3(adopt_s) }),
+        format!("daemon_restart_adopt   {adopt_s:.3} s to SERVING after kill -9 (pins adopted, maps reconciled)"),
+    );
+
+    api_throughput(&out, &daemon, &iface)?;
+    daemon.stop()?;
+    edge::detach(&iface)?;
+    drop(lab);
+    Ok(())
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn wait_ready_fast(daemon: &Daemon) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let run = daemon.cli(&["status", "--json"]);
+        if run.code == 0 && run.stdout.contains("\"ready\": true") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    anyhow::bail!("the daemon was not ready in 60 s:\n{}", daemon.log())
+}
+
+/// Rolls `history` from `today` to the next day the way the daemon does (drop the day that
+/// left, clear the bits of visitors seen only then) while another thread runs packets from
+/// visitors that stay. Reports the roll time, mis-verdicts and per-packet times.
+fn day_roll(
+    out: &Out,
+    filter: &mut Filter,
+    history: &VisitorHistory,
+    today: Day,
+    case: &str,
+    window: u32,
+) -> Result<()> {
+    let mut rolled = history.clone();
+    let tomorrow = today.plus(1);
+    // Visitors that stay: seen on the newest day.
+    let newest = history.v4.get(today).context("a newest day")?;
+    let stay: Vec<Vec<u8>> = newest
+        .iter()
+        .step_by((newest.len() / 2_000).max(1) as usize)
+        .map(|a| frame(&Ipv4Addr::from(a).to_string(), L4::Tcp(443)).build())
+        .collect();
+    let bitmap = filter.maps.map_visitors_v4()?;
+    let run = |filter: &mut Filter, frames: &[Vec<u8>], until: &dyn Fn() -> bool| {
+        let (mut times, mut wrong, mut n) = (Vec::new(), 0u64, 0u64);
+        'outer: loop {
+            for f in frames {
+                let (action, took) = filter.run(f, 1).expect("test run");
+                times.push(took.as_nanos() as f64);
+                n += 1;
+                wrong += u64::from(action != XDP_PASS);
+                if until() {
+                    break 'outer;
+                }
+            }
+        }
+        (times, wrong, n)
+    };
+    // Baseline: the same packets, no roll.
+    let (mut before, _, _) = {
+        let deadline = Instant::now() + Duration::from_millis(300);
+        run(filter, &stay, &|| Instant::now() > deadline)
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (roll_s, expired, (mut during, wrong, packets)) = std::thread::scope(|s| {
+        let roller = s.spawn(|| {
+            let start = Instant::now();
+            let expired = rolled.roll(tomorrow, window as u16);
+            for addr in expired.v4.iter() {
+                bitmap.remove(addr.into());
+            }
+            let took = start.elapsed().as_secs_f64();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (took, expired)
+        });
+        let during = run(filter, &stay, &|| done.load(std::sync::atomic::Ordering::Relaxed));
+        let (took, expired) = roller.join().expect("roll thread");
+        (took, expired, during)
+    });
+    // After the roll, those that left are gone from the kernel.
+    let still = expired.v4.iter().step_by(997).filter(|a| bitmap.contains((*a).into())).count();
+    anyhow::ensure!(still == 0, "{still} expired visitors still in the bitmap");
+    let (b50, b99) = (percentile(&mut before, 0.5), percentile(&mut before, 0.99));
+    let (d50, d99, dmax) =
+        (percentile(&mut during, 0.5), percentile(&mut during, 0.99), percentile(&mut during, 1.0));
+    out.case(
+        serde_json::json!({ "case": case, "seconds": round3(roll_s), "visitors_leaving": expired.v4.len(), "packets_during": packets, "misverdicts": wrong, "ns_p50_before": b50, "ns_p99_before": b99, "ns_p50_during": d50, "ns_p99_during": d99, "ns_max_during": dmax }),
+        format!(
+            "{case:<22} {roll_s:.3} s, {} leave; {packets} packets of staying visitors during it: {wrong} mis-verdicts; ns/packet p50 {b50:.0} -> {d50:.0}, p99 {b99:.0} -> {d99:.0}, max {dmax:.0}",
+            expired.v4.len()
+        ),
+    );
+    Ok(())
+}
+
+/// RecordVisits in batches of 10,000 new visitors through the socket; after each answer, how
+/// long until the batch's last address is visible in the pinned kernel bitmap.
+fn api_throughput(out: &Out, daemon: &Daemon, iface: &str) -> Result<()> {
+    out.say("\nAPI over the Unix socket (RecordVisits, batches of 10,000 new IPv4 visitors):");
+    const BATCH: u32 = 10_000;
+    const BATCHES: u32 = 100;
+    let maps = Maps::open_pinned(&Path::new(PIN_ROOT).join(iface))?;
+    let bitmap = maps.visitors_v4();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let channel = edge::client::connect(&daemon.socket).await?;
+        let mut client = VisitorsClient::new(channel);
+        let (mut call_ms, mut visible_us) = (Vec::new(), Vec::new());
+        let start = Instant::now();
+        for b in 0..BATCHES {
+            // Addresses the store does not hold yet (above the 20M).
+            let addrs: Vec<u32> = (0..BATCH).map(|i| visitor(VISITORS + b * BATCH + i)).collect();
+            let visits = addrs
+                .iter()
+                .map(|a| api::Visit { ip: Ipv4Addr::from(*a).to_string(), day: String::new() })
+                .collect();
+            let t = Instant::now();
+            client.record_visits(api::RecordVisitsRequest { visits }).await?;
+            let acked = Instant::now();
+            call_ms.push((acked - t).as_secs_f64() * 1e3);
+            let last = Ipv4Addr::from(*addrs.last().unwrap());
+            while !bitmap.contains(last) {
+                anyhow::ensure!(acked.elapsed() < Duration::from_secs(1), "{last} never reached the kernel");
+                std::hint::spin_loop();
+            }
+            visible_us.push(acked.elapsed().as_secs_f64() * 1e6);
+        }
+        let rate = f64::from(BATCH * BATCHES) / start.elapsed().as_secs_f64();
+        let (c50, c99) = (percentile(&mut call_ms, 0.5), percentile(&mut call_ms, 0.99));
+        let v99 = percentile(&mut visible_us, 0.99);
+        out.case(
+            serde_json::json!({ "case": "api_record_visits", "visits_per_second": rate.round(), "batch": BATCH, "call_ms_p50": round3(c50), "call_ms_p99": round3(c99), "ack_to_kernel_us_p99": round1(v99) }),
+            format!(
+                "api_record_visits      {rate:.0} visits/s; call p50 {c50:.1} ms, p99 {c99:.1} ms (each fsync'ed); ack -> kernel p99 {v99:.1} us (written before the answer)"
+            ),
+        );
+        Ok(())
+    })
+}
