@@ -407,6 +407,16 @@ async fn import(
     Ok(())
 }
 
+/// Unix seconds as `2026-11-22T10:00:00Z`.
+fn utc(at: u64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp(at as i64)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| at.to_string())
+}
+
 /// `90s`, `30m`, `12h`, `7d` in seconds.
 fn parse_duration(text: &str) -> anyhow::Result<u64> {
     let (number, unit) =
@@ -467,7 +477,7 @@ async fn rules_command(
             for rule in r.rules {
                 let expires = match rule.expires_at {
                     0 => String::new(),
-                    at => format!(" expires_at={at}"),
+                    at => format!(" expires {}", utc(at)),
                 };
                 let comment = if rule.comment.is_empty() {
                     String::new()

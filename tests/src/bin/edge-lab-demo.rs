@@ -1,24 +1,23 @@
-//! The README demo: a throwaway namespace lab, the filter attached with a small embedded
-//! policy, real TCP from a visitor, an allowed, a denied and an unknown source, then the
-//! per-reason counters. Everything is removed at the end.
-use std::process::Command;
+//! The README demo: a throwaway namespace lab with `edge daemon` running on its server side,
+//! driven through the CLI the way ops and security teams would: record a visitor, add an
+//! allow and a deny range, switch modes, roll the window forward, and read the counters. Real
+//! TCP from four sources shows each step. Everything is removed at the end.
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use edge_tests::{
-    edge_bin,
+    daemon::Daemon,
     lab::{Lab, SERVER_ADDR},
 };
 
-const POLICY: &str = r#"# The demo's policy (embedded in edge-lab-demo).
-mode = "enforce"
+const POLICY: &str = r#"# The demo's config (embedded in edge-lab-demo); the [daemon] table is added below.
+mode = "monitor"
 [scope]
 protect = ["tcp/80", "tcp/443", "udp/443"]
 [unknown]
 rate_pps = 0          # strict: unknown sources get nothing on protected ports
-[lists]
-allow = ["198.51.100.0/24"]
-deny = ["203.0.113.0/24"]
-visitors = "visitors.csv"
+[window]
+days = 21
 "#;
 
 const CLIENTS: [(&str, &str); 4] = [
@@ -36,52 +35,59 @@ fn main() -> Result<()> {
     let probe = std::env::current_exe()?.with_file_name("edge-probe");
     let addrs: Vec<&str> = CLIENTS.iter().map(|(_, a)| *a).collect();
     let mut lab = Lab::new(&addrs).context("creating the lab")?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("visitors.csv"), "192.0.2.10   # seen today\n")?;
-    let policy = dir.path().join("demo.toml");
-    std::fs::write(&policy, POLICY)?;
-
-    println!(
-        "== lab: namespaces {} and {}, filter on {}",
-        lab.client_ns, lab.server_ns, lab.server_if
-    );
-    println!("== policy:\n{POLICY}");
     let mut serve = lab.in_server(&probe);
     serve.args(["serve", &format!("{SERVER_ADDR}:443"), &format!("{SERVER_ADDR}:22")]);
     lab.spawn(serve)?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
 
-    let status = lab
-        .in_server(edge_bin())
-        .args(["attach", "--iface", &lab.server_if, "--xdp-mode", "native", "--policy"])
-        .arg(&policy)
-        .status()?;
-    if !status.success() {
-        bail!("edge attach failed");
-    }
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], POLICY, "2026-11-01")?;
+    println!("== lab: namespaces {} and {}, edge daemon on {iface}", lab.client_ns, lab.server_ns);
+    println!("== config:\n{}", std::fs::read_to_string(&daemon.config)?);
+    daemon.start()?;
+    daemon.wait_ready()?;
 
-    println!("\n== traffic (TCP connect from each source to {SERVER_ADDR})");
-    for (role, addr) in CLIENTS {
-        for port in [443, 22] {
-            let ok = lab.connects(&probe, addr, port, 700)?;
-            let note = match (role, port) {
-                ("denied", _) => " (deny applies to every port)",
-                (_, 22) => " (tcp/22 is not protected)",
-                _ => "",
-            };
+    let traffic = |title: &str| -> Result<()> {
+        println!("\n-- traffic: {title}");
+        for (role, addr) in CLIENTS {
+            let ok = lab.connects(&probe, addr, 443, 700)?;
             println!(
-                "  {role:<8} {addr:<14} -> tcp/{port:<4} {}{note}",
+                "   {role:<8} {addr:<14} -> tcp/443 {}",
                 if ok { "connected" } else { "blocked" }
             );
         }
-    }
+        Ok(())
+    };
+    let edge = |args: &[&str]| -> Result<()> {
+        println!("\n$ edge {}", args.join(" "));
+        let run = daemon.cli(args);
+        print!("{}{}", run.stdout, run.stderr);
+        if run.code != 0 {
+            bail!("edge {} exited with {}", args.join(" "), run.code);
+        }
+        Ok(())
+    };
 
-    println!("\n== edge stats --iface {}", lab.server_if);
-    let status = Command::new(edge_bin()).args(["stats", "--iface", &lab.server_if]).status()?;
-    let detach = Command::new(edge_bin()).args(["detach", "--iface", &lab.server_if]).status()?;
-    if !status.success() || !detach.success() {
-        bail!("edge stats/detach failed");
+    edge(&["status"])?;
+    traffic("monitor mode: nothing is dropped, would-drops are counted")?;
+    edge(&["visitors", "add", "192.0.2.10"])?;
+    edge(&["allow", "add", "198.51.100.0/24", "--comment", "office"])?;
+    edge(&["deny", "add", "203.0.113.0/24", "--comment", "abuse", "--expires", "7d"])?;
+    edge(&["mode", "enforce"])?;
+    traffic("enforce: visitor and allowed pass, denied and unknown are dropped")?;
+
+    println!("\n-- 21 days later (the daemon's clock is moved with EDGE_CLOCK_FILE)");
+    daemon.set_today("2026-11-22")?;
+    edge(&["visitors", "count"])?;
+    traffic("the visitor was last seen 21 days ago: out of the window")?;
+
+    edge(&["deny", "list"])?;
+    edge(&["stats"])?;
+    daemon.stop()?;
+    std::thread::sleep(Duration::from_millis(100));
+    let detach = daemon.cli(&["detach", "--iface", &iface]);
+    if detach.code != 0 {
+        bail!("edge detach failed: {}", detach.stderr);
     }
-    println!("\n== detached; lab removed");
+    println!("\n== daemon stopped, filter detached, lab removed");
     Ok(())
 }
