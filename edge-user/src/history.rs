@@ -21,6 +21,7 @@ pub trait KeySet: Default + Clone {
     fn contains(&self, key: Self::Key) -> bool;
     fn len(&self) -> u64;
     fn union_with(&mut self, other: &Self);
+    fn intersection(&self, other: &Self) -> Self;
     fn difference_with(&mut self, other: &Self);
     /// Keys in order, starting at `from` (inclusive).
     fn iter_from(&self, from: Self::Key) -> Box<dyn Iterator<Item = Self::Key> + '_>;
@@ -53,6 +54,9 @@ macro_rules! key_set {
             }
             fn union_with(&mut self, other: &Self) {
                 *self |= other;
+            }
+            fn intersection(&self, other: &Self) -> Self {
+                self & other
             }
             fn difference_with(&mut self, other: &Self) {
                 *self -= other;
@@ -148,10 +152,14 @@ impl<S: KeySet> Days<S> {
         if dropped.is_empty() {
             return S::default();
         }
+        // Who left: seen on a dropped day and on no day kept. Intersecting the (small) dropped
+        // set with each kept day is far cheaper than re-uniting all the kept days.
         let mut gone = S::union_of(dropped.values());
-        let all = S::union_of(self.days.values());
-        gone.difference_with(&all);
-        self.all = all;
+        let seen_since = S::union_of(
+            self.days.values().map(|day| day.intersection(&gone)).collect::<Vec<_>>().iter(),
+        );
+        gone.difference_with(&seen_since);
+        self.all.difference_with(&gone);
         gone
     }
 
@@ -163,9 +171,9 @@ impl<S: KeySet> Days<S> {
         self.days.iter().map(|(d, s)| (*d, s))
     }
 
-    /// A history made of whole days (a snapshot being read).
-    pub fn from_days(days: BTreeMap<Day, S>) -> Self {
-        let all = S::union_of(days.values());
+    /// A history read back from a snapshot: its days and their union (stored beside them,
+    /// because computing a 20-million-key union costs more than reading it).
+    pub fn from_parts(days: BTreeMap<Day, S>, all: S) -> Self {
         Self { days, all }
     }
 }

@@ -386,6 +386,8 @@ fn encode_snapshot(state: &State, last_seq: u64) -> Vec<u8> {
     let meta = Meta { mode: state.mode, rules: state.rules.values().cloned().collect() };
     put_section(&mut out, &postcard::to_stdvec(&meta).expect("encoding snapshot metadata"));
     let history = &state.history;
+    section_of(&mut out, Some(history.v4.all()));
+    section_of(&mut out, Some(history.v6.all()));
     let days: std::collections::BTreeSet<Day> =
         history.v4.days().map(|(d, _)| d).chain(history.v6.days().map(|(d, _)| d)).collect();
     out.extend_from_slice(&(days.len() as u32).to_le_bytes());
@@ -438,6 +440,12 @@ fn read_snapshot(path: &Path, state: &mut State) -> Result<u64, StoreError> {
             .map_err(|e| corrupt(&format!("metadata: {e}")))?;
     state.mode = meta.mode;
     state.rules = meta.rules.into_iter().map(|r| ((r.list, r.net), r)).collect();
+    let v4_all = cursor.section().ok_or_else(|| corrupt("truncated IPv4 union"))?;
+    let v4_all =
+        RoaringBitmap::read_from(v4_all).map_err(|e| corrupt(&format!("IPv4 union: {e}")))?;
+    let v6_all = cursor.section().ok_or_else(|| corrupt("truncated IPv6 union"))?;
+    let v6_all =
+        RoaringTreemap::read_from(v6_all).map_err(|e| corrupt(&format!("IPv6 union: {e}")))?;
     let days = cursor.u32().ok_or_else(|| corrupt("truncated day count"))?;
     let (mut v4_days, mut v6_days) = (BTreeMap::new(), BTreeMap::new());
     for _ in 0..days {
@@ -455,8 +463,8 @@ fn read_snapshot(path: &Path, state: &mut State) -> Result<u64, StoreError> {
             v6_days.insert(day, v6);
         }
     }
-    state.history.v4 = Days::from_days(v4_days);
-    state.history.v6 = Days::from_days(v6_days);
+    state.history.v4 = Days::from_parts(v4_days, v4_all);
+    state.history.v6 = Days::from_parts(v6_days, v6_all);
     Ok(last_seq)
 }
 

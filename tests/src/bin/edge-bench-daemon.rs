@@ -77,8 +77,9 @@ fn main() -> Result<()> {
     // (one log record) and compacted into a snapshot.
     out.say(&format!("control plane: {VISITORS} IPv4 visitors over {WINDOW} days"));
     let mut history = VisitorHistory::default();
-    for i in 0..VISITORS {
-        history.v4.record(first_day.plus(i % WINDOW), visitor(i));
+    for day in 0..WINDOW {
+        let mut keys: Vec<u32> = (day..VISITORS).step_by(WINDOW as usize).map(visitor).collect();
+        history.v4.record_all(first_day.plus(day), &mut keys);
     }
     let lab = Lab::new(&[]).context("creating the namespace lab")?;
     let iface = lab.server_if.clone();
@@ -128,8 +129,9 @@ fn main() -> Result<()> {
     day_roll(&out, &mut filter, &history, today, "day_roll_20m", WINDOW)?;
     // Worst case: half of everyone leaves at once (a 2-day window over two days).
     let mut halves = VisitorHistory::default();
-    for i in 0..VISITORS {
-        halves.v4.record(today.plus(i % 2), visitor(i));
+    for day in 0..2 {
+        let mut keys: Vec<u32> = (day..VISITORS).step_by(2).map(visitor).collect();
+        halves.v4.record_all(today.plus(day), &mut keys);
     }
     filter.maps.apply(&policy, &halves, today.plus(1))?;
     day_roll(&out, &mut filter, &halves, today.plus(1), "day_roll_10m_leave", 2)?;
