@@ -19,6 +19,8 @@ pub struct Lab {
     pub server_if: String,
     pub client_if: String,
     children: Vec<Child>,
+    /// More interfaces whose edge pins go with the lab (made by a test inside it).
+    extra_pins: Vec<String>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -46,6 +48,7 @@ impl Lab {
             server_if: format!("es{id}"),
             client_if: format!("ec{id}"),
             children: Vec::new(),
+            extra_pins: Vec::new(),
         };
         ip(&["netns", "add", &lab.server_ns])?;
         ip(&["netns", "add", &lab.client_ns])?;
@@ -90,6 +93,11 @@ impl Lab {
         cmd
     }
 
+    /// Removes edge's pins for `iface` too when the lab goes.
+    pub fn clean_pins_of(&mut self, iface: &str) {
+        self.extra_pins.push(iface.to_string());
+    }
+
     /// Starts a long-running process that is killed when the lab goes.
     pub fn spawn(&mut self, mut cmd: Command) -> Result<()> {
         let child = cmd
@@ -131,7 +139,9 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         // A failed test may leave edge attached: its pins would outlive the namespace.
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/edge/{}", self.server_if));
+        for iface in std::iter::once(&self.server_if).chain(&self.extra_pins) {
+            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/edge/{iface}"));
+        }
         let _ = ip(&["netns", "del", &self.server_ns]);
         let _ = ip(&["netns", "del", &self.client_ns]);
     }

@@ -60,9 +60,10 @@ fn the_api_contract() {
     if !privileged("the_api_contract") {
         return;
     }
-    let lab = Lab::new(&[]).expect("creating the namespace lab");
+    let mut lab = Lab::new(&[]).expect("creating the namespace lab");
     // The interface does not exist yet: the daemon must wait, NOT_SERVING, and refuse changes.
     let late = format!("l{}", lab.server_if);
+    lab.clean_pins_of(&late);
     let mut daemon = Daemon::configure_with(
         &lab,
         &[&late],
@@ -363,5 +364,5 @@ fn the_api_contract() {
     .expect("the TCP checks");
 
     daemon.stop().unwrap();
-    let _ = daemon.cli(&["detach", "--iface", &late]);
+    daemon.cli(&["detach", "--iface", &late]).ok("detach");
 }

@@ -224,3 +224,94 @@ fn without_pins_the_daemon_rebuilds_every_map_from_its_store() {
     assert!(!connects(&lab, UNKNOWN, 443));
     assert!(!connects(&lab, DENIED, 22), "the deny rule was rebuilt too");
 }
+
+#[test]
+fn the_cli_reads_in_json_round_trips_exports_and_exits_with_the_right_codes() {
+    if !privileged("the_cli_reads_in_json_round_trips_exports_and_exits_with_the_right_codes") {
+        return;
+    }
+    let (lab, daemon) = lab_with_daemon("2026-11-22");
+    let dir = daemon.config_dir();
+    daemon.cli(&["visitors", "add", "192.0.2.10", "--day", "2026-11-20"]).ok("add");
+    daemon.cli(&["visitors", "add", "2001:db8:1:2::10", "198.18.0.1"]).ok("add");
+    let log = dir.join("access.log");
+    std::fs::write(
+        &log,
+        "198.18.0.2 - - [21/Nov/2026:23:59:59 -0200] \"GET / HTTP/1.1\" 200 5 \"-\" \"x\"\n",
+    )
+    .unwrap();
+    assert_eq!(daemon.cli(&["visitors", "import"]).code, 2, "no file is a usage error");
+    daemon.cli(&["visitors", "import", log.to_str().unwrap()]).ok("import a combined log");
+
+    // Export, forget everyone, import the export: the same list, days included.
+    let listed = daemon.cli(&["visitors", "list"]).ok("list");
+    assert_eq!(
+        listed,
+        "192.0.2.10,2026-11-20\n198.18.0.1,2026-11-22\n198.18.0.2,2026-11-22\n\
+         2001:db8:1:2::/64,2026-11-22\n"
+    );
+    let export = dir.join("export.csv");
+    daemon.cli(&["visitors", "export", export.to_str().unwrap()]).ok("export");
+    assert_eq!(std::fs::read_to_string(&export).unwrap(), listed);
+    let ips: Vec<&str> = listed.lines().map(|l| l.split(',').next().unwrap()).collect();
+    let mut remove = vec!["visitors", "remove"];
+    remove.extend(&ips);
+    daemon.cli(&remove).ok("remove");
+    assert_eq!(count(&daemon), 0);
+    daemon.cli(&["visitors", "import", export.to_str().unwrap()]).ok("import the export");
+    assert_eq!(daemon.cli(&["visitors", "list"]).ok("list"), listed);
+
+    // Paging from the CLI.
+    let page = daemon.cli(&["visitors", "list", "--limit", "2"]);
+    assert_eq!(page.code, 0);
+    assert_eq!(page.stdout.lines().count(), 2);
+    assert!(page.stderr.contains("--after 198.18.0.2"), "{}", page.stderr);
+
+    // Every read answers in JSON.
+    for args in [
+        vec!["status", "--json"],
+        vec!["visitors", "list", "--json"],
+        vec!["visitors", "count", "--json"],
+        vec!["allow", "list", "--json"],
+        vec!["deny", "list", "--json"],
+        vec!["stats", "--json"],
+        vec!["config", "show", "--json"],
+    ] {
+        let out = daemon.cli(&args).ok(&args.join(" "));
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("edge {}: not JSON ({e}): {out}", args.join(" ")));
+    }
+    // The effective config is a valid config file.
+    let shown = daemon.cli(&["mode", "enforce"]).ok("mode");
+    assert!(shown.contains("enforce"));
+    let toml = daemon.cli(&["config", "show"]).ok("config show");
+    let copy = dir.join("shown.toml");
+    std::fs::write(&copy, &toml).unwrap();
+    let check = daemon.cli(&["check", "--policy", copy.to_str().unwrap()]).ok("check");
+    assert!(check.contains("Enforce"), "{check}");
+
+    // Exit codes: 1 for an error (with the gRPC code), 2 for usage.
+    let bad = daemon.cli(&["visitors", "add", "192.0.2.300"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("INVALID_ARGUMENT: visits[0].ip"), "{}", bad.stderr);
+    let bad_file = dir.join("bad.csv");
+    std::fs::write(&bad_file, "192.0.2.1\n# fine\n192.0.2.1,2026-13-01\n").unwrap();
+    let bad = daemon.cli(&["visitors", "import", bad_file.to_str().unwrap()]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("bad.csv:3: "), "{}", bad.stderr);
+    assert_eq!(daemon.cli(&["mode", "block"]).code, 2);
+    assert_eq!(daemon.cli(&["visitors", "frobnicate"]).code, 2);
+    let nobody = daemon.cli(&["--socket", "/nonexistent/edge.sock", "visitors", "count"]);
+    assert_eq!(nobody.code, 1);
+    assert!(nobody.stderr.contains("cannot reach the edge daemon"), "{}", nobody.stderr);
+
+    // Detached from outside: the daemon notices and attaches again from its store.
+    daemon.cli(&["detach", "--iface", &lab.server_if]).ok("detach");
+    daemon
+        .wait_status("re-attached", |s| {
+            s["ready"] == true && Path::new(PIN_ROOT).join(&lab.server_if).join("link").exists()
+        })
+        .unwrap();
+    assert!(in_kernel_bitmap(&lab.server_if, "192.0.2.10"));
+    assert!(daemon.log().contains("detached from outside"), "{}", daemon.log());
+}

@@ -192,6 +192,27 @@ impl Core {
         log
     }
 
+    /// An interface whose link pin vanished was detached from outside (`edge detach`, or its
+    /// pins removed): it is no longer filtered, so it goes back to waiting and is re-attached
+    /// from the store like after a reboot. Stop the daemon first to take the filter off.
+    fn notice_detached(&mut self) -> Vec<String> {
+        let mut log = Vec::new();
+        for iface in &mut self.interfaces {
+            if matches!(iface.link, Link::Attached { .. }) {
+                let gone = pin_dir(&iface.name).map_or(true, |dir| !dir.join("link").exists());
+                if gone {
+                    log.push(format!(
+                        "{}: the filter was detached from outside the daemon; re-attaching \
+                         (stop the daemon first to take it off)",
+                        iface.name
+                    ));
+                    iface.link = Link::Waiting("detached from outside the daemon".into());
+                }
+            }
+        }
+        log
+    }
+
     /// Moves the window to today: the days that left it are dropped, and the visitors seen
     /// only on them leave the kernel maps. Returns them.
     pub fn roll(&mut self) -> Option<Expired> {
@@ -230,6 +251,7 @@ impl Core {
                 }
             }
         }
+        log.extend(self.notice_detached());
         log.extend(self.bring_up());
         if self.store.wal_bytes() > COMPACT_AT_BYTES {
             match self.compact() {
