@@ -20,6 +20,9 @@ pub trait KeySet: Default + Clone {
     fn remove(&mut self, key: Self::Key) -> bool;
     fn contains(&self, key: Self::Key) -> bool;
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn union_with(&mut self, other: &Self);
     fn intersection(&self, other: &Self) -> Self;
     fn difference_with(&mut self, other: &Self);
@@ -124,6 +127,10 @@ impl<S: KeySet> Days<S> {
 
     pub fn len(&self) -> u64 {
         self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
     }
 
     /// Every key on any day.

@@ -8,31 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{edge_bin, lab::Lab};
-
-/// The outcome of one `edge` command.
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn of(cmd: &mut Command) -> Run {
-        let out = cmd.output().expect("running edge");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Asserts exit code 0 and returns stdout.
-    pub fn ok(self, what: &str) -> String {
-        assert_eq!(self.code, 0, "{what}: {}{}", self.stdout, self.stderr);
-        self.stdout
-    }
-}
+use crate::{edge_bin, lab::Lab, Run};
 
 pub struct Daemon {
     pub dir: tempfile::TempDir,

@@ -41,3 +41,27 @@ pub fn edge_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// The outcome of one `edge` command.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn of(cmd: &mut std::process::Command) -> Run {
+        let out = cmd.output().expect("running edge");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts exit code 0 and returns stdout.
+    pub fn ok(self, what: &str) -> String {
+        assert_eq!(self.code, 0, "{what}: {}{}", self.stdout, self.stderr);
+        self.stdout
+    }
+}

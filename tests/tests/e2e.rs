@@ -2,7 +2,7 @@
 //! connections from a visitor, an allowed, a denied and an unknown source get through or not.
 use std::{path::Path, process::Command};
 
-use edge_tests::{edge_bin, lab::Lab, privileged};
+use edge_tests::{edge_bin, lab::Lab, privileged, Run};
 
 const VISITOR: &str = "192.0.2.10";
 const ALLOWED: &str = "198.51.100.10";
@@ -14,19 +14,8 @@ fn probe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_edge-probe"))
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn edge(cmd: &mut Command) -> Run {
-    let out = cmd.output().expect("running edge");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(cmd)
 }
 
 /// `edge replay PCAP --policy POLICY --json`, which must succeed, as one JSON value per line.
@@ -60,10 +49,8 @@ fn attach_enforces_on_real_traffic_and_detach_removes_it() {
     let policy = dir.path().join("strict.toml");
     std::fs::write(
         &policy,
-        format!(
-            "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n[lists]\nallow = [\"198.51.100.0/24\"]\n\
-             deny = [\"203.0.113.0/24\"]\nvisitors = \"visitors.csv\"\n"
-        ),
+        "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n[lists]\nallow = [\"198.51.100.0/24\"]\n\
+         deny = [\"203.0.113.0/24\"]\nvisitors = \"visitors.csv\"\n",
     )
     .unwrap();
 

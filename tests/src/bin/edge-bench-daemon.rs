@@ -88,8 +88,7 @@ fn main() -> Result<()> {
     {
         let (mut store, _, _) = Store::open(&daemon.state_dir())?;
         store.append(&Op::visits(&history))?;
-        let mut state = edge::store::State::default();
-        state.history = history.clone();
+        let state = edge::store::State { history: history.clone(), ..Default::default() };
         store.compact(&state)?;
     }
     let snapshot_bytes = std::fs::metadata(daemon.state_dir().join("snapshot"))?.len();
