@@ -48,30 +48,13 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup()?;
-            run(cargo().args([
-                "build",
-                "--release",
-                "--package",
-                "edge-user",
-                "--package",
-                "edge-tests",
-                "--bins",
-            ]))?;
+            build_release()?;
             let edge = root.join("target/release/edge");
             run(Command::new(root.join("target/release/edge-lab-demo")).env("EDGE_BIN", &edge))
         }
         Task::Bench { json } => {
             setup()?;
-            run(cargo().args([
-                "build",
-                "--quiet",
-                "--release",
-                "--package",
-                "edge-user",
-                "--package",
-                "edge-tests",
-                "--bins",
-            ]))?;
+            build_release()?;
             // The data plane (program in the kernel), then the control plane (store, daemon, API).
             for bench in ["edge-bench", "edge-bench-daemon"] {
                 let mut cmd = Command::new(root.join("target/release").join(bench));
@@ -84,6 +67,19 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The `edge` binary and the lab binaries (demo, benchmarks, probe), optimized.
+fn build_release() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "edge-user",
+        "--package",
+        "edge-tests",
+        "--bins",
+    ]))
 }
 
 fn cargo() -> Command {
