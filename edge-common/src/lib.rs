@@ -13,6 +13,7 @@ pub mod config;
 pub mod keys;
 pub mod maps;
 pub mod reason;
+pub mod ticket;
 
 /// Checks at compile time that a shared type has the size both sides expect.
 #[macro_export]

@@ -12,6 +12,7 @@ pub mod policy;
 pub mod replay;
 pub mod stats;
 pub mod store;
+pub mod ticket;
 pub mod visitors;
 
 pub use error::{Error, Result};

@@ -7,7 +7,11 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
-use edge::{replay, Day, Filter, Policy, VisitorHistory};
+use edge::{
+    replay,
+    ticket::{self, Keyring},
+    Day, Filter, Policy, VisitorHistory,
+};
 
 #[derive(Parser)]
 #[command(name = "edge", version, about = "XDP edge admission filter")]
@@ -49,6 +53,12 @@ enum Command {
     /// The daemon's configuration.
     #[command(subcommand)]
     Config(remote::ConfigCommand),
+    /// Admission ticket keys (SipHash-2-4, 128-bit), kept in a key ring file (mode 0600).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Mint and check admission tickets (docs/tickets.md).
+    #[command(subcommand)]
+    Ticket(TicketCommand),
     /// Load the filter with a policy and attach it to an interface; it stays attached (pinned
     /// under /sys/fs/bpf/edge/IFACE) after this command exits.
     Attach {
@@ -90,6 +100,43 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Write a new key ring with one random key (id 1); never overwrites a file.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a new current key; the current one stays valid as the previous key, the one
+    /// before it is retired. The file is replaced atomically.
+    Rotate {
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TicketCommand {
+    /// Mint a ticket for IP (IPv6: its /64) with the current key; prints its text form.
+    Issue {
+        #[arg(long)]
+        ip: std::net::IpAddr,
+        /// Valid for this long: 90s, 10m, 12h, 1d.
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a ticket (text form) against the key ring, and against IP if given.
+    Verify {
+        ticket: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum XdpModeArg {
     /// Native if the driver supports it, generic (skb) otherwise.
@@ -117,6 +164,10 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -152,6 +203,42 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Config(c) => remote::run(socket, Request::Config(c))?,
         Command::Stats { iface, watch, json } => {
             remote::run(socket, Request::Stats { iface, watch, json })?
+        }
+        Command::Key(KeyCommand::Generate { out }) => {
+            Keyring::generate()?.create(&out)?;
+            println!("wrote a new key ring to {} (key id 1, mode 600)", out.display());
+        }
+        Command::Key(KeyCommand::Rotate { key }) => {
+            let ring = Keyring::load(&key)?;
+            let rotated = ring.rotate()?;
+            rotated.replace(&key)?;
+            println!(
+                "{}: current key id {}, previous {} (key id {} retired)",
+                key.display(),
+                rotated.current().id,
+                ring.current().id,
+                ring.keys().get(1).map_or("none".into(), |k| k.id.to_string())
+            );
+        }
+        Command::Ticket(TicketCommand::Issue { ip, ttl, key }) => {
+            let ring = Keyring::load(&key)?;
+            let not_after = unix_now() + remote::parse_duration(&ttl)?;
+            let ticket = ticket::issue(ring.current(), ip, not_after, ticket::random_id()?);
+            println!("{}", ticket::encode(&ticket));
+        }
+        Command::Ticket(TicketCommand::Verify { ticket: text, key, ip }) => {
+            let ring = Keyring::load(&key)?;
+            let ticket = ticket::decode(&text)?;
+            let ok = ticket::verify(&ticket, &ring, unix_now(), ip)
+                .map_err(|e| anyhow::anyhow!("ticket refused ({}): {e}", e.reason()))?;
+            println!(
+                "valid: {} until {} (unix {}), key id {}, ticket id {:016x}",
+                ok.ip,
+                remote::utc(ok.not_after),
+                ok.not_after,
+                ok.key_id,
+                ok.ticket_id
+            );
         }
         Command::Attach { iface, policy: path, xdp_mode } => {
             let (policy, history, today) = load_policy(&path)?;

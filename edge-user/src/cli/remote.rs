@@ -408,7 +408,7 @@ async fn import(
 }
 
 /// Unix seconds as `2026-11-22T10:00:00Z`.
-fn utc(at: u64) -> String {
+pub fn utc(at: u64) -> String {
     let format =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::from_unix_timestamp(at as i64)
@@ -418,7 +418,7 @@ fn utc(at: u64) -> String {
 }
 
 /// `90s`, `30m`, `12h`, `7d` in seconds.
-fn parse_duration(text: &str) -> anyhow::Result<u64> {
+pub fn parse_duration(text: &str) -> anyhow::Result<u64> {
     let (number, unit) =
         text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number.parse().with_context(|| format!("`{text}` is not a duration like 30m"))?;
