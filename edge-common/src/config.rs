@@ -36,8 +36,11 @@ pub struct Config {
     /// prefix). Stored as two native words; AND is byte-order agnostic.
     pub bucket_mask_v4: [u64; 2],
     pub bucket_mask_v6: [u64; 2],
+    /// UDP port where tickets are knocked (verified in the kernel); 0 = no knock.
+    pub knock_port: u32,
+    pub _pad: u32,
 }
-assert_size!(Config, 80);
+assert_size!(Config, 88);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size asserted).

@@ -22,6 +22,8 @@ pub const UNKNOWN_BUCKETS: &str = "unknown_buckets";
 pub const UNKNOWN_BUDGET: &str = "unknown_budget";
 /// Per-CPU packet and byte counters per reason and disposition.
 pub const STATS: &str = "stats";
+/// Ticket keys for knock verification: slot 0 current, slot 1 previous.
+pub const TICKET_KEYS: &str = "ticket_keys";
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "edge";

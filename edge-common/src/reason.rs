@@ -14,28 +14,40 @@ pub const NON_IP: Reason = 1;
 pub const NEIGHBOR_DISCOVERY: Reason = 2;
 /// Source on the deny list: dropped, whatever the port.
 pub const DENY: Reason = 3;
+/// A ticket knocked on the knock port was valid: its source is admitted; the knock is dropped.
+pub const KNOCK_OK: Reason = 4;
+/// Knock refused: not a 48-byte version-1 ticket.
+pub const KNOCK_MALFORMED: Reason = 5;
+/// Knock refused: the key id is neither the current nor the previous key.
+pub const KNOCK_UNKNOWN_KEY: Reason = 6;
+/// Knock refused: the MAC does not match (altered, or another key).
+pub const KNOCK_BAD_HASH: Reason = 7;
+/// Knock refused: past its not-after time.
+pub const KNOCK_EXPIRED: Reason = 8;
+/// Knock refused: issued for another address (or /64).
+pub const KNOCK_WRONG_IP: Reason = 9;
 /// Destination is not a protected (protocol, port): passed.
-pub const PASS_UNPROTECTED: Reason = 4;
+pub const PASS_UNPROTECTED: Reason = 10;
 /// Source on the allow list: passed.
-pub const ALLOW: Reason = 5;
+pub const ALLOW: Reason = 11;
 /// Source seen within the visitor window: passed.
-pub const VISITOR: Reason = 6;
+pub const VISITOR: Reason = 12;
 /// Source admitted by the queue service and not yet expired: passed.
-pub const ADMITTED: Reason = 7;
+pub const ADMITTED: Reason = 13;
 /// Non-first fragment (no ports to judge) from a source that is not known: dropped.
-pub const FRAGMENT: Reason = 8;
+pub const FRAGMENT: Reason = 14;
 /// Unknown source, but the global unknown budget is spent: dropped, no per-source state made.
-pub const UNKNOWN_GLOBAL: Reason = 9;
+pub const UNKNOWN_GLOBAL: Reason = 15;
 /// Unknown source over its own token bucket, or `rate_pps = 0`: dropped.
-pub const UNKNOWN_RATE: Reason = 10;
+pub const UNKNOWN_RATE: Reason = 16;
 /// Unknown source within both budgets: passed.
-pub const UNKNOWN_PASS: Reason = 11;
+pub const UNKNOWN_PASS: Reason = 17;
 /// Truncated or malformed headers: dropped.
-pub const MALFORMED: Reason = 12;
-/// The program could not read its own maps (should never happen): XDP_ABORTED.
-pub const INTERNAL: Reason = 13;
+pub const MALFORMED: Reason = 18;
+/// The program could not read or write its own maps (should never happen): XDP_ABORTED.
+pub const INTERNAL: Reason = 19;
 
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 20;
 
 /// Stats slots: applied verdicts, then monitor-mode would-drops.
 pub const STATS_SLOTS: u32 = 2 * REASON_COUNT;
@@ -46,6 +58,12 @@ pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
     "non_ip",
     "neighbor_discovery",
     "deny",
+    "knock_ok",
+    "knock_malformed",
+    "knock_unknown_key",
+    "knock_bad_hash",
+    "knock_expired",
+    "knock_wrong_ip",
     "pass_unprotected",
     "allow",
     "visitor",
@@ -61,5 +79,19 @@ pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
 /// Whether a reason's verdict is a drop (in `enforce`; a would-drop in `monitor`).
 #[inline(always)]
 pub const fn is_drop(reason: Reason) -> bool {
-    matches!(reason, DENY | FRAGMENT | UNKNOWN_GLOBAL | UNKNOWN_RATE | MALFORMED | INTERNAL)
+    // Knocks are dropped whatever their outcome: they are addressed to edge, not the host.
+    matches!(
+        reason,
+        DENY | KNOCK_OK
+            | KNOCK_MALFORMED
+            | KNOCK_UNKNOWN_KEY
+            | KNOCK_BAD_HASH
+            | KNOCK_EXPIRED
+            | KNOCK_WRONG_IP
+            | FRAGMENT
+            | UNKNOWN_GLOBAL
+            | UNKNOWN_RATE
+            | MALFORMED
+            | INTERNAL
+    )
 }

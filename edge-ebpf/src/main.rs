@@ -1,5 +1,5 @@
 //! edge: the XDP admission filter. The pipeline reads top to bottom in `edge()` and `judge()`:
-//! mode, parse, deny, scope, allow, visitors, admitted, fragment, unknown budgets. The first
+//! mode, parse, deny, knock, scope, allow, visitors, admitted, fragment, unknown budgets. The first
 //! stage that decides wins. The stage order with every reason and action is documented once,
 //! in the README ("Verdict pipeline"); reason numbers live in `edge_common::reason`.
 //!
@@ -11,6 +11,7 @@
 #![allow(internal_features)]
 
 mod budget;
+mod knock;
 mod maps;
 mod parse;
 
@@ -24,7 +25,7 @@ use edge_common::{
     config::{
         Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6, MODE_ENFORCE, MODE_OFF,
     },
-    keys::{protected_slot, visitor_v4_slot, Addr, Rule},
+    keys::{protected_slot, visitor_v4_slot, Addr, Rule, IPPROTO_UDP},
     reason::*,
 };
 use parse::{Fragment, Packet, Parsed};
@@ -43,7 +44,7 @@ pub fn edge(ctx: XdpContext) -> u32 {
     let reason = match parse::packet(&ctx) {
         Ok(Parsed::NonIp) => NON_IP,
         Ok(Parsed::NeighborDiscovery) => NEIGHBOR_DISCOVERY,
-        Ok(Parsed::Ip(pkt)) => judge(&pkt, cfg),
+        Ok(Parsed::Ip(pkt)) => judge(&ctx, &pkt, cfg),
         Err(parse::Malformed) => MALFORMED,
     };
     apply(reason, cfg.mode, bytes)
@@ -51,9 +52,16 @@ pub fn edge(ctx: XdpContext) -> u32 {
 
 /// The admission pipeline for a parsed IP packet.
 #[inline(always)]
-fn judge(pkt: &Packet, cfg: &Config) -> Reason {
+fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     if cfg.lists & LIST_DENY != 0 && listed(&maps::DENY_LIST, &pkt.src) {
         return DENY;
+    }
+    if cfg.knock_port != 0
+        && pkt.proto == IPPROTO_UDP
+        && u32::from(pkt.dport) == cfg.knock_port
+        && pkt.fragment == Fragment::No
+    {
+        return knock::knock(ctx, pkt, cfg);
     }
     // A later fragment has no ports, so it cannot be out of scope: it must prove its source.
     if pkt.fragment == Fragment::No && !protected(pkt) {
@@ -103,19 +111,29 @@ fn visitor(pkt: &Packet, cfg: &Config) -> bool {
     }
 }
 
-/// Admissions are keyed by IPv4 address or IPv6 /64 and expire on the kernel's UTC clock.
+/// The key a source is admitted under: the v4-mapped address, or the IPv6 /64.
 #[inline(always)]
-fn admitted(pkt: &Packet, cfg: &Config) -> bool {
+fn admission_key(pkt: &Packet) -> Addr {
     let mut key = pkt.src;
     if !pkt.is_v4 {
         key[8..].fill(0);
     }
-    let Some(admission) = maps::ADMITTED.get_ptr(&key) else {
+    key
+}
+
+/// Unix seconds (UTC) from the kernel's TAI clock and the offset the control plane wrote.
+#[inline(always)]
+fn now_utc(cfg: &Config) -> u64 {
+    (unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000).wrapping_sub(cfg.tai_offset_s)
+}
+
+/// Admissions are keyed by IPv4 address or IPv6 /64 and expire on the kernel's UTC clock.
+#[inline(always)]
+fn admitted(pkt: &Packet, cfg: &Config) -> bool {
+    let Some(admission) = maps::ADMITTED.get_ptr(&admission_key(pkt)) else {
         return false;
     };
-    let now_utc =
-        (unsafe { bpf_ktime_get_tai_ns() } / 1_000_000_000).wrapping_sub(cfg.tai_offset_s);
-    now_utc < unsafe { (*admission).admitted_until }
+    now_utc(cfg) < unsafe { (*admission).admitted_until }
 }
 
 /// Turns a reason into an action under the mode, counting it once.

@@ -9,6 +9,7 @@ use edge_common::{
     keys::{Addr, Admission, Bucket, Counter, Rule, V6Prefix, VisitorDay},
     maps::*,
     reason::STATS_SLOTS,
+    ticket::{TicketKey, TICKET_KEY_SLOTS},
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1 << 0;
@@ -55,6 +56,11 @@ pub static UNKNOWN_BUCKETS: LruHashMap<Addr, Bucket> =
 /// The single bucket all unknown sources share.
 #[map(name = "unknown_budget")]
 pub static UNKNOWN_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// The current and previous ticket keys (knocks are verified here, so they keep working while
+/// the daemon is down). Written only by the control plane; never in the object file.
+#[map(name = "ticket_keys")]
+pub static TICKET_KEYS: Array<TicketKey> = Array::with_max_entries(TICKET_KEY_SLOTS, 0);
 
 /// Packets and bytes per reason and disposition, per CPU (no atomics on the hot path).
 #[map(name = "stats")]

@@ -51,6 +51,10 @@ pub struct Packet {
     /// Destination port (TCP/UDP only; 0 otherwise).
     pub dport: u16,
     pub fragment: Fragment,
+    /// Offset of the transport header from the start of the frame.
+    pub l4_offset: usize,
+    /// UDP length field (header and payload); 0 for other protocols.
+    pub udp_len: u16,
 }
 
 pub enum Parsed {
@@ -106,7 +110,7 @@ struct UdpHdr {
 
 /// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
 #[inline(always)]
-fn header<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed> {
+pub fn header<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed> {
     if offset > MAX_HEADER_OFFSET {
         return Err(Malformed);
     }
@@ -225,6 +229,7 @@ fn transport(
     fragment: Fragment,
 ) -> Result<Parsed, Malformed> {
     let mut dport = 0;
+    let mut udp_len = 0;
     if fragment == Fragment::No {
         match proto {
             IPPROTO_TCP => {
@@ -237,6 +242,7 @@ fn transport(
             IPPROTO_UDP => {
                 let udp = unsafe { &*header::<UdpHdr>(ctx, offset)? };
                 dport = u16::from_be_bytes(udp.dport);
+                udp_len = u16::from_be_bytes(udp.len);
             }
             IPPROTO_ICMPV6 if !is_v4 => {
                 // Type, code, checksum: read all four (the verifier cannot bound a 1-byte
@@ -249,5 +255,5 @@ fn transport(
             _ => {}
         }
     }
-    Ok(Parsed::Ip(Packet { src, is_v4, proto, dport, fragment }))
+    Ok(Parsed::Ip(Packet { src, is_v4, proto, dport, fragment, l4_offset: offset, udp_len }))
 }

@@ -31,7 +31,10 @@ use crate::{
     stats::Stats,
     visitors::{Day, VisitorKey},
 };
+use edge_common::ticket::{TicketKey, TICKET_KEY_SLOTS};
 use roaring::RoaringTreemap;
+
+use crate::ticket::Keyring;
 
 /// The XDP program, built from `edge-ebpf` by build.rs.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
@@ -44,7 +47,7 @@ pub static BASELINE_OBJECT: &[u8] =
 pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
 
 /// Every map the program has, by name (these are also the pin file names).
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     names::CONFIG,
     names::PROTECTED,
     names::DENY,
@@ -55,6 +58,7 @@ pub const MAP_NAMES: [&str; 10] = [
     names::UNKNOWN_BUCKETS,
     names::UNKNOWN_BUDGET,
     names::STATS,
+    names::TICKET_KEYS,
 ];
 
 /// The maps of a loaded or pinned program. Held untyped so they can be pinned; typed views are
@@ -333,6 +337,18 @@ impl Maps {
         Ok(self.unknown_buckets()?.keys().filter_map(|k| k.ok()).collect())
     }
 
+    /// Loads the ticket keys the knock is verified with (slot 0 current, slot 1 previous);
+    /// `None` empties both.
+    pub fn set_ticket_keys(&mut self, ring: Option<&Keyring>) -> Result<()> {
+        let keys = ring.map(|r| r.keys()).unwrap_or_default();
+        let mut map: Array<&mut MapData, TicketKey> = view(&mut self.maps, names::TICKET_KEYS)?;
+        for slot in 0..TICKET_KEY_SLOTS {
+            let key = keys.get(slot as usize).map(|k| k.kernel()).unwrap_or_default();
+            map.set(slot, key, 0).map_err(|e| kernel("writing the ticket_keys map", e))?;
+        }
+        Ok(())
+    }
+
     /// Admits `ip` (its /64 for IPv6) until `until` (unix seconds).
     pub fn admit(&mut self, ip: IpAddr, until: u64) -> Result<()> {
         self.admitted()?
@@ -437,6 +453,10 @@ pub fn kernel_config(policy: &Policy) -> Config {
     if !policy.deny.is_empty() {
         lists |= LIST_DENY;
     }
+    // Knocks add admissions from the kernel, which cannot turn the lookup on itself.
+    if policy.admission.knock_port.is_some() {
+        lists |= LIST_ADMITTED;
+    }
     if !policy.allow.is_empty() {
         lists |= LIST_ALLOW;
     }
@@ -450,6 +470,8 @@ pub fn kernel_config(policy: &Policy) -> Config {
         tai_offset_s: tai_offset_s(),
         bucket_mask_v4: mask_words(96 + u32::from(u.prefix_v4)),
         bucket_mask_v6: mask_words(u32::from(u.prefix_v6)),
+        knock_port: policy.admission.knock_port.map_or(0, u32::from),
+        _pad: 0,
     }
 }
 

@@ -139,6 +139,24 @@ pub struct Policy {
     pub visitors: Option<PathBuf>,
     /// The `[daemon]` table, for `edge daemon`.
     pub daemon: Option<DaemonSettings>,
+    /// The `[admission]` table: tickets from the queue service.
+    pub admission: Admission,
+}
+
+impl Admission {
+    /// The key ring, if one is configured.
+    pub fn keyring(&self) -> Result<Option<crate::ticket::Keyring>, crate::ticket::KeyError> {
+        self.keys.as_deref().map(crate::ticket::Keyring::load).transpose()
+    }
+}
+
+/// Admission tickets (docs/tickets.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// The key ring file (current and previous key); resolved against the config's directory.
+    pub keys: Option<PathBuf>,
+    /// UDP port where clients knock with a ticket, verified in the kernel; None = no knock.
+    pub knock_port: Option<u16>,
 }
 
 /// How `edge daemon` runs: the `[daemon]` table of the config file.
@@ -191,6 +209,7 @@ impl Default for Policy {
             deny: Vec::new(),
             visitors: None,
             daemon: None,
+            admission: Admission::default(),
         }
     }
 }
@@ -244,6 +263,16 @@ impl Policy {
             lists.insert("visitors".into(), Value::String(v.display().to_string()));
         }
         root.insert("lists".into(), Value::Table(lists));
+        let mut admission = Table::new();
+        if let Some(k) = &self.admission.keys {
+            admission.insert("keys".into(), Value::String(k.display().to_string()));
+        }
+        if let Some(port) = self.admission.knock_port {
+            admission.insert("knock_port".into(), Value::Integer(i64::from(port)));
+        }
+        if !admission.is_empty() {
+            root.insert("admission".into(), Value::Table(admission));
+        }
         if let Some(d) = &self.daemon {
             let mut daemon = Table::new();
             daemon.insert("interfaces".into(), strings(d.interfaces.clone()));
@@ -294,6 +323,14 @@ struct RawPolicy {
     window: Option<RawWindow>,
     lists: Option<RawLists>,
     daemon: Option<RawDaemon>,
+    admission: Option<RawAdmission>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    keys: Option<Spanned<String>>,
+    knock_port: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -444,6 +481,25 @@ impl Policy {
                         "the daemon keeps visitors in its store: import the file with \
                          `edge visitors import` instead"
                             .into(),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = raw.admission {
+            if let Some(k) = &a.keys {
+                if k.get_ref().is_empty() {
+                    return Err(at(k.span(), "admission.keys", "empty path".into()));
+                }
+                policy.admission.keys = Some(base.join(k.get_ref()));
+            }
+            if let Some(port) = &a.knock_port {
+                policy.admission.knock_port =
+                    Some(int(port, "admission.knock_port", 1..65_536)? as u16);
+                if a.keys.is_none() {
+                    return Err(at(
+                        port.span(),
+                        "admission.knock_port",
+                        "knocks are verified with keys: set `admission.keys` too".into(),
                     ));
                 }
             }
@@ -659,6 +715,10 @@ visitors = "visitors.csv"
         assert_eq!((e.line, e.field.as_str()), (2, "lists.visitors"));
         let e = parse("[daemon]\ninterfaces = [\"eth0\"]\nxdp_mode = \"fast\"\n").unwrap_err();
         assert_eq!(e.field, "daemon.xdp_mode");
+        let e = parse("[admission]\nknock_port = 7000\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (2, "admission.knock_port"));
+        let e = parse("[admission]\nkeys = \"k\"\nknock_port = 0\n").unwrap_err();
+        assert!(e.reason.contains("outside 1..=65535"), "{e}");
         let e = parse("[daemon]\ninterfaces = [\"eth0\"]\nsocket_path = \"x\"\n").unwrap_err();
         assert!(e.reason.contains("unknown field"), "{e}");
     }
@@ -668,7 +728,8 @@ visitors = "visitors.csv"
         let p = parse(
             "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/443\", \"udp/8000-8100\", \"tcp/*\"]\n\
              [unknown]\nrate_pps = 7\nprefix_v4 = 24\n[lists]\nallow = [\"10.0.0.0/8\"]\n\
-             deny = [\"2001:db8::/32\"]\n[daemon]\ninterfaces = [\"eth0\"]\nstate_dir = \"/s\"\n",
+             deny = [\"2001:db8::/32\"]\n[admission]\nkeys = \"k\"\nknock_port = 7000\n\
+             [daemon]\ninterfaces = [\"eth0\"]\nstate_dir = \"/s\"\n",
         )
         .unwrap();
         assert_eq!(parse(&p.to_toml()).unwrap(), p);

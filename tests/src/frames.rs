@@ -43,6 +43,8 @@ pub struct Frame {
     pub ipv6_ext: Vec<u8>,
     pub fragment: Fragment,
     pub payload: usize,
+    /// Exact payload bytes (overrides `payload`).
+    pub payload_bytes: Option<Vec<u8>>,
 }
 
 pub fn frame(src: &str, l4: L4) -> Frame {
@@ -54,6 +56,7 @@ pub fn frame(src: &str, l4: L4) -> Frame {
         ipv6_ext: Vec::new(),
         fragment: Fragment::None,
         payload: 8,
+        payload_bytes: None,
     }
 }
 
@@ -74,16 +77,21 @@ impl Frame {
         self.fragment = f;
         self
     }
+    pub fn payload_bytes(mut self, bytes: &[u8]) -> Self {
+        self.payload_bytes = Some(bytes.to_vec());
+        self
+    }
 
     /// Length of all headers (where truncation makes the frame malformed).
     pub fn header_len(&self) -> usize {
         let mut with_payload = self.clone();
         with_payload.payload = 0;
+        with_payload.payload_bytes = None;
         with_payload.build().len()
     }
 
     pub fn build(&self) -> Vec<u8> {
-        let payload = vec![0xab; self.payload];
+        let payload = self.payload_bytes.clone().unwrap_or_else(|| vec![0xab; self.payload]);
         let mut out = Vec::new();
         let ip = self.ip_headers();
         let eth = PacketBuilder::ethernet2(SRC_MAC, DST_MAC);

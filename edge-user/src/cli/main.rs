@@ -188,6 +188,7 @@ fn load_policy(path: &std::path::Path) -> anyhow::Result<(Policy, VisitorHistory
 fn loaded_filter(policy: &Policy, history: &VisitorHistory, today: Day) -> anyhow::Result<Filter> {
     let mut filter = Filter::load()?;
     filter.maps.apply(policy, history, today)?;
+    filter.maps.set_ticket_keys(policy.admission.keyring()?.as_ref())?;
     Ok(filter)
 }
 

@@ -18,6 +18,7 @@ use crate::{
     policy::{Mode, Policy, XdpModeSetting},
     stats::Stats,
     store::{List, Op, Recovery, State, Store, StoredRule},
+    ticket::Keyring,
     visitors::{Day, VisitorKey},
     Error,
 };
@@ -35,6 +36,8 @@ pub struct Core {
     rolled_to: Day,
     pub interfaces: Vec<Interface>,
     xdp_mode: XdpModeSetting,
+    /// The ticket key ring and the modification time it was read at.
+    keys: Option<(Keyring, Option<std::time::SystemTime>)>,
 }
 
 pub struct Interface {
@@ -68,6 +71,10 @@ impl Core {
     ) -> anyhow::Result<(Self, Recovery)> {
         let settings = policy.daemon.clone().expect("the daemon config has a [daemon] table");
         let (store, state, recovery) = Store::open(&settings.state_dir)?;
+        let keys = match &policy.admission.keys {
+            Some(path) => Some((Keyring::load(path)?, modified(path))),
+            None => None,
+        };
         let interfaces = settings
             .interfaces
             .iter()
@@ -82,6 +89,7 @@ impl Core {
             clock,
             interfaces,
             xdp_mode: settings.xdp_mode,
+            keys,
         };
         core.roll();
         Ok((core, recovery))
@@ -169,9 +177,10 @@ impl Core {
             XdpModeSetting::Native => XdpMode::Driver,
             XdpModeSetting::Skb => XdpMode::Skb,
         };
+        let keys = self.keys.as_ref().map(|(ring, _)| ring);
         for iface in &mut self.interfaces {
             let Link::Waiting(previous) = &iface.link else { continue };
-            match attach_or_adopt(&iface.name, mode, &policy, &self.state.history, today) {
+            match attach_or_adopt(&iface.name, mode, &policy, &self.state.history, today, keys) {
                 Ok((maps, adopted)) => {
                     log.push(format!(
                         "{}: {}",
@@ -190,6 +199,37 @@ impl Core {
             }
         }
         log
+    }
+
+    /// Reloads the key ring when its file changed (`edge key rotate`), into every filter. A
+    /// bad file is logged and the keys in use are kept.
+    fn reload_keys(&mut self) -> Option<String> {
+        let path = self.policy.admission.keys.clone()?;
+        let (_, seen) = self.keys.as_ref()?;
+        let now = modified(&path);
+        if now == *seen {
+            return None;
+        }
+        let ring = match Keyring::load(&path) {
+            Ok(ring) => ring,
+            Err(e) => {
+                self.keys.as_mut()?.1 = now;
+                return Some(format!("ticket keys not reloaded, the old ones stay: {e}"));
+            }
+        };
+        for maps in self.attached() {
+            if let Err(e) = maps.set_ticket_keys(Some(&ring)) {
+                return Some(format!("writing the ticket keys: {e}"));
+            }
+        }
+        let line = format!(
+            "ticket keys reloaded from {}: current id {}{}",
+            path.display(),
+            ring.current().id,
+            ring.keys().get(1).map_or(String::new(), |k| format!(", previous id {}", k.id))
+        );
+        self.keys = Some((ring, now));
+        Some(line)
     }
 
     /// An interface whose link pin vanished was detached from outside (`edge detach`, or its
@@ -251,6 +291,7 @@ impl Core {
                 }
             }
         }
+        log.extend(self.reload_keys());
         log.extend(self.notice_detached());
         log.extend(self.bring_up());
         if self.store.wal_bytes() > COMPACT_AT_BYTES {
@@ -479,12 +520,14 @@ fn attach_or_adopt(
     policy: &Policy,
     history: &VisitorHistory,
     today: Day,
+    keys: Option<&Keyring>,
 ) -> crate::Result<(Maps, bool)> {
     let dir = pin_dir(iface)?;
     if dir.join("link").exists() {
         // A restart: the filter kept running; make its maps match the store, never clearing.
         let mut maps = Maps::open_pinned(&dir)?;
         maps.apply(policy, history, today)?;
+        maps.set_ticket_keys(keys)?;
         return Ok((maps, true));
     }
     if dir.exists() {
@@ -497,6 +540,7 @@ fn attach_or_adopt(
     // Every map is filled before the program is attached: it never runs with empty maps.
     let mut filter = Filter::load()?;
     filter.maps.apply(policy, history, today)?;
+    filter.maps.set_ticket_keys(keys)?;
     let (_, maps) = filter.attach(iface, mode)?;
     Ok((maps, false))
 }
@@ -505,6 +549,10 @@ fn attach_or_adopt(
 fn count_visits(history: &VisitorHistory) -> u64 {
     history.v4.days().map(|(_, s)| s.len()).sum::<u64>()
         + history.v6.days().map(|(_, s)| s.len()).sum::<u64>()
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// How a visitor key is written in answers: `192.0.2.1` or `2001:db8::/64`.

@@ -1,0 +1,159 @@
+//! The knock, through the real program (BPF_PROG_TEST_RUN): a ticket in a UDP datagram is
+//! verified in the kernel, admits its source, and every refusal has its counter. The kernel's
+//! verdict on every altered ticket is checked against the userspace verifier's.
+use std::path::Path;
+
+use edge::{
+    filter::{XDP_DROP, XDP_PASS},
+    ticket::{self, Key, Keyring},
+    Day, Filter, Policy, VisitorHistory,
+};
+use edge_common::{keys::Admission, reason::*, ticket::TicketBytes};
+use edge_tests::{
+    frames::{frame, L4},
+    privileged,
+};
+
+const KNOCK_PORT: u16 = 7000;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn key(id: u8, seed: u8) -> Key {
+    Key::new(id, core::array::from_fn(|i| seed.wrapping_mul(31).wrapping_add(i as u8)))
+}
+
+fn knock_frame(src: &str, ticket: &[u8]) -> Vec<u8> {
+    frame(src, L4::Udp(KNOCK_PORT)).payload_bytes(ticket).build()
+}
+
+fn tcp(src: &str) -> Vec<u8> {
+    frame(src, L4::Tcp(443)).build()
+}
+
+struct Lab {
+    filter: Filter,
+}
+
+impl Lab {
+    #[track_caller]
+    fn judge(&mut self, case: &str, frame: &[u8], action: u32, reason: Reason) {
+        let j = self.filter.judge(frame).unwrap();
+        assert_eq!((j.action, j.reason_name()), (action, REASON_NAMES[reason as usize]), "{case}");
+    }
+
+    fn admitted_until(&mut self, ip: &str) -> Option<u64> {
+        let key = edge::filter::admission_key(ip.parse().unwrap());
+        self.filter.maps.admitted().unwrap().get(&key, 0).ok().map(|a: Admission| a.admitted_until)
+    }
+}
+
+fn knock_policy(dir: &Path, knock: bool) -> Policy {
+    let admission = if knock {
+        format!("[admission]\nkeys = \"keys\"\nknock_port = {KNOCK_PORT}\n")
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n[lists]\ndeny = [\"203.0.113.0/24\"]\n{admission}"
+    );
+    Policy::parse(&text, "knock.toml", dir).unwrap()
+}
+
+#[test]
+fn knocks_are_verified_in_the_kernel() {
+    if !privileged("knocks_are_verified_in_the_kernel") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (current, previous) = (key(2, 7), key(1, 3));
+    let ring = Keyring::new(vec![current.clone(), previous.clone()]);
+    ring.create(&dir.path().join("keys")).unwrap();
+    let policy = knock_policy(dir.path(), true);
+    let loaded = policy.admission.keyring().unwrap().unwrap();
+    assert_eq!(loaded, ring);
+
+    let mut lab = Lab { filter: Filter::load().expect("loading the XDP program") };
+    let today = Day::today_utc();
+    lab.filter.maps.apply(&policy, &VisitorHistory::default(), today).unwrap();
+    lab.filter.maps.set_ticket_keys(Some(&ring)).unwrap();
+
+    let src = "192.0.2.50";
+    let not_after = now() + 600;
+    let valid = ticket::issue(&current, src.parse().unwrap(), not_after, 1);
+
+    lab.judge("unknown before the knock", &tcp(src), XDP_DROP, UNKNOWN_RATE);
+    lab.judge("valid knock", &knock_frame(src, &valid.0), XDP_DROP, KNOCK_OK);
+    assert_eq!(lab.admitted_until(src), Some(not_after + 1), "admitted through not-after");
+    lab.judge("admitted after the knock", &tcp(src), XDP_PASS, ADMITTED);
+
+    // Replays: from another address it fails; from the same one it renews the same admission.
+    lab.judge("replay, other IP", &knock_frame("192.0.2.51", &valid.0), XDP_DROP, KNOCK_WRONG_IP);
+    lab.judge("the other IP is not admitted", &tcp("192.0.2.51"), XDP_DROP, UNKNOWN_RATE);
+    lab.judge("replay, same IP", &knock_frame(src, &valid.0), XDP_DROP, KNOCK_OK);
+    assert_eq!(lab.admitted_until(src), Some(not_after + 1));
+
+    // Rotation: the previous key still verifies; an unknown id does not.
+    let by_previous = ticket::issue(&previous, "192.0.2.52".parse().unwrap(), not_after, 2);
+    lab.judge("previous key", &knock_frame("192.0.2.52", &by_previous.0), XDP_DROP, KNOCK_OK);
+    let retired = ticket::issue(&key(9, 9), "192.0.2.53".parse().unwrap(), not_after, 3);
+    lab.judge("unknown key", &knock_frame("192.0.2.53", &retired.0), XDP_DROP, KNOCK_UNKNOWN_KEY);
+
+    let expired = ticket::issue(&current, "192.0.2.54".parse().unwrap(), now() - 10, 4);
+    lab.judge("expired", &knock_frame("192.0.2.54", &expired.0), XDP_DROP, KNOCK_EXPIRED);
+    lab.judge("expired admits nothing", &tcp("192.0.2.54"), XDP_DROP, UNKNOWN_RATE);
+
+    // Every single bit flip is refused, for the reason the userspace verifier gives.
+    let other = "192.0.2.60";
+    let base = ticket::issue(&current, other.parse().unwrap(), not_after, 5);
+    for bit in 0..base.0.len() * 8 {
+        let mut flipped: TicketBytes = base;
+        flipped.0[bit / 8] ^= 1 << (bit % 8);
+        let user = ticket::verify(&flipped, &ring, now(), Some(other.parse().unwrap()))
+            .expect_err("userspace accepted a flipped ticket");
+        let j = lab.filter.judge(&knock_frame(other, &flipped.0)).unwrap();
+        assert_eq!(j.action, XDP_DROP, "bit {bit}");
+        assert_eq!(
+            j.reason_name(),
+            format!("knock_{}", user.reason()),
+            "bit {bit}: kernel vs daemon"
+        );
+    }
+    lab.judge("no flip admitted anyone", &tcp(other), XDP_DROP, UNKNOWN_RATE);
+
+    // Wrong sizes: truncated, oversized, empty; and a datagram cut short of its length.
+    for len in [0, 1, 47, 49, 96] {
+        let mut bytes = valid.0.to_vec();
+        bytes.resize(len, 0);
+        lab.judge(
+            &format!("{len}-byte knock"),
+            &knock_frame(src, &bytes),
+            XDP_DROP,
+            KNOCK_MALFORMED,
+        );
+    }
+    let whole = knock_frame("192.0.2.70", &valid.0);
+    lab.judge("cut datagram", &whole[..whole.len() - 10], XDP_DROP, KNOCK_MALFORMED);
+
+    // IPv6 binds the /64.
+    let v6 = ticket::issue(&current, "2001:db8:5:6::1".parse().unwrap(), not_after, 6);
+    lab.judge("v6 knock from the /64", &knock_frame("2001:db8:5:6::99", &v6.0), XDP_DROP, KNOCK_OK);
+    lab.judge("v6 admitted /64", &tcp("2001:db8:5:6::abcd"), XDP_PASS, ADMITTED);
+    lab.judge("v6 other /64", &knock_frame("2001:db8:5:7::1", &v6.0), XDP_DROP, KNOCK_WRONG_IP);
+    lab.judge("v6 other /64 not admitted", &tcp("2001:db8:5:7::1"), XDP_DROP, UNKNOWN_RATE);
+
+    // Deny comes first: a denied source cannot knock its way in.
+    let denied = ticket::issue(&current, "203.0.113.9".parse().unwrap(), not_after, 7);
+    lab.judge("denied knock", &knock_frame("203.0.113.9", &denied.0), XDP_DROP, DENY);
+
+    // Keys removed: every knock is an unknown key (the object file holds none).
+    lab.filter.maps.set_ticket_keys(None).unwrap();
+    let fresh = ticket::issue(&current, "192.0.2.80".parse().unwrap(), not_after, 8);
+    lab.judge("no keys", &knock_frame("192.0.2.80", &fresh.0), XDP_DROP, KNOCK_UNKNOWN_KEY);
+
+    // Without a knock port, the port is just an unprotected UDP port.
+    let plain = knock_policy(dir.path(), false);
+    lab.filter.maps.apply(&plain, &VisitorHistory::default(), today).unwrap();
+    lab.judge("knock off", &knock_frame("192.0.2.80", &fresh.0), XDP_PASS, PASS_UNPROTECTED);
+}
