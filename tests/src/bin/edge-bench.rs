@@ -18,6 +18,7 @@ use aya::{
 use edge::{
     filter::BASELINE_OBJECT,
     import::{self, Format},
+    ticket::{self, Key, Keyring},
     Day, Filter, Policy,
 };
 use edge_tests::frames::{frame, L4};
@@ -33,6 +34,10 @@ mode = "enforce"
 allow = ["198.51.100.0/24", "2001:db8:a::/48"]
 deny = ["203.0.113.0/24", "2001:db8:dead::/48"]
 "#;
+
+/// Knocks on: the kernel then looks admissions up for every unknown source, so only the knock
+/// cases run with it.
+const KNOCK: &str = "[admission]\nkeys = \"set-directly-by-the-bench\"\nknock_port = 7000\n";
 
 /// The i-th benchmark visitor: multiplying by an odd constant permutes u32, so all are distinct
 /// and spread over the whole IPv4 space.
@@ -210,6 +215,15 @@ fn main() -> Result<()> {
         test_run(p, f, r)
     };
     let v4_visitor = std::net::Ipv4Addr::from(visitor(12_345)).to_string();
+    // Knocks: the ticket is verified in full (SipHash over 40 bytes) on every run.
+    let ring = Keyring::new(vec![Key::new(1, [7; 16])]);
+    filter.maps.set_ticket_keys(Some(&ring))?;
+    let not_after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
+    let ticket = ticket::issue(ring.current(), "192.0.2.77".parse()?, not_after, 1);
+    let knock = frame("192.0.2.77", L4::Udp(7000)).payload_bytes(&ticket.0).build();
+    let mut altered = ticket;
+    altered.0[47] ^= 1;
+    let bad_knock = frame("192.0.2.77", L4::Udp(7000)).payload_bytes(&altered.0).build();
     let frames = [
         ("visitor_v4", frame(&v4_visitor, L4::Tcp(443)).build()),
         ("visitor_v6", frame("2001:db8:1:2::99", L4::Tcp(443)).build()),
@@ -240,6 +254,12 @@ fn main() -> Result<()> {
     filter.maps.reset_budgets()?;
     let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[4].1)?;
     report.case("unknown_pass", ns, false);
+    let knocking = Policy::parse(&format!("{POLICY}\n{KNOCK}"), "bench.toml", Path::new("."))?;
+    filter.maps.apply(&knocking, &history, today)?;
+    for (case, f) in [("knock_ok", &knock), ("knock_bad_hash", &bad_knock)] {
+        let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), f)?;
+        report.case(case, ns, false);
+    }
     filter.maps.apply(&policy, &history, today)?;
 
     say(&format!(
