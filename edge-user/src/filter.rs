@@ -351,8 +351,17 @@ impl Maps {
 
     /// Admits `ip` (its /64 for IPv6) until `until` (unix seconds).
     pub fn admit(&mut self, ip: IpAddr, until: u64) -> Result<()> {
-        self.admitted()?
-            .insert(admission_key(ip), Admission { admitted_until: until }, 0)
+        self.admit_key(admission_key(ip), until)
+    }
+
+    /// Admits an admission key until `until`; an admission that already lasts longer stays.
+    pub fn admit_key(&mut self, key: Addr, until: u64) -> Result<()> {
+        let mut admitted = self.admitted()?;
+        if admitted.get(&key, 0).is_ok_and(|a| a.admitted_until >= until) {
+            return Ok(());
+        }
+        admitted
+            .insert(key, Admission { admitted_until: until }, 0)
             .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))?;
         self.enable_lists(LIST_ADMITTED)
     }

@@ -20,6 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use edge_common::keys::Addr;
 use ipnet::IpNet;
 use roaring::{RoaringBitmap, RoaringTreemap};
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,8 @@ use crate::{
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"EDGESNAP";
 const WAL_MAGIC: &[u8; 8] = b"EDGEWAL1";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2 added admissions to the snapshot's metadata; version 1 snapshots are still read.
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest log record: an import of about 100 million visitors.
 const MAX_RECORD: usize = 1 << 30;
 
@@ -84,10 +86,22 @@ pub struct DayBatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Visits(Vec<DayBatch>),
-    RemoveVisitors { v4: Vec<u32>, v6: Vec<u64> },
+    RemoveVisitors {
+        v4: Vec<u32>,
+        v6: Vec<u64>,
+    },
     PutRules(Vec<StoredRule>),
-    RemoveRules { list: List, nets: Vec<IpNet> },
+    RemoveRules {
+        list: List,
+        nets: Vec<IpNet>,
+    },
     SetMode(Mode),
+    /// Verified admissions: (admission key, admitted until in unix seconds), each also a
+    /// visit on `day`.
+    Admit {
+        day: u32,
+        entries: Vec<(Addr, u64)>,
+    },
 }
 
 impl Op {
@@ -113,6 +127,8 @@ pub struct State {
     pub rules: BTreeMap<(List, IpNet), StoredRule>,
     /// Set through the API; overrides the config file's mode.
     pub mode: Option<Mode>,
+    /// Admitted sources (admission keys) and until when (unix seconds).
+    pub admissions: std::collections::HashMap<Addr, u64>,
 }
 
 impl State {
@@ -143,6 +159,13 @@ impl State {
                 }
             }
             Op::SetMode(mode) => self.mode = Some(*mode),
+            Op::Admit { day, entries } => {
+                for (key, until) in entries {
+                    let held = self.admissions.entry(*key).or_insert(0);
+                    *held = (*held).max(*until);
+                    self.history.record_key(admission_visitor(key), Day(*day));
+                }
+            }
         }
     }
 
@@ -151,9 +174,23 @@ impl State {
     }
 }
 
+/// The visitor an admission key stands for (an IPv4 address or an IPv6 /64).
+pub fn admission_visitor(key: &Addr) -> crate::visitors::VisitorKey {
+    crate::visitors::VisitorKey::from(std::net::IpAddr::from(*key))
+}
+
 /// Small state kept in the snapshot beside the visitor bitmaps.
 #[derive(Serialize, Deserialize)]
 struct Meta {
+    mode: Option<Mode>,
+    rules: Vec<StoredRule>,
+    admissions: Vec<(Addr, u64)>,
+}
+
+/// The metadata of a version-1 snapshot (no admissions). Built by deserialization only.
+#[derive(Deserialize)]
+#[allow(dead_code)] // constructed by serde, which the lint does not see
+struct MetaV1 {
     mode: Option<Mode>,
     rules: Vec<StoredRule>,
 }
@@ -383,7 +420,11 @@ fn encode_snapshot(state: &State, last_seq: u64) -> Vec<u8> {
     out.extend_from_slice(SNAPSHOT_MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&last_seq.to_le_bytes());
-    let meta = Meta { mode: state.mode, rules: state.rules.values().cloned().collect() };
+    let meta = Meta {
+        mode: state.mode,
+        rules: state.rules.values().cloned().collect(),
+        admissions: state.admissions.iter().map(|(k, u)| (*k, *u)).collect(),
+    };
     put_section(&mut out, &postcard::to_stdvec(&meta).expect("encoding snapshot metadata"));
     let history = &state.history;
     section_of(&mut out, Some(history.v4.all()));
@@ -428,7 +469,7 @@ fn read_snapshot(path: &Path, state: &mut State) -> Result<u64, StoreError> {
         return Err(corrupt("checksum mismatch"));
     }
     let version = u32::from_le_bytes(body[8..12].try_into().unwrap());
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(corrupt(&format!(
             "format version {version}; this edge reads {FORMAT_VERSION}"
         )));

@@ -9,16 +9,17 @@ use std::{
 
 use aya::programs::XdpMode;
 use edge_common::maps as names;
+use edge_common::ticket::TicketBytes;
 use ipnet::IpNet;
 
 use super::{clock::Clock, Fault};
 use crate::{
-    filter::{kernel_config, pin_dir, Filter, Maps},
+    filter::{admission_key, kernel_config, pin_dir, Filter, Maps},
     history::{Expired, VisitorHistory},
     policy::{Mode, Policy, XdpModeSetting},
     stats::Stats,
-    store::{List, Op, Recovery, State, Store, StoredRule},
-    ticket::Keyring,
+    store::{admission_visitor, List, Op, Recovery, State, Store, StoredRule},
+    ticket::{self, Keyring},
     visitors::{Day, VisitorKey},
     Error,
 };
@@ -38,6 +39,8 @@ pub struct Core {
     xdp_mode: XdpModeSetting,
     /// The ticket key ring and the modification time it was read at.
     keys: Option<(Keyring, Option<std::time::SystemTime>)>,
+    /// Tickets refused since start, by reason (`Rejected::reason`).
+    pub rejections: std::collections::BTreeMap<&'static str, u64>,
 }
 
 pub struct Interface {
@@ -90,6 +93,7 @@ impl Core {
             interfaces,
             xdp_mode: settings.xdp_mode,
             keys,
+            rejections: Default::default(),
         };
         core.roll();
         Ok((core, recovery))
@@ -180,7 +184,15 @@ impl Core {
         let keys = self.keys.as_ref().map(|(ring, _)| ring);
         for iface in &mut self.interfaces {
             let Link::Waiting(previous) = &iface.link else { continue };
-            match attach_or_adopt(&iface.name, mode, &policy, &self.state.history, today, keys) {
+            match attach_or_adopt(
+                &iface.name,
+                mode,
+                &policy,
+                &self.state,
+                today,
+                keys,
+                self.clock.now(),
+            ) {
                 Ok((maps, adopted)) => {
                     log.push(format!(
                         "{}: {}",
@@ -351,6 +363,55 @@ impl Core {
         Ok(counts)
     }
 
+    /// Verifies tickets and admits their sources (all or nothing). Refusals are counted by
+    /// reason; the first one refuses the batch and changes nothing.
+    pub fn admit(&mut self, tickets: &[(TicketBytes, Option<IpAddr>)]) -> Result<u64, Fault> {
+        self.require_ready()?;
+        let Some((ring, _)) = &self.keys else {
+            return Err(Fault::FailedPrecondition(
+                "no ticket keys: set admission.keys in the config file".into(),
+            ));
+        };
+        let now = self.clock.now();
+        let mut entries = Vec::with_capacity(tickets.len());
+        for (index, (ticket, presented)) in tickets.iter().enumerate() {
+            match ticket::verify(ticket, ring, now, *presented) {
+                Ok(admission) => {
+                    entries.push((admission_key(admission.ip), admission.not_after + 1))
+                }
+                Err(refused) => {
+                    *self.rejections.entry(refused.reason()).or_default() += 1;
+                    return Err(Fault::Refused { index, refused });
+                }
+            }
+        }
+        let today = self.today();
+        self.commit(&Op::Admit { day: today.0, entries: entries.clone() })?;
+        for maps in self.attached() {
+            for (key, until) in &entries {
+                maps.admit_key(*key, *until).map_err(Fault::from)?;
+            }
+            let visitors: Vec<_> = entries.iter().map(|(k, _)| admission_visitor(k)).collect();
+            let v4 = visitors.iter().filter_map(|v| match v {
+                VisitorKey::V4(a) => Some(u32::from(*a)),
+                VisitorKey::V6(_) => None,
+            });
+            let v6 = visitors.iter().filter_map(|v| match v {
+                VisitorKey::V6(p) => Some((u64::from_be_bytes(*p), today)),
+                VisitorKey::V4(_) => None,
+            });
+            maps.insert_visitors(v4.collect::<Vec<_>>(), v6.collect::<Vec<_>>())
+                .map_err(Fault::from)?;
+        }
+        Ok(entries.len() as u64)
+    }
+
+    /// Admissions held that have not expired.
+    pub fn admissions(&self) -> u64 {
+        let now = self.clock.now();
+        self.state.admissions.values().filter(|until| **until > now).count() as u64
+    }
+
     /// Removes visitors (all or nothing: NOT_FOUND if any is not in the history).
     pub fn remove_visitors(&mut self, keys: &[VisitorKey]) -> Result<u64, Fault> {
         self.require_ready()?;
@@ -518,16 +579,23 @@ fn attach_or_adopt(
     iface: &str,
     mode: XdpMode,
     policy: &Policy,
-    history: &VisitorHistory,
+    state: &State,
     today: Day,
     keys: Option<&Keyring>,
+    now: u64,
 ) -> crate::Result<(Maps, bool)> {
+    let history = &state.history;
+    // Admissions the store holds; knocks the kernel verified itself are left as they are.
+    let admissions = || state.admissions.iter().filter(move |(_, until)| **until > now);
     let dir = pin_dir(iface)?;
     if dir.join("link").exists() {
         // A restart: the filter kept running; make its maps match the store, never clearing.
         let mut maps = Maps::open_pinned(&dir)?;
         maps.apply(policy, history, today)?;
         maps.set_ticket_keys(keys)?;
+        for (key, until) in admissions() {
+            maps.admit_key(*key, *until)?;
+        }
         return Ok((maps, true));
     }
     if dir.exists() {
@@ -541,6 +609,9 @@ fn attach_or_adopt(
     let mut filter = Filter::load()?;
     filter.maps.apply(policy, history, today)?;
     filter.maps.set_ticket_keys(keys)?;
+    for (key, until) in admissions() {
+        filter.maps.admit_key(*key, *until)?;
+    }
     let (_, maps) = filter.attach(iface, mode)?;
     Ok((maps, false))
 }

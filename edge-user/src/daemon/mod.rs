@@ -25,7 +25,8 @@ use tonic_health::ServingStatus;
 use self::{clock::Clock, core::Core, service::Handle};
 use crate::{
     api::{
-        control_server::ControlServer, rules_server::RulesServer, visitors_server::VisitorsServer,
+        admissions_server::AdmissionsServer, control_server::ControlServer,
+        rules_server::RulesServer, visitors_server::VisitorsServer,
     },
     store::StoreError,
     Error, Policy,
@@ -34,6 +35,11 @@ use crate::{
 /// Why a verb failed, in gRPC's terms.
 #[derive(Debug)]
 pub enum Fault {
+    /// A ticket refused: the `index`-th of the request.
+    Refused {
+        index: usize,
+        refused: crate::ticket::Rejected,
+    },
     NotFound(String),
     FailedPrecondition(String),
     ResourceExhausted(String),
@@ -56,12 +62,16 @@ impl Fault {
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (Self::NotFound(m)
-        | Self::FailedPrecondition(m)
-        | Self::ResourceExhausted(m)
-        | Self::Unavailable(m)
-        | Self::Internal(m)) = self;
-        f.write_str(m)
+        match self {
+            Self::Refused { index, refused } => {
+                write!(f, "admissions[{index}]: {} ({refused})", refused.reason())
+            }
+            Self::NotFound(m)
+            | Self::FailedPrecondition(m)
+            | Self::ResourceExhausted(m)
+            | Self::Unavailable(m)
+            | Self::Internal(m) => f.write_str(m),
+        }
     }
 }
 
@@ -77,6 +87,10 @@ impl From<Error> for Fault {
 impl From<Fault> for Status {
     fn from(f: Fault) -> Self {
         match f {
+            Fault::Refused { ref refused, .. } => match refused {
+                crate::ticket::Rejected::Malformed(_) => Status::invalid_argument(f.to_string()),
+                _ => Status::permission_denied(f.to_string()),
+            },
             Fault::NotFound(m) => Status::not_found(m),
             Fault::FailedPrecondition(m) => Status::failed_precondition(m),
             Fault::ResourceExhausted(m) => Status::resource_exhausted(m),
@@ -135,7 +149,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .add_service(reflection)
         .add_service(ControlServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(VisitorsServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(RulesServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE));
+        .add_service(RulesServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(AdmissionsServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE));
 
     let uds = bind_socket(&settings.socket)?;
     log(&format!("listening on {}", settings.socket.display()));
@@ -192,7 +207,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         if ready != serving {
             serving = ready;
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-            for name in ["", "edge.v1.Control", "edge.v1.Visitors", "edge.v1.Rules"] {
+            for name in
+                ["", "edge.v1.Control", "edge.v1.Visitors", "edge.v1.Rules", "edge.v1.Admissions"]
+            {
                 health.set_service_status(name, status).await;
             }
             log(if ready { "ready (health: SERVING)" } else { "not ready (health: NOT_SERVING)" });

@@ -1,6 +1,7 @@
 //! The gRPC services: parse and bound each request, call the core, translate the answer.
 use std::{pin::Pin, sync::Arc, time::Duration};
 
+use edge_common::ticket::TicketBytes;
 use ipnet::IpNet;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
@@ -12,11 +13,15 @@ use super::{
     Fault,
 };
 use crate::{
-    api::{self, control_server::Control, rules_server::Rules, visitors_server::Visitors},
+    api::{
+        self, admissions_server::Admissions, control_server::Control, rules_server::Rules,
+        visitors_server::Visitors,
+    },
     history::HistoryBuilder,
     import::{visitor_key, Format, Importer},
     policy::{parse_cidr, Mode},
     store::{List, StoredRule},
+    ticket,
     visitors::{Day, VisitorKey},
 };
 
@@ -127,6 +132,15 @@ impl Control for Handle {
                     state_dir: core.state_dir().display().to_string(),
                     wal_bytes: core.wal_bytes(),
                     rolled_to: core.rolled_to().to_string(),
+                    admissions: core.admissions(),
+                    admission_rejections: core
+                        .rejections
+                        .iter()
+                        .map(|(reason, count)| api::RejectionCount {
+                            reason: (*reason).into(),
+                            count: *count,
+                        })
+                        .collect(),
                 })
             })
             .await?;
@@ -353,6 +367,66 @@ impl Visitors for Handle {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Decodes a batch of admissions; a ticket that is not even base64 of the right length is
+/// refused here (INVALID_ARGUMENT) and counted as malformed by the core's verifier path.
+fn parse_admissions(
+    admissions: &[api::AdmissionTicket],
+) -> Result<Vec<(TicketBytes, Option<std::net::IpAddr>)>, Status> {
+    check_batch("admissions", admissions.len())?;
+    admissions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let ticket = ticket::decode(&a.ticket)
+                .map_err(|e| invalid(format!("admissions[{i}].ticket"), e))?;
+            let ip = match a.ip.trim() {
+                "" => None,
+                text => Some(text.parse().map_err(|_| {
+                    invalid(format!("admissions[{i}].ip"), format!("`{text}` is not an IP address"))
+                })?),
+            };
+            Ok((ticket, ip))
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Admissions for Handle {
+    async fn admit(
+        &self,
+        request: Request<api::AdmitRequest>,
+    ) -> Result<Response<api::AdmitResponse>, Status> {
+        let batch = parse_admissions(&request.into_inner().admissions);
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(status) => {
+                self.with(|core| {
+                    *core.rejections.entry("malformed").or_default() += 1;
+                    Ok(())
+                })
+                .await?;
+                return Err(status);
+            }
+        };
+        let admitted = self.with(move |core| core.admit(&batch)).await?;
+        Ok(Response::new(api::AdmitResponse { admitted }))
+    }
+
+    async fn admit_stream(
+        &self,
+        request: Request<Streaming<api::AdmitRequest>>,
+    ) -> Result<Response<api::AdmitResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut admitted = 0;
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            let response = self.admit(Request::new(message)).await?;
+            admitted += response.into_inner().admitted;
+        }
+        Ok(Response::new(api::AdmitResponse { admitted }))
     }
 }
 

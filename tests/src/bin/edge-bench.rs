@@ -218,7 +218,8 @@ fn main() -> Result<()> {
     // Knocks: the ticket is verified in full (SipHash over 40 bytes) on every run.
     let ring = Keyring::new(vec![Key::new(1, [7; 16])]);
     filter.maps.set_ticket_keys(Some(&ring))?;
-    let not_after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
+    let not_after =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
     let ticket = ticket::issue(ring.current(), "192.0.2.77".parse()?, not_after, 1);
     let knock = frame("192.0.2.77", L4::Udp(7000)).payload_bytes(&ticket.0).build();
     let mut altered = ticket;

@@ -1,6 +1,7 @@
 //! edge-probe: the lab's traffic tool. `serve` listens on TCP ports and accepts forever;
 //! `connect` makes one TCP connection from a chosen source address and exits 0 if it completes,
-//! 1 if it times out or is refused. Used by the end-to-end tests and the demo.
+//! 1 if it times out or is refused; `knock` sends one UDP datagram holding a ticket (its text
+//! form, decoded to the 48 bytes) from a chosen source. Used by the end-to-end tests and the demo.
 use std::{
     net::{SocketAddr, TcpListener},
     process::ExitCode,
@@ -11,7 +12,8 @@ use socket2::{Domain, Socket, Type};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N]"
+        "usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N] \
+         | knock --from IP --to ADDR:PORT --ticket TEXT"
     );
     ExitCode::from(2)
 }
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("connect") => connect(&args[1..]),
+        Some("knock") => knock(&args[1..]),
         _ => usage(),
     }
 }
@@ -72,6 +75,34 @@ fn connect(args: &[String]) -> ExitCode {
         }
         Err(e) => {
             println!("failed {from} -> {to}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn knock(args: &[String]) -> ExitCode {
+    let (mut from, mut to, mut ticket) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--from", Some(v)) => from = v.parse::<std::net::IpAddr>().ok(),
+            ("--to", Some(v)) => to = v.parse::<SocketAddr>().ok(),
+            ("--ticket", Some(v)) => ticket = edge::ticket::decode(v).ok(),
+            _ => return usage(),
+        }
+    }
+    let (Some(from), Some(to), Some(ticket)) = (from, to, ticket) else { return usage() };
+    let socket = match std::net::UdpSocket::bind(SocketAddr::new(from, 0)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("edge-probe: cannot bind {from}: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match socket.send_to(&ticket.0, to) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-probe: knock to {to}: {e}");
             ExitCode::FAILURE
         }
     }
