@@ -366,6 +366,21 @@ impl Maps {
         self.enable_lists(LIST_ADMITTED)
     }
 
+    /// Deletes admissions that expired at or before `now` (knocks' included); returns how many.
+    pub fn purge_admissions(&mut self, now: u64) -> Result<u64> {
+        let mut admitted = self.admitted()?;
+        let expired: Vec<Addr> = admitted
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, a)| a.admitted_until <= now)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &expired {
+            absent_ok(admitted.remove(key), "removing an expired admission")?;
+        }
+        Ok(expired.len() as u64)
+    }
+
     /// Withdraws an admission.
     pub fn revoke(&mut self, ip: IpAddr) -> Result<()> {
         absent_ok(self.admitted()?.remove(&admission_key(ip)), "removing from admitted")

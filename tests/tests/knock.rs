@@ -152,6 +152,13 @@ fn knocks_are_verified_in_the_kernel() {
     let fresh = ticket::issue(&current, "192.0.2.80".parse().unwrap(), not_after, 8);
     lab.judge("no keys", &knock_frame("192.0.2.80", &fresh.0), XDP_DROP, KNOCK_UNKNOWN_KEY);
 
+    // Purging drops what expired (the expired knock admitted nothing) and keeps the rest.
+    let stale = edge::filter::admission_key("192.0.2.90".parse().unwrap());
+    lab.filter.maps.admit_key(stale, now() - 1).unwrap();
+    assert_eq!(lab.filter.maps.purge_admissions(now()).unwrap(), 1);
+    assert_eq!(lab.admitted_until("192.0.2.90"), None);
+    assert_eq!(lab.admitted_until(src), Some(not_after + 1));
+
     // Without a knock port, the port is just an unprotected UDP port.
     let plain = knock_policy(dir.path(), false);
     lab.filter.maps.apply(&plain, &VisitorHistory::default(), today).unwrap();

@@ -41,7 +41,12 @@ pub struct Core {
     keys: Option<(Keyring, Option<std::time::SystemTime>)>,
     /// Tickets refused since start, by reason (`Rejected::reason`).
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
+    /// When expired admissions were last purged (unix seconds).
+    purged_at: u64,
 }
+
+/// Expired admissions are purged from the store's state and the kernel maps this often.
+const PURGE_EVERY_S: u64 = 60;
 
 pub struct Interface {
     pub name: String,
@@ -94,6 +99,7 @@ impl Core {
             xdp_mode: settings.xdp_mode,
             keys,
             rejections: Default::default(),
+            purged_at: 0,
         };
         core.roll();
         Ok((core, recovery))
@@ -213,6 +219,28 @@ impl Core {
         log
     }
 
+    /// Drops expired admissions from the state (derived from the clock, so not logged: a
+    /// replay re-adds them and the next purge drops them again) and from the kernel maps.
+    fn purge_admissions(&mut self) -> Option<String> {
+        let now = self.clock.now();
+        if now < self.purged_at + PURGE_EVERY_S {
+            return None;
+        }
+        self.purged_at = now;
+        let before = self.state.admissions.len();
+        self.state.admissions.retain(|_, until| *until > now);
+        let mut kernel = 0;
+        for maps in self.attached() {
+            match maps.purge_admissions(now) {
+                Ok(n) => kernel += n,
+                Err(e) => return Some(format!("purging expired admissions: {e}")),
+            }
+        }
+        let stored = before - self.state.admissions.len();
+        (stored + kernel as usize > 0)
+            .then(|| format!("purged expired admissions: {stored} stored, {kernel} in the kernel maps"))
+    }
+
     /// Reloads the key ring when its file changed (`edge key rotate`), into every filter. A
     /// bad file is logged and the keys in use are kept.
     fn reload_keys(&mut self) -> Option<String> {
@@ -303,6 +331,7 @@ impl Core {
                 }
             }
         }
+        log.extend(self.purge_admissions());
         log.extend(self.reload_keys());
         log.extend(self.notice_detached());
         log.extend(self.bring_up());
