@@ -157,6 +157,42 @@ pub struct Admission {
     pub keys: Option<PathBuf>,
     /// UDP port where clients knock with a ticket, verified in the kernel; None = no knock.
     pub knock_port: Option<u16>,
+    /// The queue service's Redis Stream of admissions, if the daemon consumes one.
+    pub feed: Option<Feed>,
+}
+
+/// `admission.redis_url` and friends: the fleet feed and what an outage of it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Feed {
+    pub redis_url: String,
+    pub stream: String,
+    /// Seconds the feed may fail before the daemon reports it degraded and applies the policy.
+    pub outage_grace_s: u32,
+    pub on_outage: OnOutage,
+}
+
+/// What a queue-service outage does. There is no fail-open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOutage {
+    /// Visitors and admitted sources keep passing; unknown sources keep their budget.
+    Hold,
+    /// As `Hold`, but the global unknown budget rises to this ceiling (packets per second).
+    OpenRateLimited { ceiling_pps: u32 },
+}
+
+impl Policy {
+    /// The policy while the feed is out: under `open-rate-limited`, the global unknown budget
+    /// is the ceiling (a tenth of a second of burst), never more.
+    pub fn during_outage(&self) -> Policy {
+        let mut policy = self.clone();
+        if let Some(Feed { on_outage: OnOutage::OpenRateLimited { ceiling_pps }, .. }) =
+            &self.admission.feed
+        {
+            policy.unknown.global_pps = *ceiling_pps;
+            policy.unknown.global_burst = (*ceiling_pps / 10).max(1);
+        }
+        policy
+    }
 }
 
 /// How `edge daemon` runs: the `[daemon]` table of the config file.
@@ -270,6 +306,22 @@ impl Policy {
         if let Some(port) = self.admission.knock_port {
             admission.insert("knock_port".into(), Value::Integer(i64::from(port)));
         }
+        if let Some(feed) = &self.admission.feed {
+            admission.insert("redis_url".into(), Value::String(feed.redis_url.clone()));
+            admission.insert("stream".into(), Value::String(feed.stream.clone()));
+            admission
+                .insert("outage_grace_s".into(), Value::Integer(i64::from(feed.outage_grace_s)));
+            let (name, ceiling) = match feed.on_outage {
+                OnOutage::Hold => ("hold", None),
+                OnOutage::OpenRateLimited { ceiling_pps } => {
+                    ("open-rate-limited", Some(ceiling_pps))
+                }
+            };
+            admission.insert("on_queue_outage".into(), Value::String(name.into()));
+            if let Some(c) = ceiling {
+                admission.insert("outage_ceiling_pps".into(), Value::Integer(i64::from(c)));
+            }
+        }
         if !admission.is_empty() {
             root.insert("admission".into(), Value::Table(admission));
         }
@@ -331,6 +383,11 @@ struct RawPolicy {
 struct RawAdmission {
     keys: Option<Spanned<String>>,
     knock_port: Option<Spanned<i64>>,
+    redis_url: Option<Spanned<String>>,
+    stream: Option<Spanned<String>>,
+    outage_grace_s: Option<Spanned<i64>>,
+    on_queue_outage: Option<Spanned<String>>,
+    outage_ceiling_pps: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -491,6 +548,64 @@ impl Policy {
                     return Err(at(k.span(), "admission.keys", "empty path".into()));
                 }
                 policy.admission.keys = Some(base.join(k.get_ref()));
+            }
+            if let Some(url) = &a.redis_url {
+                if !url.get_ref().starts_with("redis://") && !url.get_ref().starts_with("unix://") {
+                    return Err(at(
+                        url.span(),
+                        "admission.redis_url",
+                        format!("`{}` is not a redis:// or unix:// URL", url.get_ref()),
+                    ));
+                }
+                if a.keys.is_none() {
+                    return Err(at(
+                        url.span(),
+                        "admission.redis_url",
+                        "admissions are verified with keys: set `admission.keys` too".into(),
+                    ));
+                }
+                let on_outage = match a.on_queue_outage.as_ref().map(|v| v.get_ref().as_str()) {
+                    None | Some("hold") => OnOutage::Hold,
+                    Some("open-rate-limited") => {
+                        let ceiling = a.outage_ceiling_pps.as_ref().ok_or_else(|| {
+                            at(a.on_queue_outage.as_ref().unwrap().span(), "admission.on_queue_outage",
+                               "open-rate-limited needs `outage_ceiling_pps` (there is no unlimited)".into())
+                        })?;
+                        OnOutage::OpenRateLimited {
+                            ceiling_pps: int(
+                                ceiling,
+                                "admission.outage_ceiling_pps",
+                                1..MAX_PPS + 1,
+                            )? as u32,
+                        }
+                    }
+                    Some(other) => {
+                        let v = a.on_queue_outage.as_ref().unwrap();
+                        return Err(at(
+                            v.span(),
+                            "admission.on_queue_outage",
+                            format!("`{other}` is not hold or open-rate-limited"),
+                        ));
+                    }
+                };
+                policy.admission.feed = Some(Feed {
+                    redis_url: url.get_ref().clone(),
+                    stream: a
+                        .stream
+                        .as_ref()
+                        .map_or("edge:admissions".into(), |s| s.get_ref().clone()),
+                    outage_grace_s: match &a.outage_grace_s {
+                        Some(v) => int(v, "admission.outage_grace_s", 1..86_401)? as u32,
+                        None => 30,
+                    },
+                    on_outage,
+                });
+            } else if let Some(v) = a.on_queue_outage.as_ref().or(a.stream.as_ref()) {
+                return Err(at(
+                    v.span(),
+                    "admission",
+                    "the outage policy and stream need `redis_url`".into(),
+                ));
             }
             if let Some(port) = &a.knock_port {
                 policy.admission.knock_port =
@@ -715,6 +830,28 @@ visitors = "visitors.csv"
         assert_eq!((e.line, e.field.as_str()), (2, "lists.visitors"));
         let e = parse("[daemon]\ninterfaces = [\"eth0\"]\nxdp_mode = \"fast\"\n").unwrap_err();
         assert_eq!(e.field, "daemon.xdp_mode");
+        let feed = "[admission]\nkeys = \"k\"\nredis_url = \"redis://127.0.0.1:6379\"\n";
+        let p = parse(&format!(
+            "{feed}on_queue_outage = \"open-rate-limited\"\noutage_ceiling_pps = 500\n"
+        ))
+        .unwrap();
+        assert_eq!(parse(&p.to_toml()).unwrap(), p);
+        let out = p.during_outage();
+        assert_eq!((out.unknown.global_pps, out.unknown.global_burst), (500, 50));
+        let hold = parse(feed).unwrap();
+        assert_eq!(
+            hold.admission.feed.as_ref().unwrap().on_outage,
+            OnOutage::Hold,
+            "hold is the default"
+        );
+        assert_eq!(hold.during_outage(), hold, "hold changes nothing");
+        let e = parse(&format!("{feed}on_queue_outage = \"open-rate-limited\"\n")).unwrap_err();
+        assert!(e.reason.contains("outage_ceiling_pps"), "{e}");
+        let e = parse(&format!("{feed}on_queue_outage = \"open\"\n")).unwrap_err();
+        assert!(e.reason.contains("not hold or open-rate-limited"), "{e}");
+        let e = parse("[admission]\nredis_url = \"redis://x\"\n").unwrap_err();
+        assert!(e.reason.contains("keys"), "{e}");
+
         let e = parse("[admission]\nknock_port = 7000\n").unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (2, "admission.knock_port"));
         let e = parse("[admission]\nkeys = \"k\"\nknock_port = 0\n").unwrap_err();

@@ -97,10 +97,12 @@ pub enum Op {
     },
     SetMode(Mode),
     /// Verified admissions: (admission key, admitted until in unix seconds), each also a
-    /// visit on `day`.
+    /// visit on `day`. `feed` is the Redis Stream id read up to, when they came from the feed:
+    /// stored in the same record, so a restart resumes exactly after what was applied.
     Admit {
         day: u32,
         entries: Vec<(Addr, u64)>,
+        feed: Option<String>,
     },
 }
 
@@ -129,6 +131,8 @@ pub struct State {
     pub mode: Option<Mode>,
     /// Admitted sources (admission keys) and until when (unix seconds).
     pub admissions: std::collections::HashMap<Addr, u64>,
+    /// The last Redis Stream id applied from the admission feed.
+    pub feed_position: Option<String>,
 }
 
 impl State {
@@ -159,7 +163,10 @@ impl State {
                 }
             }
             Op::SetMode(mode) => self.mode = Some(*mode),
-            Op::Admit { day, entries } => {
+            Op::Admit { day, entries, feed } => {
+                if feed.is_some() {
+                    self.feed_position.clone_from(feed);
+                }
                 for (key, until) in entries {
                     let held = self.admissions.entry(*key).or_insert(0);
                     *held = (*held).max(*until);
@@ -185,6 +192,7 @@ struct Meta {
     mode: Option<Mode>,
     rules: Vec<StoredRule>,
     admissions: Vec<(Addr, u64)>,
+    feed_position: Option<String>,
 }
 
 /// The metadata of a version-1 snapshot (no admissions). Built by deserialization only.
@@ -424,6 +432,7 @@ fn encode_snapshot(state: &State, last_seq: u64) -> Vec<u8> {
         mode: state.mode,
         rules: state.rules.values().cloned().collect(),
         admissions: state.admissions.iter().map(|(k, u)| (*k, *u)).collect(),
+        feed_position: state.feed_position.clone(),
     };
     put_section(&mut out, &postcard::to_stdvec(&meta).expect("encoding snapshot metadata"));
     let history = &state.history;
@@ -476,11 +485,18 @@ fn read_snapshot(path: &Path, state: &mut State) -> Result<u64, StoreError> {
     }
     let last_seq = u64::from_le_bytes(body[12..20].try_into().unwrap());
     let mut cursor = Cursor { bytes: body, at: 20 };
-    let meta: Meta =
-        postcard::from_bytes(cursor.section().ok_or_else(|| corrupt("truncated metadata"))?)
-            .map_err(|e| corrupt(&format!("metadata: {e}")))?;
+    let meta = cursor.section().ok_or_else(|| corrupt("truncated metadata"))?;
+    let meta: Meta = if version == 1 {
+        let v1: MetaV1 =
+            postcard::from_bytes(meta).map_err(|e| corrupt(&format!("metadata: {e}")))?;
+        Meta { mode: v1.mode, rules: v1.rules, admissions: Vec::new(), feed_position: None }
+    } else {
+        postcard::from_bytes(meta).map_err(|e| corrupt(&format!("metadata: {e}")))?
+    };
     state.mode = meta.mode;
     state.rules = meta.rules.into_iter().map(|r| ((r.list, r.net), r)).collect();
+    state.admissions = meta.admissions.into_iter().collect();
+    state.feed_position = meta.feed_position;
     let v4_all = cursor.section().ok_or_else(|| corrupt("truncated IPv4 union"))?;
     let v4_all =
         RoaringBitmap::read_from(v4_all).map_err(|e| corrupt(&format!("IPv4 union: {e}")))?;
@@ -562,6 +578,7 @@ mod tests {
             Op::SetMode(Mode::Enforce),
             Op::RemoveVisitors { v4: vec![2], v6: vec![] },
             visits(20_001, &[3], &[]),
+            Op::Admit { day: 20_001, entries: vec![([9; 16], 77)], feed: Some("5-0".into()) },
         ];
         let mut expected = State::default();
         {
@@ -577,10 +594,17 @@ mod tests {
                 expected.apply(op);
             }
         }
-        let (_, state, recovery) = Store::open(dir.path()).unwrap();
+        let (mut store, state, recovery) = Store::open(dir.path()).unwrap();
         assert_eq!(recovery.snapshot_seq, 3);
-        assert_eq!(recovery.replayed, 2);
+        assert_eq!(recovery.replayed, 3);
         assert_eq!(summary(&state), summary(&expected));
+        // And everything, admissions and the feed position included, through a snapshot.
+        store.compact(&state).unwrap();
+        drop(store);
+        let (_, again, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(summary(&again), summary(&expected));
+        assert_eq!(again.admissions, expected.admissions);
+        assert_eq!(again.feed_position.as_deref(), Some("5-0"));
         assert_eq!(
             state.history.last_seen(crate::visitors::VisitorKey::V4(3.into())),
             Some(Day(20_001))

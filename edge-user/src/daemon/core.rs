@@ -9,7 +9,7 @@ use std::{
 
 use aya::programs::XdpMode;
 use edge_common::maps as names;
-use edge_common::ticket::TicketBytes;
+use edge_common::{keys::Addr, ticket::TicketBytes};
 use ipnet::IpNet;
 
 use super::{clock::Clock, Fault};
@@ -43,6 +43,9 @@ pub struct Core {
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
     /// When expired admissions were last purged (unix seconds).
     purged_at: u64,
+    /// The admission feed: when it last answered (unix seconds) and whether it is past its grace.
+    feed_ok_at: u64,
+    feed_degraded: bool,
 }
 
 /// Expired admissions are purged from the store's state and the kernel maps this often.
@@ -94,12 +97,14 @@ impl Core {
             store,
             state,
             rolled_to: Day(0),
-            clock,
+            clock: clock.clone(),
             interfaces,
             xdp_mode: settings.xdp_mode,
             keys,
             rejections: Default::default(),
             purged_at: 0,
+            feed_ok_at: clock.now(),
+            feed_degraded: false,
         };
         core.roll();
         Ok((core, recovery))
@@ -144,7 +149,8 @@ impl Core {
     /// The policy the kernel runs: the config file's, with the mode and rules set through the
     /// API.
     pub fn effective_policy(&self) -> Policy {
-        let mut policy = self.policy.clone();
+        let mut policy =
+            if self.feed_degraded { self.policy.during_outage() } else { self.policy.clone() };
         policy.mode = self.mode();
         for rule in self.state.rules.values() {
             match rule.list {
@@ -237,8 +243,9 @@ impl Core {
             }
         }
         let stored = before - self.state.admissions.len();
-        (stored + kernel as usize > 0)
-            .then(|| format!("purged expired admissions: {stored} stored, {kernel} in the kernel maps"))
+        (stored + kernel as usize > 0).then(|| {
+            format!("purged expired admissions: {stored} stored, {kernel} in the kernel maps")
+        })
     }
 
     /// Reloads the key ring when its file changed (`edge key rotate`), into every filter. A
@@ -396,15 +403,11 @@ impl Core {
     /// reason; the first one refuses the batch and changes nothing.
     pub fn admit(&mut self, tickets: &[(TicketBytes, Option<IpAddr>)]) -> Result<u64, Fault> {
         self.require_ready()?;
-        let Some((ring, _)) = &self.keys else {
-            return Err(Fault::FailedPrecondition(
-                "no ticket keys: set admission.keys in the config file".into(),
-            ));
-        };
+        let ring = self.ring()?;
         let now = self.clock.now();
         let mut entries = Vec::with_capacity(tickets.len());
         for (index, (ticket, presented)) in tickets.iter().enumerate() {
-            match ticket::verify(ticket, ring, now, *presented) {
+            match ticket::verify(ticket, &ring, now, *presented) {
                 Ok(admission) => {
                     entries.push((admission_key(admission.ip), admission.not_after + 1))
                 }
@@ -414,25 +417,123 @@ impl Core {
                 }
             }
         }
+        self.apply_admissions(entries, None)
+    }
+
+    /// Admissions read from the feed up to stream id `last`: each ticket is verified, refused
+    /// ones are counted and skipped (the producer is not there to be told), and the position
+    /// is stored in the same record as the admissions it covers.
+    pub fn admit_from_feed(
+        &mut self,
+        tickets: &[(TicketBytes, Option<IpAddr>)],
+        last: String,
+    ) -> Result<u64, Fault> {
+        self.require_ready()?;
+        let ring = self.ring()?;
+        let now = self.clock.now();
+        let mut entries = Vec::with_capacity(tickets.len());
+        for (ticket, presented) in tickets {
+            match ticket::verify(ticket, &ring, now, *presented) {
+                Ok(admission) => {
+                    entries.push((admission_key(admission.ip), admission.not_after + 1))
+                }
+                Err(refused) => *self.rejections.entry(refused.reason()).or_default() += 1,
+            }
+        }
+        self.apply_admissions(entries, Some(last))
+    }
+
+    /// A malformed ticket refused before it reached the core.
+    pub fn count_malformed(&mut self) {
+        *self.rejections.entry("malformed").or_default() += 1;
+    }
+
+    fn ring(&self) -> Result<Keyring, Fault> {
+        match &self.keys {
+            Some((ring, _)) => Ok(ring.clone()),
+            None => Err(Fault::FailedPrecondition(
+                "no ticket keys: set admission.keys in the config file".into(),
+            )),
+        }
+    }
+
+    fn apply_admissions(
+        &mut self,
+        entries: Vec<(Addr, u64)>,
+        feed: Option<String>,
+    ) -> Result<u64, Fault> {
         let today = self.today();
-        self.commit(&Op::Admit { day: today.0, entries: entries.clone() })?;
+        self.commit(&Op::Admit { day: today.0, entries: entries.clone(), feed })?;
+        let visitors: Vec<_> = entries.iter().map(|(k, _)| admission_visitor(k)).collect();
+        let v4: Vec<u32> = visitors
+            .iter()
+            .filter_map(|v| match v {
+                VisitorKey::V4(a) => Some(u32::from(*a)),
+                VisitorKey::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<(u64, Day)> = visitors
+            .iter()
+            .filter_map(|v| match v {
+                VisitorKey::V6(p) => Some((u64::from_be_bytes(*p), today)),
+                VisitorKey::V4(_) => None,
+            })
+            .collect();
         for maps in self.attached() {
             for (key, until) in &entries {
                 maps.admit_key(*key, *until).map_err(Fault::from)?;
             }
-            let visitors: Vec<_> = entries.iter().map(|(k, _)| admission_visitor(k)).collect();
-            let v4 = visitors.iter().filter_map(|v| match v {
-                VisitorKey::V4(a) => Some(u32::from(*a)),
-                VisitorKey::V6(_) => None,
-            });
-            let v6 = visitors.iter().filter_map(|v| match v {
-                VisitorKey::V6(p) => Some((u64::from_be_bytes(*p), today)),
-                VisitorKey::V4(_) => None,
-            });
-            maps.insert_visitors(v4.collect::<Vec<_>>(), v6.collect::<Vec<_>>())
-                .map_err(Fault::from)?;
+            maps.insert_visitors(v4.iter().copied(), v6.iter().copied()).map_err(Fault::from)?;
         }
         Ok(entries.len() as u64)
+    }
+
+    pub fn feed_position(&self) -> Option<String> {
+        self.state.feed_position.clone()
+    }
+
+    /// The feed answered (`ok`) or failed. Past the grace, the daemon is degraded: it says so
+    /// and applies the outage policy (never fail-open); the first answer after ends it.
+    pub fn feed_report(&mut self, ok: bool) -> Option<String> {
+        let feed = self.policy.admission.feed.clone()?;
+        let now = self.clock.now();
+        if ok {
+            self.feed_ok_at = now;
+            if self.feed_degraded {
+                self.feed_degraded = false;
+                let _ = self.write_config();
+                return Some("admission feed: recovered; normal budgets".into());
+            }
+            return None;
+        }
+        if !self.feed_degraded
+            && now.saturating_sub(self.feed_ok_at) >= u64::from(feed.outage_grace_s)
+        {
+            self.feed_degraded = true;
+            let _ = self.write_config();
+            return Some(format!(
+                "admission feed: DEGRADED, {} unreachable for over {} s; outage policy {:?} \
+                 (visitors and admitted sources keep passing)",
+                feed.redis_url, feed.outage_grace_s, feed.on_outage
+            ));
+        }
+        None
+    }
+
+    /// "off", "ok", or "degraded: ...".
+    pub fn feed_state(&self) -> String {
+        match &self.policy.admission.feed {
+            None => "off".into(),
+            Some(_) if !self.feed_degraded => "ok".into(),
+            Some(feed) => format!(
+                "degraded: {} unreachable since unix {}; outage policy {:?}",
+                feed.redis_url, self.feed_ok_at, feed.on_outage
+            ),
+        }
+    }
+
+    pub fn feed_degraded(&self) -> bool {
+        self.feed_degraded
     }
 
     /// Admissions held that have not expired.

@@ -8,6 +8,7 @@
 //! leaving the filter attached.
 pub mod clock;
 pub mod core;
+pub mod feed;
 pub mod service;
 
 use std::{
@@ -123,6 +124,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             clock::CLOCK_FILE_ENV
         ));
     }
+    let feed = policy.admission.feed.clone();
     let (core, recovery) = Core::open(config_path, policy, clock.clone())?;
     log(&format!(
         "store {}: snapshot up to record {}, {} records replayed{}; {} visitors",
@@ -182,6 +184,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         servers.push(tokio::spawn(tcp_server));
     }
 
+    let feed_task = feed.map(|feed| {
+        log(&format!("admission feed: reading {} stream {}", feed.redis_url, feed.stream));
+        tokio::spawn(self::feed::run(handle.clone(), feed))
+    });
+
     // Attach or adopt, then report SERVING; afterwards, the periodic work.
     let mut serving = false;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -193,8 +200,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        let tick = handle.with(|core| Ok((core.tick(), core.ready()))).await;
-        let (lines, ready) = match tick {
+        let tick = handle.with(|core| Ok((core.tick(), core.ready(), core.feed_degraded()))).await;
+        let (lines, ready, degraded) = match tick {
             Ok(result) => result,
             Err(status) => {
                 log(&format!("periodic work postponed: {}", status.message()));
@@ -204,6 +211,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         for line in lines {
             log(&line);
         }
+        // The filter still serves when the queue feed is out; the admissions service does not.
+        let admissions =
+            if ready && !degraded { ServingStatus::Serving } else { ServingStatus::NotServing };
+        health.set_service_status("edge.v1.Admissions", admissions).await;
         if ready != serving {
             serving = ready;
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -219,6 +230,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     log("stopping: writing a snapshot; the filter stays attached");
     for server in &servers {
         server.abort();
+    }
+    if let Some(task) = feed_task {
+        task.abort();
     }
     if let Err(e) = handle.with(|core| core.compact()).await {
         log(&format!("snapshot failed (the log still holds everything): {}", e.message()));

@@ -133,6 +133,8 @@ impl Control for Handle {
                     wal_bytes: core.wal_bytes(),
                     rolled_to: core.rolled_to().to_string(),
                     admissions: core.admissions(),
+                    feed: core.feed_state(),
+                    feed_position: core.feed_position().unwrap_or_default(),
                     admission_rejections: core
                         .rejections
                         .iter()
@@ -404,7 +406,7 @@ impl Admissions for Handle {
             Ok(batch) => batch,
             Err(status) => {
                 self.with(|core| {
-                    *core.rejections.entry("malformed").or_default() += 1;
+                    core.count_malformed();
                     Ok(())
                 })
                 .await?;

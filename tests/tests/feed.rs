@@ -1,0 +1,161 @@
+//! The fleet feed end to end: a real redis-server (in the lab's server namespace) carries
+//! admissions from a "queue service" (redis-cli XADD) to a real daemon. Admitted clients' TCP
+//! gets through; with the daemon and then Redis down, admitted clients keep passing and
+//! newcomers are held; after recovery the backlog applies, exactly once, nothing lost.
+use std::{
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+
+const FIRST: &str = "192.0.2.30";
+const BACKLOG: &str = "192.0.2.31";
+const UNKNOWN: &str = "192.0.2.99";
+const PORT: &str = "6390";
+const STREAM: &str = "edge:admissions";
+
+fn probe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
+}
+
+fn connects(lab: &Lab, src: &str) -> bool {
+    lab.connects(probe(), src, 443, 700).unwrap()
+}
+
+/// A redis-server in the server namespace, persisting to `dir` (append-only file, fsync always).
+fn redis(lab: &Lab, dir: &Path) -> Child {
+    let child = lab
+        .in_server("redis-server")
+        .args(["--port", PORT, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .args(["--appendfsync", "always", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting redis-server (installed by `cargo xtask setup`)");
+    let start = Instant::now();
+    while cli(lab, &["PING"]).as_deref() != Some("PONG") {
+        assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn cli(lab: &Lab, args: &[&str]) -> Option<String> {
+    let out = lab.in_server("redis-cli").args(["-p", PORT]).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+}
+
+fn status(daemon: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&daemon.cli(&["status", "--json"]).ok("status")).unwrap()
+}
+
+fn wait(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_redis_feed_survives_outages_and_applies_exactly_once() {
+    if !privileged("the_redis_feed_survives_outages_and_applies_exactly_once") {
+        return;
+    }
+    let mut lab = Lab::new(&[FIRST, BACKLOG, UNKNOWN]).expect("lab");
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:443"]);
+    lab.spawn(serve).unwrap();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let mut server = Some(redis(&lab, redis_dir.path()));
+
+    let iface = lab.server_if.clone();
+    let policy = format!(
+        "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n[admission]\n\
+         keys = \"ticket.keys\"\nredis_url = \"redis://127.0.0.1:{PORT}\"\nstream = \"{STREAM}\"\n\
+         outage_grace_s = 2\non_queue_outage = \"hold\"\n"
+    );
+    let today = edge::Day::today_utc().to_string();
+    let mut daemon = Daemon::configure(&lab, &[&iface], &policy, &today).unwrap();
+    let keys = daemon.config_dir().join("ticket.keys");
+    daemon.cli(&["key", "generate", "--out", keys.to_str().unwrap()]).ok("key generate");
+    let ring = edge::ticket::Keyring::load(&keys).unwrap();
+    let ticket = |ip: &str| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let t = edge::ticket::issue(ring.current(), ip.parse().unwrap(), now.as_secs() + 600, 1);
+        edge::ticket::encode(&t)
+    };
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    wait("feed ok", || status(&daemon)["feed"] == "ok");
+    // An idle stream is not an outage: past the grace with nothing to read, still ok.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(status(&daemon)["feed"], "ok", "{}", daemon.log());
+
+    // The queue service admits FIRST through the stream.
+    cli(&lab, &["XADD", STREAM, "*", "ticket", &ticket(FIRST)]).expect("XADD");
+    wait("FIRST admitted", || connects(&lab, FIRST));
+    assert!(!connects(&lab, UNKNOWN));
+
+    // The daemon dies; the queue service keeps admitting (the backlog).
+    daemon.kill9().unwrap();
+    let backlog_id = cli(&lab, &["XADD", STREAM, "*", "ticket", &ticket(BACKLOG)]).expect("XADD");
+    // A malformed entry in the stream is skipped and counted, never fatal.
+    let junk_id = cli(&lab, &["XADD", STREAM, "*", "ticket", "garbage"]).expect("XADD");
+    assert!(connects(&lab, FIRST), "admitted keep passing with the daemon dead");
+    assert!(!connects(&lab, BACKLOG), "newcomers are held");
+
+    // Redis dies too, then the daemon comes back: degraded, holding.
+    stop(server.take().unwrap());
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    wait("degraded", || status(&daemon)["feed"].as_str().unwrap_or("").starts_with("degraded"));
+    assert!(connects(&lab, FIRST), "admitted keep passing while degraded");
+    assert!(!connects(&lab, BACKLOG), "newcomers still held (hold: no fail-open)");
+    assert!(!connects(&lab, UNKNOWN));
+    assert!(daemon.log().contains("DEGRADED"), "{}", daemon.log());
+
+    // Redis recovers (from its own append-only file): the backlog applies.
+    server = Some(redis(&lab, redis_dir.path()));
+    wait("BACKLOG admitted", || connects(&lab, BACKLOG));
+    wait("feed ok again", || status(&daemon)["feed"] == "ok");
+    let s = status(&daemon);
+    assert_eq!(s["feed_position"], junk_id.as_str(), "read up to the last entry");
+    assert_eq!(s["admissions"], 2, "{s}");
+    assert!(backlog_id < junk_id);
+    let malformed = s["admission_rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "malformed")
+        .map(|r| r["count"].as_u64().unwrap());
+    assert_eq!(malformed, Some(1), "{s}");
+
+    // Exactly once: a restart resumes after the stored position and applies nothing again.
+    daemon.stop().unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    wait("feed ok after restart", || status(&daemon)["feed"] == "ok");
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = status(&daemon);
+    assert_eq!(s["feed_position"], junk_id.as_str());
+    assert_eq!(
+        s["admission_rejections"].as_array().map_or(0, |a| a.len()),
+        0,
+        "nothing re-read: {s}\n{}",
+        daemon.log()
+    );
+    assert!(connects(&lab, FIRST) && connects(&lab, BACKLOG));
+    assert!(!connects(&lab, UNKNOWN));
+    daemon.stop().unwrap();
+    stop(server.take().unwrap());
+}
