@@ -167,7 +167,7 @@ fn main() -> Result<()> {
     daemon.stop()?;
     edge::detach(&iface)?;
     drop(lab);
-    Ok(())
+    admission_bench(&out)
 }
 
 fn round1(x: f64) -> f64 {
@@ -306,4 +306,166 @@ fn api_throughput(out: &Out, daemon: &Daemon, iface: &str) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// Tickets: verification in the daemon's code, admissions over gRPC and over a Redis Stream,
+/// and how long each takes to reach the kernel's admitted map. A small daemon of its own.
+fn admission_bench(out: &Out) -> Result<()> {
+    use edge::{
+        api::admissions_client::AdmissionsClient,
+        filter::admission_key,
+        ticket::{self, Key, Keyring},
+    };
+    out.say("\nadmissions (tickets):");
+    let ring = Keyring::new(vec![Key::new(1, [7; 16])]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mint = |first: u32, n: u32| -> Vec<(Ipv4Addr, String)> {
+        (first..first + n)
+            .map(|i| {
+                let ip = Ipv4Addr::from(0x0b00_0000 + i);
+                (
+                    ip,
+                    ticket::encode(&ticket::issue(
+                        ring.current(),
+                        ip.into(),
+                        now + 3600,
+                        u64::from(i),
+                    )),
+                )
+            })
+            .collect()
+    };
+
+    // Verification alone (decode + SipHash + checks), as the daemon runs it per ticket.
+    let texts = mint(0, 200_000);
+    let start = Instant::now();
+    for (ip, text) in &texts {
+        ticket::verify(&ticket::decode(text)?, &ring, now, Some((*ip).into()))?;
+    }
+    let verify_rate = texts.len() as f64 / start.elapsed().as_secs_f64();
+    out.case(
+        serde_json::json!({ "case": "ticket_verify", "tickets_per_second": verify_rate.round() }),
+        format!("ticket_verify          {verify_rate:.0} tickets/s on one core (decode, SipHash-2-4, checks)"),
+    );
+
+    let lab = Lab::new(&[])?;
+    const PORT: &str = "6391";
+    let mut redis = lab
+        .in_server("redis-server")
+        .args(["--port", PORT, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let iface = lab.server_if.clone();
+    let policy = format!(
+        "mode = \"enforce\"\n[admission]\nkeys = \"ticket.keys\"\nredis_url = \"redis://127.0.0.1:{PORT}\"\n"
+    );
+    let mut daemon = Daemon::configure(&lab, &[&iface], &policy, TODAY)?;
+    ring.create(&daemon.config_dir().join("ticket.keys"))?;
+    daemon.start()?;
+    wait_ready_fast(&daemon)?;
+    let maps = std::sync::Mutex::new(Maps::open_pinned(&Path::new(PIN_ROOT).join(&iface))?);
+    let admitted = |ip: Ipv4Addr| {
+        let key = admission_key(ip.into());
+        maps.lock().unwrap().admitted().is_ok_and(|m| m.get(&key, 0).is_ok())
+    };
+
+    // gRPC: Admit in batches of 10,000.
+    const BATCH: u32 = 10_000;
+    const BATCHES: u32 = 20;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (grpc_rate, grpc_p99_us) = runtime.block_on(async {
+        let mut client = AdmissionsClient::new(edge::client::connect(&daemon.socket).await?);
+        let mut visible = Vec::new();
+        let start = Instant::now();
+        for b in 0..BATCHES {
+            let batch = mint(1_000_000 + b * BATCH, BATCH);
+            let admissions = batch
+                .iter()
+                .map(|(_, t)| api::AdmissionTicket { ticket: t.clone(), ip: String::new() })
+                .collect();
+            client.admit(api::AdmitRequest { admissions }).await?;
+            let acked = Instant::now();
+            let last = batch.last().unwrap().0;
+            while !admitted(last) {
+                anyhow::ensure!(
+                    acked.elapsed() < Duration::from_secs(1),
+                    "{last} never reached the kernel"
+                );
+            }
+            visible.push(acked.elapsed().as_secs_f64() * 1e6);
+        }
+        let rate = f64::from(BATCH * BATCHES) / start.elapsed().as_secs_f64();
+        anyhow::Ok((rate, percentile(&mut visible, 0.99)))
+    })?;
+    out.case(
+        serde_json::json!({ "case": "admit_grpc", "admissions_per_second": grpc_rate.round(), "batch": BATCH, "ack_to_kernel_us_p99": round1(grpc_p99_us) }),
+        format!("admit_grpc             {grpc_rate:.0} admissions/s (batches of {BATCH}); ack -> kernel p99 {grpc_p99_us:.1} us"),
+    );
+
+    // Redis: 100,000 entries appended (pipelined) by a "queue service" in the namespace, then
+    // single markers, each timed from XADD to the kernel's admitted map.
+    const ENTRIES: u32 = 100_000;
+    let backlog = mint(3_000_000, ENTRIES);
+    let markers = mint(4_000_000, 50);
+    let netns = format!("/run/netns/{}", lab.server_ns);
+    let (redis_rate, redis_p99_ms) = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(f64, f64)> {
+            let ns = std::fs::File::open(&netns)?;
+            // SAFETY: valid fd; only this thread changes namespace.
+            anyhow::ensure!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) }
+                    == 0
+            );
+            let client = redis::Client::open(format!("redis://127.0.0.1:{PORT}"))?;
+            let mut con = client.get_connection()?;
+            let start = Instant::now();
+            for chunk in backlog.chunks(10_000) {
+                let mut pipe = redis::pipe();
+                for (_, t) in chunk {
+                    pipe.cmd("XADD").arg("edge:admissions").arg("*").arg("ticket").arg(t).ignore();
+                }
+                pipe.query::<()>(&mut con)?;
+            }
+            let last = backlog.last().unwrap().0;
+            while !admitted(last) {
+                anyhow::ensure!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the backlog never reached the kernel"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let rate = f64::from(ENTRIES) / start.elapsed().as_secs_f64();
+            let mut latency = Vec::new();
+            for (ip, t) in &markers {
+                let sent = Instant::now();
+                redis::cmd("XADD")
+                    .arg("edge:admissions")
+                    .arg("*")
+                    .arg("ticket")
+                    .arg(t)
+                    .query::<String>(&mut con)?;
+                while !admitted(*ip) {
+                    anyhow::ensure!(
+                        sent.elapsed() < Duration::from_secs(5),
+                        "{ip} never reached the kernel"
+                    );
+                    std::hint::spin_loop();
+                }
+                latency.push(sent.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok((rate, percentile(&mut latency, 0.99)))
+        })
+        .join()
+        .expect("the redis thread")
+    })?;
+    out.case(
+        serde_json::json!({ "case": "admit_redis", "admissions_per_second": redis_rate.round(), "xadd_to_kernel_ms_p99": round3(redis_p99_ms) }),
+        format!("admit_redis            {redis_rate:.0} admissions/s (100k appended, pipelined); XADD -> kernel p99 {redis_p99_ms:.2} ms"),
+    );
+    daemon.stop()?;
+    edge::detach(&iface)?;
+    let _ = redis.kill();
+    let _ = redis.wait();
+    Ok(())
 }
