@@ -159,3 +159,40 @@ fn the_redis_feed_survives_outages_and_applies_exactly_once() {
     daemon.stop().unwrap();
     stop(server.take().unwrap());
 }
+
+#[test]
+fn open_rate_limited_raises_the_unknown_budget_to_its_ceiling_and_no_further() {
+    if !privileged("open_rate_limited_raises_the_unknown_budget_to_its_ceiling_and_no_further") {
+        return;
+    }
+    let mut lab = Lab::new(&[UNKNOWN]).expect("lab");
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:443"]);
+    lab.spawn(serve).unwrap();
+    // No Redis yet: the feed fails from the start. Unknown sources normally get nothing (the
+    // global budget is 0); during the outage they get the ceiling, and a small per-source one.
+    let policy = format!(
+        "mode = \"enforce\"\n[unknown]\nrate_pps = 5\nburst = 5\nglobal_pps = 0\n[admission]\n\
+         keys = \"ticket.keys\"\nredis_url = \"redis://127.0.0.1:{PORT}\"\noutage_grace_s = 1\n\
+         on_queue_outage = \"open-rate-limited\"\noutage_ceiling_pps = 1000\n"
+    );
+    let today = edge::Day::today_utc().to_string();
+    let mut daemon = Daemon::configure(&lab, &[&lab.server_if.clone()], &policy, &today).unwrap();
+    let keys = daemon.config_dir().join("ticket.keys");
+    daemon.cli(&["key", "generate", "--out", keys.to_str().unwrap()]).ok("key generate");
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    wait("degraded", || status(&daemon)["feed"].as_str().unwrap_or("").starts_with("degraded"));
+    let shown = daemon.cli(&["config", "show"]).ok("config show");
+    assert!(shown.contains("global_pps = 1000"), "the ceiling is in force: {shown}");
+    wait("an unknown source within the ceiling", || connects(&lab, UNKNOWN));
+
+    // The feed answers again: back to the configured budget, unknown sources get nothing.
+    let redis_dir = tempfile::tempdir().unwrap();
+    let server = redis(&lab, redis_dir.path());
+    wait("feed ok", || status(&daemon)["feed"] == "ok");
+    assert!(daemon.cli(&["config", "show"]).ok("config show").contains("global_pps = 0"));
+    assert!(!connects(&lab, UNKNOWN), "no budget once the feed is back");
+    daemon.stop().unwrap();
+    stop(server);
+}
