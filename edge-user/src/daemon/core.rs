@@ -404,18 +404,10 @@ impl Core {
     pub fn admit(&mut self, tickets: &[(TicketBytes, Option<IpAddr>)]) -> Result<u64, Fault> {
         self.require_ready()?;
         let ring = self.ring()?;
-        let now = self.clock.now();
         let mut entries = Vec::with_capacity(tickets.len());
         for (index, (ticket, presented)) in tickets.iter().enumerate() {
-            match ticket::verify(ticket, &ring, now, *presented) {
-                Ok(admission) => {
-                    entries.push((admission_key(admission.ip), admission.not_after + 1))
-                }
-                Err(refused) => {
-                    *self.rejections.entry(refused.reason()).or_default() += 1;
-                    return Err(Fault::Refused { index, refused });
-                }
-            }
+            let entry = self.verify(&ring, ticket, *presented);
+            entries.push(entry.map_err(|refused| Fault::Refused { index, refused })?);
         }
         self.apply_admissions(entries, None)
     }
@@ -430,17 +422,27 @@ impl Core {
     ) -> Result<u64, Fault> {
         self.require_ready()?;
         let ring = self.ring()?;
-        let now = self.clock.now();
-        let mut entries = Vec::with_capacity(tickets.len());
-        for (ticket, presented) in tickets {
-            match ticket::verify(ticket, &ring, now, *presented) {
-                Ok(admission) => {
-                    entries.push((admission_key(admission.ip), admission.not_after + 1))
-                }
-                Err(refused) => *self.rejections.entry(refused.reason()).or_default() += 1,
+        let entries = tickets
+            .iter()
+            .filter_map(|(ticket, presented)| self.verify(&ring, ticket, *presented).ok())
+            .collect();
+        self.apply_admissions(entries, Some(last))
+    }
+
+    /// A ticket's admission entry (key, admitted until), or why not (counted).
+    fn verify(
+        &mut self,
+        ring: &Keyring,
+        ticket: &TicketBytes,
+        presented: Option<IpAddr>,
+    ) -> Result<(Addr, u64), ticket::Rejected> {
+        match ticket::verify(ticket, ring, self.clock.now(), presented) {
+            Ok(admission) => Ok((admission_key(admission.ip), admission.not_after + 1)),
+            Err(refused) => {
+                *self.rejections.entry(refused.reason()).or_default() += 1;
+                Err(refused)
             }
         }
-        self.apply_admissions(entries, Some(last))
     }
 
     /// A malformed ticket refused before it reached the core.
