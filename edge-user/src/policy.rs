@@ -205,7 +205,11 @@ pub struct DaemonSettings {
     /// Holds the bearer token TCP clients must send; required with `tcp_listen`.
     pub token_file: Option<PathBuf>,
     pub xdp_mode: XdpModeSetting,
+    /// Prometheus `/metrics` (default 127.0.0.1:9464; `metrics_listen = ""` turns it off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
+
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edge";
 pub const DEFAULT_SOCKET: &str = "/run/edge/edge.sock";
@@ -340,6 +344,10 @@ impl Policy {
                 "xdp_mode".into(),
                 Value::String(format!("{:?}", d.xdp_mode).to_lowercase()),
             );
+            daemon.insert(
+                "metrics_listen".into(),
+                Value::String(d.metrics_listen.map_or(String::new(), |a| a.to_string())),
+            );
             root.insert("daemon".into(), Value::Table(daemon));
         }
         toml::to_string(&root).expect("a TOML table always renders")
@@ -399,6 +407,7 @@ struct RawDaemon {
     tcp_listen: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
     xdp_mode: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -685,6 +694,17 @@ impl Policy {
                 })?,
                 None => XdpModeSetting::Auto,
             };
+            let metrics_listen = match &d.metrics_listen {
+                Some(v) if v.get_ref().is_empty() => None,
+                Some(v) => Some(v.get_ref().parse().map_err(|_| {
+                    at(
+                        v.span(),
+                        "daemon.metrics_listen",
+                        format!("`{}` is not ADDRESS:PORT (or \"\" for off)", v.get_ref()),
+                    )
+                })?),
+                None => Some(DEFAULT_METRICS.parse().expect("a valid default")),
+            };
             policy.daemon = Some(DaemonSettings {
                 interfaces: names,
                 state_dir: match &d.state_dir {
@@ -698,6 +718,7 @@ impl Policy {
                 tcp_listen,
                 token_file,
                 xdp_mode,
+                metrics_listen,
             });
         }
         Ok(policy)

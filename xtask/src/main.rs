@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand};
 
 /// The bpf-linker release that links with nightly's LLVM on these machines (see README).
 const BPF_LINKER_VERSION: &str = "0.10.3";
-/// Debian packages the tests and demo use: ip (netns, veth), nsenter, and a real Redis for the
-/// admission feed's tests.
-const APT_PACKAGES: [&str; 3] = ["iproute2", "util-linux", "redis-server"];
+/// Debian packages the tests and demo use: ip (netns, veth), nsenter, a real Redis for the
+/// admission feed's tests, and promtool (in `prometheus`) to check the metrics exposition.
+const APT_PACKAGES: [&str; 4] = ["iproute2", "util-linux", "redis-server", "prometheus"];
 
 #[derive(Parser)]
 struct Cli {

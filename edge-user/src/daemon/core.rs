@@ -39,8 +39,9 @@ pub struct Core {
     xdp_mode: XdpModeSetting,
     /// The ticket key ring and the modification time it was read at.
     keys: Option<(Keyring, Option<std::time::SystemTime>)>,
-    /// Tickets refused since start, by reason (`Rejected::reason`).
+    /// Tickets refused since start, by reason (`Rejected::reason`), and verified.
     pub rejections: std::collections::BTreeMap<&'static str, u64>,
+    pub verified: u64,
     /// When expired admissions were last purged (unix seconds).
     purged_at: u64,
     /// The admission feed: when it last answered (unix seconds) and whether it is past its grace.
@@ -102,6 +103,7 @@ impl Core {
             xdp_mode: settings.xdp_mode,
             keys,
             rejections: Default::default(),
+            verified: 0,
             purged_at: 0,
             feed_ok_at: clock.now(),
             feed_degraded: false,
@@ -437,7 +439,10 @@ impl Core {
         presented: Option<IpAddr>,
     ) -> Result<(Addr, u64), ticket::Rejected> {
         match ticket::verify(ticket, ring, self.clock.now(), presented) {
-            Ok(admission) => Ok((admission_key(admission.ip), admission.not_after + 1)),
+            Ok(admission) => {
+                self.verified += 1;
+                Ok((admission_key(admission.ip), admission.not_after + 1))
+            }
             Err(refused) => {
                 *self.rejections.entry(refused.reason()).or_default() += 1;
                 Err(refused)

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod core;
 pub mod feed;
+pub mod metrics;
 pub mod service;
 
 use std::{
@@ -184,6 +185,22 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         servers.push(tokio::spawn(tcp_server));
     }
 
+    let metrics_task = match settings.metrics_listen {
+        Some(addr) => {
+            // Bound here so a taken port fails start-up with a clear error, not later.
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!("listening on {addr} (daemon.metrics_listen; \"\" turns metrics off)")
+            })?;
+            log(&format!("metrics on http://{addr}/metrics"));
+            let handle = handle.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = self::metrics::serve(addr, handle).await {
+                    log(&format!("metrics: {e:#}"));
+                }
+            }))
+        }
+        None => None,
+    };
     let feed_task = feed.map(|feed| {
         log(&format!("admission feed: reading {} stream {}", feed.redis_url, feed.stream));
         tokio::spawn(self::feed::run(handle.clone(), feed))
@@ -231,7 +248,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     for server in &servers {
         server.abort();
     }
-    if let Some(task) = feed_task {
+    for task in [feed_task, metrics_task].into_iter().flatten() {
         task.abort();
     }
     if let Err(e) = handle.with(|core| core.compact()).await {

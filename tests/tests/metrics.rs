@@ -1,0 +1,103 @@
+//! Prometheus `/metrics` from a real daemon: the counters and state are there, with labels,
+//! and `promtool check metrics` accepts the exposition.
+use std::{
+    io::{Read as _, Write as _},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+
+const VISITOR: &str = "192.0.2.10";
+
+/// GET /metrics on 127.0.0.1:9464 inside the namespace.
+fn scrape(netns: &str) -> String {
+    let netns = netns.to_string();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).unwrap();
+        // SAFETY: valid fd; only this thread changes namespace.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
+            0
+        );
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics listener");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn metrics_expose_counters_and_state_and_pass_promtool() {
+    if !privileged("metrics_expose_counters_and_state_and_pass_promtool") {
+        return;
+    }
+    let mut lab = Lab::new(&[VISITOR]).expect("lab");
+    let mut serve = lab.in_server(Path::new(env!("CARGO_BIN_EXE_edge-probe")));
+    serve.args(["serve", "192.0.2.1:443"]);
+    lab.spawn(serve).unwrap();
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(
+        &lab,
+        &[&iface],
+        "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n",
+        "2026-11-22",
+    )
+    .unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    daemon.cli(&["deny", "add", "203.0.113.0/24"]).ok("deny add");
+    assert!(lab.connects(Path::new(env!("CARGO_BIN_EXE_edge-probe")), VISITOR, 443, 700).unwrap());
+
+    // Chunked transfer encoding may wrap the body; keep only exposition lines.
+    let body: String = scrape(&format!("/run/netns/{}", lab.server_ns))
+        .lines()
+        .filter(|l| l.starts_with('#') || l.starts_with("edge_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let visitor_packets = body
+        .lines()
+        .find(|l| {
+            l.starts_with("edge_packets_total{")
+                && l.contains(&format!("interface=\"{iface}\""))
+                && l.contains("reason=\"visitor\"")
+                && l.contains("action=\"pass\"")
+        })
+        .unwrap_or_else(|| panic!("no visitor counter in:\n{body}"));
+    let n: u64 = visitor_packets.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1, "{visitor_packets}");
+    for line in [
+        "edge_map_entries{map=\"visitors_v4\"} 1",
+        "edge_map_entries{map=\"deny\"} 1",
+        "edge_map_capacity{map=\"deny\"} 65536",
+        "edge_mode{mode=\"enforce\"} 1",
+        "edge_ready 1",
+        "edge_window_length_seconds 1814400",
+        "edge_admission_feed{state=\"off\"} 1",
+        "edge_tickets_refused_total{reason=\"bad_hash\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "`{line}` not in:\n{body}");
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by `cargo xtask setup` with the prometheus package)");
+    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.stop().unwrap();
+}
