@@ -99,5 +99,29 @@ fn metrics_expose_counters_and_state_and_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // `edge stats --watch 1 --json`: one array per second, with per-row rates from the second.
+    let mut watch = Command::new(edge_tests::edge_bin())
+        .args(["stats", "--watch", "1", "--json"])
+        .env("EDGE_SOCKET", &daemon.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    watch.kill().unwrap();
+    let out = watch.wait_with_output().unwrap();
+    let prints: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(prints.len() >= 2, "{prints:?}");
+    assert!(prints[0][0].get("packets_per_second").is_none(), "no rate before a second sample");
+    let visitor = prints[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "visitor")
+        .expect("a visitor row");
+    assert!(visitor["packets_per_second"].as_f64().is_some(), "{visitor}");
     daemon.stop().unwrap();
 }

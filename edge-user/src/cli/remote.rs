@@ -209,33 +209,68 @@ fn row_of(r: api::StatsRow) -> Row {
     Row { reason: r.reason, action: r.action, packets: r.packets, bytes: r.bytes }
 }
 
-/// Prints the rows once, or every `watch` seconds with packets per second since the last.
+/// Prints the rows once, or every `watch` seconds with each row's packets per second since the
+/// previous print (`--json`: one array per print, with `packets_per_second` once known).
 async fn stats_loop<F, Fut>(watch: Option<u64>, json: bool, mut fetch: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<Row>>>,
 {
-    let mut previous: Option<Vec<Row>> = None;
+    let mut previous: Option<(Vec<Row>, std::time::Instant)> = None;
     loop {
         let rows = fetch().await?;
+        let now = std::time::Instant::now();
+        let rates =
+            previous.as_ref().map(|(prev, at)| rates(&rows, prev, (now - *at).as_secs_f64()));
         if json {
-            println!("{}", serde_json::to_string(&rows)?);
+            let out: Vec<_> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut v = serde_json::to_value(r).expect("a row serializes");
+                    if let Some(rates) = &rates {
+                        v["packets_per_second"] =
+                            serde_json::json!((rates[i] * 10.0).round() / 10.0);
+                    }
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::to_string(&out)?);
         } else {
-            print!("{}", render_table(&rows));
-            if let (Some(prev), Some(secs)) = (&previous, watch) {
-                let total = |rows: &[Row]| rows.iter().map(|r| r.packets).sum::<u64>();
-                let rate = total(&rows).saturating_sub(total(prev)) as f64 / secs as f64;
-                println!("{rate:.0} packets/s over the last {secs} s");
+            let table = render_table(&rows);
+            match &rates {
+                None => print!("{table}"),
+                Some(rates) => {
+                    let mut lines = table.lines();
+                    println!("{} {:>12}", lines.next().unwrap_or_default(), "PACKETS/S");
+                    for (line, rate) in lines.zip(rates) {
+                        println!("{line} {rate:>12.1}");
+                    }
+                }
             }
         }
         let Some(secs) = watch else { return Ok(()) };
-        previous = Some(rows);
+        previous = Some((rows, now));
         std::io::stdout().flush()?;
         tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
         if !json {
             println!();
         }
     }
+}
+
+/// Packets per second of each row of `now` since `before` (rows matched by reason and action;
+/// a row new since then counts from zero).
+fn rates(now: &[Row], before: &[Row], seconds: f64) -> Vec<f64> {
+    now.iter()
+        .map(|r| {
+            let then = before
+                .iter()
+                .find(|b| b.reason == r.reason && b.action == r.action)
+                .map_or(0, |b| b.packets);
+            r.packets.saturating_sub(then) as f64 / seconds.max(1e-9)
+        })
+        .collect()
 }
 
 async fn pinned_rows(iface: Option<&str>) -> anyhow::Result<Vec<Row>> {
@@ -493,6 +528,23 @@ async fn rules_command(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn row(reason: &str, action: &str, packets: u64) -> Row {
+        Row { reason: reason.into(), action: action.into(), packets, bytes: packets * 60 }
+    }
+
+    #[test]
+    fn rates_per_reason_and_action() {
+        let before = [row("visitor", "pass", 100), row("unknown_rate", "drop", 10)];
+        let now = [
+            row("visitor", "pass", 300),
+            row("unknown_rate", "drop", 10),
+            row("unknown_rate", "would_drop", 50),
+        ];
+        assert_eq!(rates(&now, &before, 2.0), vec![100.0, 0.0, 25.0]);
+    }
+
     #[test]
     fn durations() {
         assert_eq!(super::parse_duration("90s").unwrap(), 90);
