@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use super::{clock::Clock, Fault};
 use crate::{
     filter::{admission_key, kernel_config, pin_dir, Filter, Maps},
-    history::{Expired, VisitorHistory},
+    history::{Expired, HistoryBuilder, VisitorHistory},
     policy::{Mode, Policy, XdpModeSetting},
     stats::Stats,
     store::{admission_visitor, List, Op, Recovery, State, Store, StoredRule},
@@ -388,8 +388,15 @@ impl Core {
             return Ok(counts);
         }
         self.commit(&Op::visits(&in_window))?;
-        let v4: Vec<u32> = in_window.v4.all().iter().collect();
-        let v6: Vec<(u64, Day)> = in_window
+        self.visitors_to_kernel(&in_window)?;
+        Ok(counts)
+    }
+
+    /// Puts visitors just committed into every filter's maps (IPv6 with its last-seen day).
+    fn visitors_to_kernel(&mut self, visitors: &VisitorHistory) -> Result<(), Fault> {
+        let today = self.today();
+        let v4: Vec<u32> = visitors.v4.all().iter().collect();
+        let v6: Vec<(u64, Day)> = visitors
             .v6
             .all()
             .iter()
@@ -398,7 +405,7 @@ impl Core {
         for maps in self.attached() {
             maps.insert_visitors(v4.iter().copied(), v6.iter().copied()).map_err(Fault::from)?;
         }
-        Ok(counts)
+        Ok(())
     }
 
     /// Verifies tickets and admits their sources (all or nothing). Refusals are counted by
@@ -471,27 +478,17 @@ impl Core {
     ) -> Result<u64, Fault> {
         let today = self.today();
         self.commit(&Op::Admit { day: today.0, entries: entries.clone(), feed })?;
-        let visitors: Vec<_> = entries.iter().map(|(k, _)| admission_visitor(k)).collect();
-        let v4: Vec<u32> = visitors
-            .iter()
-            .filter_map(|v| match v {
-                VisitorKey::V4(a) => Some(u32::from(*a)),
-                VisitorKey::V6(_) => None,
-            })
-            .collect();
-        let v6: Vec<(u64, Day)> = visitors
-            .iter()
-            .filter_map(|v| match v {
-                VisitorKey::V6(p) => Some((u64::from_be_bytes(*p), today)),
-                VisitorKey::V4(_) => None,
-            })
-            .collect();
         for maps in self.attached() {
             for (key, until) in &entries {
                 maps.admit_key(*key, *until).map_err(Fault::from)?;
             }
-            maps.insert_visitors(v4.iter().copied(), v6.iter().copied()).map_err(Fault::from)?;
         }
+        // Admitted sources are today's visitors (the record above stored them as such).
+        let mut visitors = HistoryBuilder::default();
+        for (key, _) in &entries {
+            visitors.push(admission_visitor(key), today);
+        }
+        self.visitors_to_kernel(&visitors.finish())?;
         Ok(entries.len() as u64)
     }
 
