@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use prost::Message as _;
 
 fn main() -> anyhow::Result<()> {
+    git_revision();
     compile_api()?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-ebpf");
     let root = root.to_str().context("non-UTF-8 path to edge-ebpf")?;
@@ -26,4 +27,25 @@ fn compile_api() -> anyhow::Result<()> {
         .type_attribute(".edge.v1", "#[derive(serde::Serialize)]")
         .compile_fds(fds)
         .context("generating the API code")
+}
+
+/// `edge --version` names the commit it was built from: EDGE_GIT_REV if set (a source tarball's
+/// packager), else `git rev-parse`, else "unknown". Rebuilt when HEAD moves.
+fn git_revision() {
+    println!("cargo:rerun-if-env-changed=EDGE_GIT_REV");
+    let git_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.git");
+    for watched in ["HEAD", "refs", "packed-refs"] {
+        if git_dir.join(watched).exists() {
+            println!("cargo:rerun-if-changed={}", git_dir.join(watched).display());
+        }
+    }
+    let rev = std::env::var("EDGE_GIT_REV").ok().or_else(|| {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    println!("cargo:rustc-env=EDGE_GIT_REV={}", rev.as_deref().unwrap_or("unknown"));
 }

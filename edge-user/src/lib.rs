@@ -6,6 +6,7 @@ pub mod client;
 pub mod daemon;
 pub mod error;
 pub mod filter;
+pub mod guard;
 pub mod history;
 pub mod import;
 pub mod policy;

@@ -57,6 +57,12 @@ impl Daemon {
 
     /// Starts the daemon (stderr goes to `daemon.log` in the directory).
     pub fn start(&mut self) -> Result<()> {
+        self.start_under(&[])
+    }
+
+    /// Starts the daemon through `wrapper` (a command that execs its arguments, such as
+    /// `setpriv ... --`), inside the server namespace.
+    pub fn start_under(&mut self, wrapper: &[String]) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -64,6 +70,7 @@ impl Daemon {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.server_ns))
             .arg("--")
+            .args(wrapper)
             .arg(edge_bin())
             .arg("daemon")
             .arg("--config")

@@ -81,9 +81,12 @@ impl Lab {
 
     /// A command run in the server namespace (network namespace only: bpffs pins stay shared,
     /// which `ip netns exec` would hide behind a fresh /sys).
+    /// The test's own SSH session (if run over SSH) is not the lab's: `edge attach` would
+    /// judge it, so it is left out; tests that want one set it.
     pub fn in_server(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.server_ns)).arg("--").arg(program);
+        cmd.env_remove("SSH_CONNECTION");
         cmd
     }
 

@@ -293,3 +293,66 @@ fn a_foreign_xdp_program_is_reported_not_replaced() {
         "no pins left behind"
     );
 }
+
+#[test]
+fn attach_will_not_cut_the_operators_ssh_session_without_force() {
+    if !privileged("attach_will_not_cut_the_operators_ssh_session_without_force") {
+        return;
+    }
+    let mut lab = Lab::new(&[ALLOWED, UNKNOWN]).expect("creating the namespace lab");
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:22"]);
+    lab.spawn(serve).unwrap();
+    wait_until("the server to listen", || lab.connects(probe(), UNKNOWN, 22, TIMEOUT_MS).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("ssh.toml");
+    std::fs::write(
+        &policy,
+        "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/22\"]\n[unknown]\nrate_pps = 0\n\
+         [lists]\nallow = [\"198.51.100.0/24\"]\n",
+    )
+    .unwrap();
+    let iface = lab.server_if.clone();
+    let pins = format!("/sys/fs/bpf/edge/{iface}");
+    let attach = |ssh: &str, extra: &[&str]| {
+        let mut cmd = lab.in_server(edge_bin());
+        cmd.args(["attach", "--iface", &iface, "--policy"]).arg(&policy).args(extra);
+        edge(cmd.env("SSH_CONNECTION", ssh))
+    };
+    let detach = || {
+        let mut cmd = lab.in_server(edge_bin());
+        edge(cmd.args(["detach", "--iface", &iface])).ok("detach");
+    };
+
+    // An unknown operator on the interface's own address: refused, nothing attached.
+    let run = attach(&format!("{UNKNOWN} 50022 192.0.2.1 22"), &[]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!("SSH session from {UNKNOWN}:50022 to 192.0.2.1:22"))
+            && run.stderr.contains("dropped (unknown_rate)")
+            && run.stderr.contains("--force"),
+        "{}",
+        run.stderr
+    );
+    assert!(!Path::new(&pins).exists(), "nothing attached");
+    assert!(lab.connects(probe(), UNKNOWN, 22, TIMEOUT_MS).unwrap(), "still connected");
+
+    // An operator on the allow list: attached without a word.
+    let run = attach(&format!("{ALLOWED} 50022 192.0.2.1 22"), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    detach();
+
+    // A session that arrives on another interface (here: lo) is not affected.
+    let run = attach(&format!("{UNKNOWN} 50022 127.0.0.1 22"), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    detach();
+
+    // --force attaches with a warning, and the warning was right.
+    let run = attach(&format!("{UNKNOWN} 50022 192.0.2.1 22"), &["--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("warning (--force)"), "{}", run.stderr);
+    assert!(!lab.connects(probe(), UNKNOWN, 22, TIMEOUT_MS).unwrap(), "cut, as warned");
+    assert!(lab.connects(probe(), ALLOWED, 22, TIMEOUT_MS).unwrap());
+    detach();
+}

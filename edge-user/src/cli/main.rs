@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use aya::programs::XdpMode;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use edge::{
     replay,
     ticket::{self, Keyring},
@@ -14,7 +14,11 @@ use edge::{
 };
 
 #[derive(Parser)]
-#[command(name = "edge", version, about = "XDP edge admission filter")]
+#[command(
+    name = "edge",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("EDGE_GIT_REV"), ")"),
+    about = "XDP edge admission filter"
+)]
 struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "EDGE_SOCKET", default_value = edge::policy::DEFAULT_SOCKET)]
@@ -30,6 +34,9 @@ enum Command {
     Daemon {
         #[arg(long, default_value = "/etc/edge/edge.toml")]
         config: PathBuf,
+        /// Log lines as text or JSON (stderr). Levels: EDGE_LOG=debug|info|warn|error.
+        #[arg(long, value_enum, default_value_t)]
+        log_format: edge::daemon::LogFormat,
     },
     /// Daemon status (from the pins if the daemon is down).
     Status {
@@ -68,6 +75,9 @@ enum Command {
         policy: PathBuf,
         #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
         xdp_mode: XdpModeArg,
+        /// Attach even if the policy would cut this SSH session (SSH_CONNECTION).
+        #[arg(long)]
+        force: bool,
     },
     /// Detach the filter from an interface and remove its pins.
     Detach {
@@ -97,6 +107,13 @@ enum Command {
     Check {
         #[arg(long)]
         policy: PathBuf,
+    },
+    /// Print the shell completion script for SHELL.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), or write edge.1 and one page per subcommand into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -195,7 +212,10 @@ fn loaded_filter(policy: &Policy, history: &VisitorHistory, today: Day) -> anyho
 fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
     use remote::Request;
     match command {
-        Command::Daemon { config } => runtime()?.block_on(edge::daemon::run(&config))?,
+        Command::Daemon { config, log_format } => {
+            edge::daemon::init_logging(log_format);
+            runtime()?.block_on(edge::daemon::run(&config))?
+        }
         Command::Status { json } => remote::run(socket, Request::Status { json })?,
         Command::Mode { mode } => remote::run(socket, Request::Mode(mode))?,
         Command::Visitors(c) => remote::run(socket, Request::Visitors(c))?,
@@ -241,8 +261,19 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
                 ok.ticket_id
             );
         }
-        Command::Attach { iface, policy: path, xdp_mode } => {
+        Command::Attach { iface, policy: path, xdp_mode, force } => {
             let (policy, history, today) = load_policy(&path)?;
+            if let Some(session) = edge::guard::SshSession::from_env() {
+                // Judged by an instance of its own, so the attached one starts with clean
+                // counters and budgets.
+                let mut judge = loaded_filter(&policy, &history, today)?;
+                if let Some(cut) = edge::guard::would_cut(&mut judge, &session, &iface)? {
+                    if !force {
+                        anyhow::bail!("not attached: {cut}");
+                    }
+                    eprintln!("edge: warning (--force): {cut}");
+                }
+            }
             let filter = loaded_filter(&policy, &history, today)?;
             let (pins, _) = filter.attach(&iface, xdp_mode.into())?;
             println!(
@@ -279,6 +310,17 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
                     println!("  {reason:<20} {n}");
                 }
             }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "edge", &mut std::io::stdout())
+        }
+        Command::Man { out: None } => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?
+        }
+        Command::Man { out: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
         }
         Command::Check { policy: path } => {
             let (policy, history, _) =

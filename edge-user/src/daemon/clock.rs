@@ -48,8 +48,8 @@ impl Clock {
             _ => {
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
-                    eprintln!(
-                        "edge daemon: {CLOCK_FILE_ENV}={} does not hold a YYYY-MM-DD date; \
+                    tracing::warn!(
+                        "{CLOCK_FILE_ENV}={} does not hold a YYYY-MM-DD date; \
                          using the system clock",
                         path.display()
                     )

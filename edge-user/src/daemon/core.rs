@@ -6,6 +6,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
 };
+use tracing::{error, info, warn};
 
 use aya::programs::XdpMode;
 use edge_common::maps as names;
@@ -185,9 +186,8 @@ impl Core {
     }
 
     /// Attaches, or adopts the pins an earlier run left, on every interface still waiting.
-    /// Returns the interfaces whose state changed, with a line for the log.
-    pub fn bring_up(&mut self) -> Vec<String> {
-        let mut log = Vec::new();
+    /// Logs the interfaces whose state changed.
+    pub fn bring_up(&mut self) {
         let policy = self.effective_policy();
         let today = self.today();
         let mode = match self.xdp_mode {
@@ -208,31 +208,27 @@ impl Core {
                 self.clock.now(),
             ) {
                 Ok((maps, adopted)) => {
-                    log.push(format!(
-                        "{}: {}",
-                        iface.name,
-                        if adopted { "adopted the pinned filter" } else { "attached" }
-                    ));
+                    let what = if adopted { "adopted the pinned filter" } else { "attached" };
+                    info!(iface = %iface.name, adopted, "{what}");
                     iface.link = Link::Attached { maps: Box::new(maps), adopted };
                 }
                 Err(e) => {
                     let why = e.to_string();
                     if *previous != why {
-                        log.push(format!("{}: waiting: {why}", iface.name));
+                        warn!(iface = %iface.name, "waiting: {why}");
                     }
                     iface.link = Link::Waiting(why);
                 }
             }
         }
-        log
     }
 
     /// Drops expired admissions from the state (derived from the clock, so not logged: a
     /// replay re-adds them and the next purge drops them again) and from the kernel maps.
-    fn purge_admissions(&mut self) -> Option<String> {
+    fn purge_admissions(&mut self) {
         let now = self.clock.now();
         if now < self.purged_at + PURGE_EVERY_S {
-            return None;
+            return;
         }
         self.purged_at = now;
         let before = self.state.admissions.len();
@@ -241,65 +237,62 @@ impl Core {
         for maps in self.attached() {
             match maps.purge_admissions(now) {
                 Ok(n) => kernel += n,
-                Err(e) => return Some(format!("purging expired admissions: {e}")),
+                Err(e) => return error!("purging expired admissions: {e}"),
             }
         }
         let stored = before - self.state.admissions.len();
-        (stored + kernel as usize > 0).then(|| {
-            format!("purged expired admissions: {stored} stored, {kernel} in the kernel maps")
-        })
+        if stored + kernel as usize > 0 {
+            info!(stored, kernel, "purged expired admissions");
+        }
     }
 
     /// Reloads the key ring when its file changed (`edge key rotate`), into every filter. A
     /// bad file is logged and the keys in use are kept.
-    fn reload_keys(&mut self) -> Option<String> {
-        let path = self.policy.admission.keys.clone()?;
-        let (_, seen) = self.keys.as_ref()?;
+    fn reload_keys(&mut self) {
+        let Some(path) = self.policy.admission.keys.clone() else { return };
+        let Some((_, seen)) = self.keys.as_mut() else { return };
         let now = modified(&path);
         if now == *seen {
-            return None;
+            return;
         }
         let ring = match Keyring::load(&path) {
             Ok(ring) => ring,
             Err(e) => {
-                self.keys.as_mut()?.1 = now;
-                return Some(format!("ticket keys not reloaded, the old ones stay: {e}"));
+                *seen = now;
+                return error!("ticket keys not reloaded, the old ones stay: {e}");
             }
         };
         for maps in self.attached() {
             if let Err(e) = maps.set_ticket_keys(Some(&ring)) {
-                return Some(format!("writing the ticket keys: {e}"));
+                return error!("writing the ticket keys: {e}");
             }
         }
-        let line = format!(
-            "ticket keys reloaded from {}: current id {}{}",
-            path.display(),
-            ring.current().id,
-            ring.keys().get(1).map_or(String::new(), |k| format!(", previous id {}", k.id))
+        info!(
+            file = %path.display(),
+            current = ring.current().id,
+            previous = ring.keys().get(1).map(|k| k.id),
+            "ticket keys reloaded"
         );
         self.keys = Some((ring, now));
-        Some(line)
     }
 
     /// An interface whose link pin vanished was detached from outside (`edge detach`, or its
     /// pins removed): it is no longer filtered, so it goes back to waiting and is re-attached
     /// from the store like after a reboot. Stop the daemon first to take the filter off.
-    fn notice_detached(&mut self) -> Vec<String> {
-        let mut log = Vec::new();
+    fn notice_detached(&mut self) {
         for iface in &mut self.interfaces {
             if matches!(iface.link, Link::Attached { .. }) {
                 let gone = pin_dir(&iface.name).map_or(true, |dir| !dir.join("link").exists());
                 if gone {
-                    log.push(format!(
-                        "{}: the filter was detached from outside the daemon; re-attaching \
-                         (stop the daemon first to take it off)",
-                        iface.name
-                    ));
+                    warn!(
+                        iface = %iface.name,
+                        "the filter was detached from outside the daemon; re-attaching \
+                         (stop the daemon first to take it off)"
+                    );
                     iface.link = Link::Waiting("detached from outside the daemon".into());
                 }
             }
         }
-        log
     }
 
     /// Moves the window to today: the days that left it are dropped, and the visitors seen
@@ -315,15 +308,14 @@ impl Core {
     }
 
     /// The periodic work: roll the window at a day boundary, expire rules, retry interfaces,
-    /// compact the log. Returns lines for the log.
-    pub fn tick(&mut self) -> Vec<String> {
-        let mut log = Vec::new();
+    /// compact the log.
+    pub fn tick(&mut self) {
         if let Some(expired) = self.roll() {
             let n = expired.len();
             if let Err(e) = self.remove_from_kernel(&expired) {
-                log.push(format!("day roll: {e}"));
+                error!("day roll: {e}");
             }
-            log.push(format!("rolled the window to {}: {n} visitors left it", self.rolled_to));
+            info!(today = %self.rolled_to, left = n, "rolled the window");
         }
         let now = self.now();
         for list in [List::Allow, List::Deny] {
@@ -335,22 +327,21 @@ impl Core {
                 .collect();
             if !nets.is_empty() {
                 match self.remove_rules(list, &nets) {
-                    Ok(n) => log.push(format!("{n} {} rules expired", list.name())),
-                    Err(e) => log.push(format!("expiring {} rules: {e}", list.name())),
+                    Ok(n) => info!(list = list.name(), expired = n, "rules expired"),
+                    Err(e) => error!("expiring {} rules: {e}", list.name()),
                 }
             }
         }
-        log.extend(self.purge_admissions());
-        log.extend(self.reload_keys());
-        log.extend(self.notice_detached());
-        log.extend(self.bring_up());
+        self.purge_admissions();
+        self.reload_keys();
+        self.notice_detached();
+        self.bring_up();
         if self.store.wal_bytes() > COMPACT_AT_BYTES {
             match self.compact() {
-                Ok(()) => log.push("compacted the log into a snapshot".into()),
-                Err(e) => log.push(format!("compacting: {e}")),
+                Ok(()) => info!("compacted the log into a snapshot"),
+                Err(e) => error!("compacting: {e}"),
             }
         }
-        log
     }
 
     pub fn compact(&mut self) -> Result<(), Fault> {
@@ -498,30 +489,31 @@ impl Core {
 
     /// The feed answered (`ok`) or failed. Past the grace, the daemon is degraded: it says so
     /// and applies the outage policy (never fail-open); the first answer after ends it.
-    pub fn feed_report(&mut self, ok: bool) -> Option<String> {
-        let feed = self.policy.admission.feed.clone()?;
+    pub fn feed_report(&mut self, ok: bool) {
+        let Some(feed) = self.policy.admission.feed.clone() else { return };
         let now = self.clock.now();
         if ok {
             self.feed_ok_at = now;
             if self.feed_degraded {
                 self.feed_degraded = false;
                 let _ = self.write_config();
-                return Some("admission feed: recovered; normal budgets".into());
+                info!("admission feed: recovered; normal budgets");
             }
-            return None;
+            return;
         }
         if !self.feed_degraded
             && now.saturating_sub(self.feed_ok_at) >= u64::from(feed.outage_grace_s)
         {
             self.feed_degraded = true;
             let _ = self.write_config();
-            return Some(format!(
-                "admission feed: DEGRADED, {} unreachable for over {} s; outage policy {:?} \
-                 (visitors and admitted sources keep passing)",
-                feed.redis_url, feed.outage_grace_s, feed.on_outage
-            ));
+            warn!(
+                redis = %feed.redis_url,
+                grace_s = feed.outage_grace_s,
+                on_outage = ?feed.on_outage,
+                "admission feed: DEGRADED, unreachable past the grace; outage policy applies \
+                 (visitors and admitted sources keep passing)"
+            );
         }
-        None
     }
 
     /// "off", "ok", or "degraded: ...".

@@ -10,7 +10,9 @@ use redis::{
     AsyncCommands as _,
 };
 
-use super::{log, service::Handle};
+use tracing::{error, warn};
+
+use super::service::Handle;
 use crate::{policy::Feed, ticket};
 
 /// Entries read per round trip, and how long a read waits for new ones.
@@ -23,7 +25,7 @@ pub async fn run(handle: Handle, feed: Feed) {
     let client = match redis::Client::open(feed.redis_url.as_str()) {
         Ok(client) => client,
         Err(e) => {
-            log(&format!("admission feed: {}: {e}; the feed is off", feed.redis_url));
+            error!(redis = %feed.redis_url, "admission feed: {e}; the feed is off");
             return;
         }
     };
@@ -102,7 +104,7 @@ pub async fn run(handle: Handle, feed: Feed) {
                 .await;
             if let Err(status) = applied {
                 // Not stored, so not lost: the same entries are read again.
-                log(&format!("admission feed: not applied yet ({}); retrying", status.message()));
+                warn!("admission feed: not applied yet ({}); retrying", status.message());
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -112,10 +114,13 @@ pub async fn run(handle: Handle, feed: Feed) {
 /// Tells the core how the feed is doing; logs changes (not every failed retry).
 async fn report(handle: &Handle, ok: bool, last_error: &mut String, error: &str) {
     if !ok && *last_error != error {
-        log(&format!("admission feed: {error}"));
+        warn!("admission feed: {error}");
     }
     *last_error = error.to_string();
-    if let Ok(Some(line)) = handle.with(move |core| Ok(core.feed_report(ok))).await {
-        log(&line);
-    }
+    let _ = handle
+        .with(move |core| {
+            core.feed_report(ok);
+            Ok(())
+        })
+        .await;
 }

@@ -23,6 +23,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::{service::Routes, transport::Server, Status};
 use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
 
 use self::{clock::Clock, core::Core, service::Handle};
 use crate::{
@@ -105,8 +106,33 @@ impl From<Fault> for Status {
 /// Largest request message: a full batch of visits with room to spare.
 const MAX_MESSAGE: usize = 16 << 20;
 
-pub fn log(line: &str) {
-    eprintln!("edge daemon: {line}");
+/// How the daemon writes its log (stderr; journald adds nothing but the unit's name).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, human-readable, with key=value fields.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The environment variable that filters the log: a level (`debug`) or per-module directives
+/// (`info,edge::daemon::feed=debug`), as in `RUST_LOG`. Default: `info`.
+pub const LOG_FILTER_ENV: &str = "EDGE_LOG";
+
+/// Installs the global subscriber. Kernel-side logging does not exist in the packet path: the
+/// sampled drop events are the only per-packet data, logged at `debug` under `edge::events`.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -119,26 +145,24 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     })?;
     let clock = Clock::from_env();
     if let Clock::File(path) = &clock {
-        log(&format!(
+        warn!(
             "the day comes from {} ({}), not the system clock",
             path.display(),
             clock::CLOCK_FILE_ENV
-        ));
+        );
     }
     let feed = policy.admission.feed.clone();
     let (core, recovery) = Core::open(config_path, policy, clock.clone())?;
-    log(&format!(
-        "store {}: snapshot up to record {}, {} records replayed{}; {} visitors",
-        settings.state_dir.display(),
-        recovery.snapshot_seq,
-        recovery.replayed,
-        if recovery.torn_bytes > 0 {
-            format!(", {} bytes of an unacknowledged record cut off", recovery.torn_bytes)
-        } else {
-            String::new()
-        },
-        core.history().len(),
-    ));
+    if recovery.torn_bytes > 0 {
+        warn!(bytes = recovery.torn_bytes, "cut off the torn tail of an unacknowledged record");
+    }
+    info!(
+        state_dir = %settings.state_dir.display(),
+        snapshot_seq = recovery.snapshot_seq,
+        replayed = recovery.replayed,
+        visitors = core.history().len(),
+        "store recovered"
+    );
     let handle = Handle::new(core, clock);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -156,7 +180,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .add_service(AdmissionsServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE));
 
     let uds = bind_socket(&settings.socket)?;
-    log(&format!("listening on {}", settings.socket.display()));
+    info!(socket = %settings.socket.display(), "listening");
     let unix_server = Server::builder()
         .concurrency_limit_per_connection(64)
         .add_routes(routes.clone())
@@ -167,7 +191,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr} (daemon.tcp_listen)"))?;
-        log(&format!("listening on {addr} (bearer token from {})", token_file.display()));
+        info!(%addr, token_file = %token_file.display(), "listening (bearer token)");
         let expected = format!("Bearer {token}");
         let auth = move |request: tonic::Request<()>| {
             let given = request.metadata().get("authorization").map(|v| v.as_bytes());
@@ -191,18 +215,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             std::net::TcpListener::bind(addr).with_context(|| {
                 format!("listening on {addr} (daemon.metrics_listen; \"\" turns metrics off)")
             })?;
-            log(&format!("metrics on http://{addr}/metrics"));
+            info!("metrics on http://{addr}/metrics");
             let handle = handle.clone();
             Some(tokio::spawn(async move {
                 if let Err(e) = self::metrics::serve(addr, handle).await {
-                    log(&format!("metrics: {e:#}"));
+                    error!("metrics: {e:#}");
                 }
             }))
         }
         None => None,
     };
     let feed_task = feed.map(|feed| {
-        log(&format!("admission feed: reading {} stream {}", feed.redis_url, feed.stream));
+        info!(redis = %feed.redis_url, stream = %feed.stream, "admission feed: reading");
         tokio::spawn(self::feed::run(handle.clone(), feed))
     });
 
@@ -217,17 +241,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        let tick = handle.with(|core| Ok((core.tick(), core.ready(), core.feed_degraded()))).await;
-        let (lines, ready, degraded) = match tick {
+        let tick = handle
+            .with(|core| {
+                core.tick();
+                Ok((core.ready(), core.feed_degraded()))
+            })
+            .await;
+        let (ready, degraded) = match tick {
             Ok(result) => result,
             Err(status) => {
-                log(&format!("periodic work postponed: {}", status.message()));
+                warn!("periodic work postponed: {}", status.message());
                 continue;
             }
         };
-        for line in lines {
-            log(&line);
-        }
         // The filter still serves when the queue feed is out; the admissions service does not.
         let admissions =
             if ready && !degraded { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -240,11 +266,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             {
                 health.set_service_status(name, status).await;
             }
-            log(if ready { "ready (health: SERVING)" } else { "not ready (health: NOT_SERVING)" });
+            if ready {
+                info!("ready (health: SERVING)")
+            } else {
+                warn!("not ready (health: NOT_SERVING)")
+            }
         }
     }
 
-    log("stopping: writing a snapshot; the filter stays attached");
+    info!("stopping: writing a snapshot; the filter stays attached");
     for server in &servers {
         server.abort();
     }
@@ -252,7 +282,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         task.abort();
     }
     if let Err(e) = handle.with(|core| core.compact()).await {
-        log(&format!("snapshot failed (the log still holds everything): {}", e.message()));
+        error!("snapshot failed (the log still holds everything): {}", e.message());
     }
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
