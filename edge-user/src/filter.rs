@@ -705,6 +705,17 @@ pub fn pinned_stats(iface: &str) -> Result<Stats> {
     Stats::read(&map)
 }
 
+/// Sources holding a token bucket in the filter on `iface`, from its pins. The kernel makes
+/// these (the control plane does not track them), so this walks the map's keys: call it
+/// without holding anything others wait for.
+pub fn pinned_bucket_count(iface: &str) -> Result<u64> {
+    let dir = attached_dir(iface)?;
+    let map = open_pinned_map(&dir.join(names::UNKNOWN_BUCKETS))?;
+    let map: HashMap<MapData, Addr, Bucket> =
+        HashMap::try_from(map).map_err(|e| kernel("the pinned unknown_buckets map", e))?;
+    Ok(map.keys().filter(|k| k.is_ok()).count() as u64)
+}
+
 /// The interfaces edge is attached to, from the pins.
 pub fn pinned_interfaces() -> Result<Vec<String>> {
     ensure_bpffs(Path::new(PIN_ROOT).parent().unwrap())?;

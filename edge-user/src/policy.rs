@@ -18,6 +18,9 @@ pub enum Mode {
     Off,
     Monitor,
     Enforce,
+    /// Monitor until unknown sources flood (the `[auto]` thresholds), then enforce until they
+    /// calm down. Only the daemon watches the rate; the kernel runs monitor or enforce.
+    Auto,
 }
 
 impl Mode {
@@ -26,6 +29,7 @@ impl Mode {
             "off" => Some(Self::Off),
             "monitor" => Some(Self::Monitor),
             "enforce" => Some(Self::Enforce),
+            "auto" => Some(Self::Auto),
             _ => None,
         }
     }
@@ -43,7 +47,8 @@ impl Mode {
         use edge_common::config::*;
         match self {
             Self::Off => MODE_OFF,
-            Self::Monitor => MODE_MONITOR,
+            // The daemon resolves `auto` before it writes the kernel; calm is monitor.
+            Self::Monitor | Self::Auto => MODE_MONITOR,
             Self::Enforce => MODE_ENFORCE,
         }
     }
@@ -55,6 +60,7 @@ impl fmt::Display for Mode {
             Self::Off => "off",
             Self::Monitor => "monitor",
             Self::Enforce => "enforce",
+            Self::Auto => "auto",
         })
     }
 }
@@ -126,10 +132,29 @@ impl Default for UnknownBudget {
     }
 }
 
+/// `mode = "auto"`: when the daemon switches to enforce and back. Two thresholds and two
+/// durations make the hysteresis: a flood must last `sustain_s` above `enter_pps` to switch
+/// on, and the rate must stay below `exit_pps` for `cool_down_s` to switch off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoMode {
+    /// Unknown-source packets per second (all interfaces, passed or dropped) that mean attack.
+    pub enter_pps: u32,
+    pub exit_pps: u32,
+    pub sustain_s: u32,
+    pub cool_down_s: u32,
+}
+
+impl Default for AutoMode {
+    fn default() -> Self {
+        Self { enter_pps: 10_000, exit_pps: 5_000, sustain_s: 10, cool_down_s: 300 }
+    }
+}
+
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub mode: Mode,
+    pub auto: AutoMode,
     pub protect: Vec<Protected>,
     pub unknown: UnknownBudget,
     pub window_days: u16,
@@ -242,6 +267,7 @@ impl Default for Policy {
         Self {
             // Without an explicit mode the filter only observes: turning drops on is a decision.
             mode: Mode::Monitor,
+            auto: AutoMode::default(),
             protect: DEFAULT_PROTECT.iter().map(|p| Protected::parse(p).unwrap()).collect(),
             unknown: UnknownBudget::default(),
             window_days: DEFAULT_WINDOW_DAYS,
@@ -274,6 +300,17 @@ impl Policy {
             |items: Vec<String>| Value::Array(items.into_iter().map(Value::String).collect());
         let mut root = Table::new();
         root.insert("mode".into(), Value::String(self.mode.to_string()));
+        let a = &self.auto;
+        let mut auto = Table::new();
+        for (key, value) in [
+            ("enter_pps", a.enter_pps),
+            ("exit_pps", a.exit_pps),
+            ("sustain_s", a.sustain_s),
+            ("cool_down_s", a.cool_down_s),
+        ] {
+            auto.insert(key.into(), Value::Integer(i64::from(value)));
+        }
+        root.insert("auto".into(), Value::Table(auto));
         let mut scope = Table::new();
         scope.insert(
             "protect".into(),
@@ -378,6 +415,7 @@ impl fmt::Display for PolicyError {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     mode: Option<Spanned<String>>,
+    auto: Option<RawAuto>,
     scope: Option<RawScope>,
     unknown: Option<RawUnknown>,
     window: Option<RawWindow>,
@@ -429,6 +467,15 @@ struct RawUnknown {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAuto {
+    enter_pps: Option<Spanned<i64>>,
+    exit_pps: Option<Spanned<i64>>,
+    sustain_s: Option<Spanned<i64>>,
+    cool_down_s: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawWindow {
     days: Option<Spanned<i64>>,
 }
@@ -475,7 +522,7 @@ impl Policy {
                 at(
                     mode.span(),
                     "mode",
-                    format!("`{}` is not off, monitor or enforce", mode.get_ref()),
+                    format!("`{}` is not off, monitor, enforce or auto", mode.get_ref()),
                 )
             })?;
         }
@@ -521,6 +568,33 @@ impl Policy {
             }
             if let Some(v) = &u.prefix_v6 {
                 b.prefix_v6 = int(v, "unknown.prefix_v6", 0..129)? as u8;
+            }
+        }
+        if let Some(a) = raw.auto {
+            let auto = &mut policy.auto;
+            if let Some(v) = &a.enter_pps {
+                auto.enter_pps = int(v, "auto.enter_pps", 1..MAX_PPS + 1)? as u32;
+                // Leaving follows entering unless set: half of it.
+                auto.exit_pps = auto.enter_pps / 2;
+            }
+            if let Some(v) = &a.exit_pps {
+                auto.exit_pps = int(v, "auto.exit_pps", 0..MAX_PPS + 1)? as u32;
+                if auto.exit_pps > auto.enter_pps {
+                    return Err(at(
+                        v.span(),
+                        "auto.exit_pps",
+                        format!(
+                            "{} is above auto.enter_pps ({}): leave below where you enter",
+                            auto.exit_pps, auto.enter_pps
+                        ),
+                    ));
+                }
+            }
+            if let Some(v) = &a.sustain_s {
+                auto.sustain_s = int(v, "auto.sustain_s", 1..86_401)? as u32;
+            }
+            if let Some(v) = &a.cool_down_s {
+                auto.cool_down_s = int(v, "auto.cool_down_s", 1..86_401)? as u32;
             }
         }
         if let Some(days) = raw.window.and_then(|w| w.days) {
@@ -893,6 +967,25 @@ visitors = "visitors.csv"
         assert_eq!(parse(&p.to_toml()).unwrap(), p);
         let default = Policy::default();
         assert_eq!(parse(&default.to_toml()).unwrap(), default);
+    }
+
+    #[test]
+    fn auto_mode_thresholds() {
+        let p = parse("mode = \"auto\"\n[auto]\nenter_pps = 800\nsustain_s = 5\n").unwrap();
+        assert_eq!(p.mode, Mode::Auto);
+        // exit follows enter (half) unless set; the rest keep their defaults.
+        assert_eq!(
+            p.auto,
+            AutoMode { enter_pps: 800, exit_pps: 400, sustain_s: 5, cool_down_s: 300 }
+        );
+        assert_eq!(parse(&p.to_toml()).unwrap(), p);
+        let e = parse("[auto]\nenter_pps = 100\nexit_pps = 200\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (3, "auto.exit_pps"));
+        assert!(e.reason.contains("above auto.enter_pps"), "{e}");
+        let e = parse("[auto]\nsustain_s = 0\n").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (2, "auto.sustain_s"));
+        let e = parse("[auto]\ncooldown = 5\n").unwrap_err();
+        assert!(e.reason.contains("unknown field"), "{e}");
     }
 
     #[test]

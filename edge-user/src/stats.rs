@@ -52,6 +52,16 @@ impl Stats {
         self.slot(REASON_COUNT + reason)
     }
 
+    /// Packets from sources on no list that reached the budgets (passed within them, over
+    /// them, or non-first fragments), whatever the mode did with them: what `auto` watches.
+    pub fn unknown_packets(&self) -> u64 {
+        use edge_common::reason::{FRAGMENT, UNKNOWN_GLOBAL, UNKNOWN_PASS, UNKNOWN_RATE};
+        [FRAGMENT, UNKNOWN_GLOBAL, UNKNOWN_RATE, UNKNOWN_PASS]
+            .iter()
+            .map(|&r| self.applied(r).packets + self.would_drop(r).packets)
+            .sum()
+    }
+
     /// The counters of two filters together.
     pub fn plus(&self, other: &Stats) -> Stats {
         let slots = (0..STATS_SLOTS)

@@ -112,6 +112,35 @@ impl Lab {
         Ok(())
     }
 
+    /// GET /metrics from the daemon's default listener (127.0.0.1:9464) inside the server
+    /// namespace; only the exposition lines (chunked encoding may wrap the body).
+    pub fn scrape_metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let netns = format!("/run/netns/{}", self.server_ns);
+        let body = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&netns).unwrap();
+            // SAFETY: valid fd; only this thread changes namespace.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {netns}");
+            let mut stream =
+                std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics listener");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+        })
+        .join()
+        .unwrap();
+        body.lines()
+            .filter(|l| l.starts_with('#') || l.starts_with("edge_"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     /// Whether a TCP connection from `src` to the server's `port` completes within `timeout_ms`.
     pub fn connects(
         &self,

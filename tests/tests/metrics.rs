@@ -1,7 +1,7 @@
 //! Prometheus `/metrics` from a real daemon: the counters and state are there, with labels,
 //! and `promtool check metrics` accepts the exposition.
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     path::Path,
     process::{Command, Stdio},
 };
@@ -9,27 +9,6 @@ use std::{
 use edge_tests::{daemon::Daemon, lab::Lab, privileged};
 
 const VISITOR: &str = "192.0.2.10";
-
-/// GET /metrics on 127.0.0.1:9464 inside the namespace.
-fn scrape(netns: &str) -> String {
-    let netns = netns.to_string();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&netns).unwrap();
-        // SAFETY: valid fd; only this thread changes namespace.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
-            0
-        );
-        let mut stream = std::net::TcpStream::connect("127.0.0.1:9464").expect("metrics listener");
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
-    })
-    .join()
-    .unwrap()
-}
 
 #[test]
 fn metrics_expose_counters_and_state_and_pass_promtool() {
@@ -55,11 +34,7 @@ fn metrics_expose_counters_and_state_and_pass_promtool() {
     assert!(lab.connects(Path::new(env!("CARGO_BIN_EXE_edge-probe")), VISITOR, 443, 700).unwrap());
 
     // Chunked transfer encoding may wrap the body; keep only exposition lines.
-    let body: String = scrape(&format!("/run/netns/{}", lab.server_ns))
-        .lines()
-        .filter(|l| l.starts_with('#') || l.starts_with("edge_"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let body = lab.scrape_metrics();
     let visitor_packets = body
         .lines()
         .find(|l| {
@@ -80,8 +55,14 @@ fn metrics_expose_counters_and_state_and_pass_promtool() {
         "edge_window_length_seconds 1814400",
         "edge_admission_feed{state=\"off\"} 1",
         "edge_tickets_refused_total{reason=\"bad_hash\"} 0",
+        "edge_enforcing 1",
+        "edge_auto_switches_total{to=\"enforce\"} 0",
+        "edge_map_capacity{map=\"unknown_buckets\"} 1000000",
     ] {
         assert!(body.lines().any(|l| l == line), "`{line}` not in:\n{body}");
+    }
+    for name in ["edge_unknown_packets_per_second ", "edge_map_entries{map=\"unknown_buckets\"} "] {
+        assert!(body.lines().any(|l| l.starts_with(name)), "`{name}` not in:\n{body}");
     }
 
     let mut promtool = Command::new("promtool")

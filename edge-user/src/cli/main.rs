@@ -43,9 +43,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Set the mode: off, monitor or enforce (persisted by the daemon).
+    /// Set the mode: off, monitor, enforce, or auto (enforce while unknown sources flood;
+    /// thresholds in the config's [auto] table). Persisted by the daemon.
     Mode {
-        #[arg(value_parser = ["off", "monitor", "enforce"])]
+        #[arg(value_parser = ["off", "monitor", "enforce", "auto"])]
         mode: String,
     },
     /// The rolling visitor whitelist.
@@ -263,6 +264,13 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         }
         Command::Attach { iface, policy: path, xdp_mode, force } => {
             let (policy, history, today) = load_policy(&path)?;
+            if policy.mode == edge::Mode::Auto {
+                anyhow::bail!(
+                    "{}: mode = \"auto\" needs `edge daemon` to watch the rate; edge attach \
+                     runs off, monitor or enforce",
+                    path.display()
+                );
+            }
             if let Some(session) = edge::guard::SshSession::from_env() {
                 // Judged by an instance of its own, so the attached one starts with clean
                 // counters and budgets.

@@ -85,6 +85,12 @@ pub enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make the daemon re-read its config file (as SIGHUP does). A file with an error is
+    /// refused with file:line and field, and the running config stays.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub enum Request {
@@ -157,11 +163,26 @@ async fn call(channel: Channel, request: Request) -> anyhow::Result<()> {
             if json {
                 return print_json(&s);
             }
+            let mode = match &s.auto {
+                Some(a) => format!(
+                    "auto, {} since {} ({} pps unknown; enter >= {} for {} s, leave < {} for \
+                     {} s; switches: {} to enforce, {} to monitor)",
+                    a.phase,
+                    utc(a.since),
+                    s.unknown_pps.round(),
+                    a.enter_pps,
+                    a.sustain_s,
+                    a.exit_pps,
+                    a.cool_down_s,
+                    a.switches_to_enforce,
+                    a.switches_to_monitor
+                ),
+                None => s.mode.clone(),
+            };
             println!(
-                "edge {}: {}, mode {}",
+                "edge {}: {}, mode {mode}",
                 s.version,
                 if s.ready { "ready" } else { "NOT READY" },
-                s.mode
             );
             for i in &s.interfaces {
                 let adopted = if i.adopted { " (adopted pins)" } else { "" };
@@ -186,6 +207,18 @@ async fn call(channel: Channel, request: Request) -> anyhow::Result<()> {
             }
             println!("# {} (mode from {})", c.path, c.mode_source);
             print!("{}", c.toml);
+        }
+        Request::Config(ConfigCommand::Reload { json }) => {
+            let r = control.reload_config(api::ReloadConfigRequest {}).await?.into_inner();
+            if json {
+                return print_json(&r);
+            }
+            if r.changes.is_empty() {
+                println!("{}: reloaded; nothing changed", r.path);
+            }
+            for change in &r.changes {
+                println!("{}: {change}", r.path);
+            }
         }
         Request::Stats { iface, watch, json } => {
             let interface = iface.unwrap_or_default();

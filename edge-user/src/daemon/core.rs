@@ -13,7 +13,11 @@ use edge_common::maps as names;
 use edge_common::{keys::Addr, ticket::TicketBytes};
 use ipnet::IpNet;
 
-use super::{clock::Clock, Fault};
+use super::{
+    auto::{Phase, Watch},
+    clock::Clock,
+    Fault,
+};
 use crate::{
     filter::{admission_key, kernel_config, pin_dir, Filter, Maps},
     history::{Expired, HistoryBuilder, VisitorHistory},
@@ -48,6 +52,10 @@ pub struct Core {
     /// The admission feed: when it last answered (unix seconds) and whether it is past its grace.
     feed_ok_at: u64,
     feed_degraded: bool,
+    /// Age in seconds of the newest feed entry when it was applied.
+    feed_lag_s: f64,
+    /// The unknown-source rate, and under `mode = "auto"` the phase it has put the kernel in.
+    pub auto: Watch,
 }
 
 /// Expired admissions are purged from the store's state and the kernel maps this often.
@@ -61,6 +69,11 @@ pub struct Interface {
 pub enum Link {
     Waiting(String),
     Attached { maps: Box<Maps>, adopted: bool },
+}
+
+pub struct FeedTiming {
+    pub last_contact: u64,
+    pub lag_s: f64,
 }
 
 /// Counts of a change to the visitors.
@@ -108,8 +121,11 @@ impl Core {
             purged_at: 0,
             feed_ok_at: clock.now(),
             feed_degraded: false,
+            feed_lag_s: 0.0,
+            auto: Watch::new(Phase::Calm, clock.now()),
         };
         core.roll();
+        core.resume_auto();
         Ok((core, recovery))
     }
 
@@ -145,8 +161,67 @@ impl Core {
         self.interfaces.iter().all(|i| matches!(i.link, Link::Attached { .. }))
     }
 
+    /// The mode asked for (config or API); `auto` included.
     pub fn mode(&self) -> Mode {
         self.state.mode.unwrap_or(self.policy.mode)
+    }
+
+    /// The mode the kernel runs: `auto` resolved to its current phase.
+    pub fn kernel_mode(&self) -> Mode {
+        match (self.mode(), self.auto.phase) {
+            (Mode::Auto, Phase::Attack) => Mode::Enforce,
+            (Mode::Auto, Phase::Calm) => Mode::Monitor,
+            (mode, _) => mode,
+        }
+    }
+
+    /// Under `auto`, a daemon restarted during an attack keeps enforcing: if a pinned filter
+    /// was enforcing, the phase starts as attack (a restart never opens the gates).
+    fn resume_auto(&mut self) {
+        if self.mode() != Mode::Auto {
+            return;
+        }
+        let enforcing = self
+            .interfaces
+            .iter()
+            .any(|i| crate::filter::pinned_mode(&i.name).is_ok_and(|m| m == Mode::Enforce));
+        if enforcing {
+            self.auto.phase = Phase::Attack;
+            warn!("auto: the filter was enforcing when the daemon stopped; resuming in enforce");
+        }
+    }
+
+    /// Measures the unknown-source rate; under `auto`, switches the kernel's mode when the
+    /// hysteresis says so.
+    fn watch_unknown(&mut self) {
+        let Ok(stats) = self.stats("") else { return };
+        let auto = (self.mode() == Mode::Auto).then_some(self.policy.auto);
+        let switched = self.auto.observe(
+            auto.as_ref(),
+            stats.unknown_packets(),
+            std::time::Instant::now(),
+            self.clock.now(),
+        );
+        if let (Some(phase), Some(cfg)) = (switched, auto) {
+            let pps = self.auto.unknown_pps.round();
+            match phase {
+                Phase::Attack => warn!(
+                    unknown_pps = pps,
+                    enter_pps = cfg.enter_pps,
+                    sustain_s = cfg.sustain_s,
+                    "auto: unknown sources flood; switching to enforce"
+                ),
+                Phase::Calm => info!(
+                    unknown_pps = pps,
+                    exit_pps = cfg.exit_pps,
+                    cool_down_s = cfg.cool_down_s,
+                    "auto: calm again; switching back to monitor"
+                ),
+            }
+            if let Err(e) = self.write_config() {
+                error!("auto: writing the mode to the kernel: {e}");
+            }
+        }
     }
 
     /// The policy the kernel runs: the config file's, with the mode and rules set through the
@@ -154,7 +229,7 @@ impl Core {
     pub fn effective_policy(&self) -> Policy {
         let mut policy =
             if self.feed_degraded { self.policy.during_outage() } else { self.policy.clone() };
-        policy.mode = self.mode();
+        policy.mode = self.kernel_mode();
         for rule in self.state.rules.values() {
             match rule.list {
                 List::Allow => policy.allow.push(rule.net),
@@ -332,6 +407,7 @@ impl Core {
                 }
             }
         }
+        self.watch_unknown();
         self.purge_admissions();
         self.reload_keys();
         self.notice_detached();
@@ -426,6 +502,13 @@ impl Core {
             .iter()
             .filter_map(|(ticket, presented)| self.verify(&ring, ticket, *presented).ok())
             .collect();
+        // Stream ids start with the milliseconds of the entry's append.
+        if let Some(ms) = last.split('-').next().and_then(|ms| ms.parse::<u64>().ok()) {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.feed_lag_s = now_ms.saturating_sub(ms) as f64 / 1000.0;
+        }
         self.apply_admissions(entries, Some(last))
     }
 
@@ -516,6 +599,15 @@ impl Core {
         }
     }
 
+    /// When the feed last answered, and how late its newest entry was applied.
+    pub fn feed_timing(&self) -> Option<FeedTiming> {
+        self.policy
+            .admission
+            .feed
+            .as_ref()
+            .map(|_| FeedTiming { last_contact: self.feed_ok_at, lag_s: self.feed_lag_s })
+    }
+
     /// "off", "ok", or "degraded: ...".
     pub fn feed_state(&self) -> String {
         match &self.policy.admission.feed {
@@ -566,12 +658,86 @@ impl Core {
         Ok(())
     }
 
+    /// Re-reads the config file and puts it in force: validated first (the file, what a
+    /// reload may change, the keys, the lists' capacity), then applied to every attached
+    /// filter. Any failure before the kernel leaves the running config as it was. Returns
+    /// what changed, one line per section.
+    pub fn reload(&mut self) -> Result<Vec<String>, Fault> {
+        let refused = |why: String| {
+            Fault::FailedPrecondition(format!("config not reloaded, the running one stays: {why}"))
+        };
+        let new = Policy::load(&self.config_path).map_err(|e| refused(e.to_string()))?;
+        let old = &self.policy;
+        if let Some(field) = restart_only_change(old, &new) {
+            return Err(refused(format!(
+                "{}: {field} changed, and only a restart of the daemon applies it",
+                self.config_path.display()
+            )));
+        }
+        let keys = match &new.admission.keys {
+            Some(path) if old.admission.keys.as_ref() != Some(path) => {
+                Some((Keyring::load(path).map_err(|e| refused(e.to_string()))?, modified(path)))
+            }
+            Some(_) => self.keys.clone(),
+            None => None,
+        };
+        let mut changes = describe_changes(old, &new);
+        if new.mode != old.mode && self.state.mode.is_some() {
+            changes.push(format!(
+                "note: the mode set with `edge mode` ({}) stays in force over the file's",
+                self.mode()
+            ));
+        }
+        let (mode, was) = (self.mode(), self.kernel_mode());
+        let previous = std::mem::replace(&mut self.policy, new);
+        let previous_keys = std::mem::replace(&mut self.keys, keys);
+        let phase = self.auto.phase;
+        self.entering_auto(mode, was);
+        let policy = self.effective_policy();
+        for (list, capacity, len) in [
+            (names::ALLOW, names::ALLOW_CAPACITY, policy.allow.len()),
+            (names::DENY, names::DENY_CAPACITY, policy.deny.len()),
+        ] {
+            if len > capacity as usize {
+                self.policy = previous;
+                self.keys = previous_keys;
+                self.auto.phase = phase;
+                return Err(refused(
+                    Error::MapFull { map: list, capacity, wanted: len }.to_string(),
+                ));
+            }
+        }
+        // Past validation: the new config is in force; the kernel follows.
+        let (history, today) = (self.state.history.clone(), self.today());
+        let ring = self.keys.as_ref().map(|(ring, _)| ring.clone());
+        for maps in self.attached() {
+            maps.apply(&policy, &history, today).map_err(Fault::from)?;
+            maps.set_ticket_keys(ring.as_ref()).map_err(Fault::from)?;
+        }
+        info!(file = %self.config_path.display(), changes = changes.len(), "config reloaded");
+        for change in &changes {
+            info!("config: {change}");
+        }
+        Ok(changes)
+    }
+
     pub fn set_mode(&mut self, mode: Mode) -> Result<Mode, Fault> {
         self.require_ready()?;
-        let previous = self.mode();
+        let (previous, was) = (self.mode(), self.kernel_mode());
         self.commit(&Op::SetMode(mode))?;
+        self.entering_auto(previous, was);
         self.write_config()?;
         Ok(previous)
+    }
+
+    /// Switching to `auto` keeps what the kernel runs: from enforce it starts in the attack
+    /// phase (leaving it takes the cool-down), otherwise calm.
+    fn entering_auto(&mut self, previous: Mode, was: Mode) {
+        if self.mode() == Mode::Auto && previous != Mode::Auto {
+            self.auto.phase = if was == Mode::Enforce { Phase::Attack } else { Phase::Calm };
+            self.auto.since = self.clock.now();
+            info!(phase = self.auto.phase.name(), "auto: watching unknown sources");
+        }
     }
 
     fn write_config(&mut self) -> Result<(), Fault> {
@@ -740,6 +906,62 @@ fn attach_or_adopt(
     }
     let (_, maps) = filter.attach(iface, mode)?;
     Ok((maps, false))
+}
+
+/// The first setting that differs and that only a restart can change: the `[daemon]` table
+/// (sockets, interfaces, state) and the feed (its task is started once).
+fn restart_only_change(old: &Policy, new: &Policy) -> Option<&'static str> {
+    let (Some(a), Some(b)) = (&old.daemon, &new.daemon) else {
+        return Some("[daemon]");
+    };
+    let fields: [(&'static str, bool); 7] = [
+        ("daemon.interfaces", a.interfaces != b.interfaces),
+        ("daemon.state_dir", a.state_dir != b.state_dir),
+        ("daemon.socket", a.socket != b.socket),
+        ("daemon.tcp_listen", a.tcp_listen != b.tcp_listen),
+        ("daemon.token_file", a.token_file != b.token_file),
+        ("daemon.xdp_mode", a.xdp_mode != b.xdp_mode),
+        ("daemon.metrics_listen", a.metrics_listen != b.metrics_listen),
+    ];
+    if let Some((field, _)) = fields.iter().find(|(_, changed)| *changed) {
+        return Some(field);
+    }
+    (old.admission.feed != new.admission.feed).then_some("the admission feed (redis_url, ...)")
+}
+
+/// One line per section that a reload changes.
+fn describe_changes(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut note = |what: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{what}: {a} -> {b}"));
+        }
+    };
+    note("mode", old.mode.to_string(), new.mode.to_string());
+    note("auto", format!("{:?}", old.auto), format!("{:?}", new.auto));
+    let protect =
+        |p: &Policy| p.protect.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
+    note("scope.protect", protect(old), protect(new));
+    note("unknown", format!("{:?}", old.unknown), format!("{:?}", new.unknown));
+    note("window.days", old.window_days.to_string(), new.window_days.to_string());
+    let list = |l: &[IpNet]| format!("{} prefixes", l.len());
+    if old.allow != new.allow {
+        note("lists.allow", list(&old.allow), format!("{} (changed)", list(&new.allow)));
+    }
+    if old.deny != new.deny {
+        note("lists.deny", list(&old.deny), format!("{} (changed)", list(&new.deny)));
+    }
+    note(
+        "admission.keys",
+        format!("{:?}", old.admission.keys),
+        format!("{:?}", new.admission.keys),
+    );
+    note(
+        "admission.knock_port",
+        format!("{:?}", old.admission.knock_port),
+        format!("{:?}", new.admission.knock_port),
+    );
+    out
 }
 
 /// Distinct (visitor, day) pairs.

@@ -3,16 +3,19 @@
 //! packet/byte counters, map occupancy and capacity, the window, the mode, readiness, the
 //! admission feed, and tickets verified and refused by reason.
 use edge_common::maps as names;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use super::{
     core::{Core, Link},
     service::Handle,
 };
 
-/// The exposition of the daemon's state now.
-pub fn render(core: &mut Core) -> String {
-    match build(core) {
+/// The exposition of the daemon's state now. `buckets` holds each interface's count of
+/// token buckets, walked from the pins before the core was locked.
+pub fn render(core: &mut Core, buckets: &[(String, u64)]) -> String {
+    match build(core, buckets) {
         Ok(registry) => TextEncoder::new()
             .encode_to_string(&registry.gather())
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n")),
@@ -20,7 +23,7 @@ pub fn render(core: &mut Core) -> String {
     }
 }
 
-fn build(core: &mut Core) -> prometheus::Result<Registry> {
+fn build(core: &mut Core, buckets: &[(String, u64)]) -> prometheus::Result<Registry> {
     let registry = Registry::new_custom(Some("edge".into()), None)?;
     let counter_vec =
         |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
@@ -35,6 +38,11 @@ fn build(core: &mut Core) -> prometheus::Result<Registry> {
     };
     let gauge = |name: &str, help: &str, value: i64| -> prometheus::Result<()> {
         let g = IntGauge::new(name, help)?;
+        g.set(value);
+        registry.register(Box::new(g))
+    };
+    let float_gauge = |name: &str, help: &str, value: f64| -> prometheus::Result<()> {
+        let g = Gauge::new(name, help)?;
         g.set(value);
         registry.register(Box::new(g))
     };
@@ -74,6 +82,11 @@ fn build(core: &mut Core) -> prometheus::Result<Registry> {
         entries.with_label_values(&[map]).set(held as i64);
         capacity.with_label_values(&[map]).set(cap as i64);
     }
+    // The token buckets are the kernel's own (one map per interface): summed.
+    let held: u64 = buckets.iter().map(|(_, n)| n).sum();
+    entries.with_label_values(&[names::UNKNOWN_BUCKETS]).set(held as i64);
+    let cap = u64::from(names::UNKNOWN_BUCKETS_CAPACITY) * buckets.len().max(1) as u64;
+    capacity.with_label_values(&[names::UNKNOWN_BUCKETS]).set(cap as i64);
 
     gauge(
         "window_length_seconds",
@@ -87,11 +100,25 @@ fn build(core: &mut Core) -> prometheus::Result<Registry> {
             * 86_400,
     )?;
     gauge("ready", "1 when the filter is attached to every interface.", i64::from(core.ready()))?;
-    let mode = gauge_vec("mode", "The mode in force (1) and the others (0).", &["mode"])?;
+    let mode = gauge_vec("mode", "The mode asked for (1) and the others (0).", &["mode"])?;
     let current = core.mode().to_string();
-    for m in ["off", "monitor", "enforce"] {
+    for m in ["off", "monitor", "enforce", "auto"] {
         mode.with_label_values(&[m]).set(i64::from(current == m));
     }
+    gauge(
+        "enforcing",
+        "1 when the kernel drops: mode enforce, or auto in its attack phase.",
+        i64::from(core.kernel_mode() == crate::Mode::Enforce),
+    )?;
+    let switches =
+        counter_vec("auto_switches_total", "Mode switches made by auto since start.", &["to"])?;
+    switches.with_label_values(&["enforce"]).inc_by(core.auto.to_enforce);
+    switches.with_label_values(&["monitor"]).inc_by(core.auto.to_monitor);
+    float_gauge(
+        "unknown_packets_per_second",
+        "Packets per second from sources on no list (all interfaces), measured each second.",
+        core.auto.unknown_pps,
+    )?;
     let feed = gauge_vec(
         "admission_feed",
         "The admission feed's state (1 for the current one).",
@@ -101,6 +128,18 @@ fn build(core: &mut Core) -> prometheus::Result<Registry> {
     let state = state.split(':').next().unwrap_or("off");
     for s in ["off", "ok", "degraded"] {
         feed.with_label_values(&[s]).set(i64::from(state == s));
+    }
+    if let Some(feed) = core.feed_timing() {
+        gauge(
+            "admission_feed_last_contact_timestamp_seconds",
+            "When the admission feed last answered (unix seconds).",
+            feed.last_contact as i64,
+        )?;
+        float_gauge(
+            "admission_feed_lag_seconds",
+            "Age of the newest applied feed entry when it was applied (from its stream id).",
+            feed.lag_s,
+        )?;
     }
     let verified = IntCounter::new(
         "tickets_verified_total",
@@ -121,6 +160,30 @@ fn build(core: &mut Core) -> prometheus::Result<Registry> {
     Ok(registry)
 }
 
+/// Each attached interface's count of token buckets, walked without the core's lock (a full
+/// map is a million keys).
+async fn bucket_counts(handle: &Handle) -> Vec<(String, u64)> {
+    let names = handle
+        .with(|core| {
+            Ok(core
+                .interfaces
+                .iter()
+                .filter(|i| matches!(i.link, Link::Attached { .. }))
+                .map(|i| i.name.clone())
+                .collect::<Vec<_>>())
+        })
+        .await
+        .unwrap_or_default();
+    tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .filter_map(|name| crate::filter::pinned_bucket_count(&name).ok().map(|n| (name, n)))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// Serves `/metrics` on `addr` until the task is dropped.
 pub async fn serve(addr: std::net::SocketAddr, handle: Handle) -> anyhow::Result<()> {
     use axum::{http::header, response::IntoResponse, routing::get, Router};
@@ -129,7 +192,8 @@ pub async fn serve(addr: std::net::SocketAddr, handle: Handle) -> anyhow::Result
         get(move || {
             let handle = handle.clone();
             async move {
-                match handle.with(|core| Ok(render(core))).await {
+                let buckets = bucket_counts(&handle).await;
+                match handle.with(move |core| Ok(render(core, &buckets))).await {
                     Ok(body) => {
                         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
                             .into_response()

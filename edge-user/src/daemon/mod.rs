@@ -6,6 +6,7 @@
 //! Every second: roll the window at a UTC day boundary, expire rules, retry interfaces that
 //! are not attached yet, compact the log when it grows. SIGTERM/SIGINT: snapshot and exit,
 //! leaving the filter attached.
+pub mod auto;
 pub mod clock;
 pub mod core;
 pub mod feed;
@@ -234,12 +235,21 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut serving = false;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            _ = hangup.recv() => {
+                // The reload logs what changed; a refusal is logged here, and nothing changes.
+                if let Err(status) = handle.with(|core| core.reload()).await {
+                    error!("SIGHUP: {}", status.message());
+                }
+                continue;
+            }
         }
         let tick = handle
             .with(|core| {

@@ -82,7 +82,8 @@ fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Sta
 }
 
 fn parse_mode(field: &str, s: &str) -> Result<Mode, Status> {
-    Mode::parse(s).ok_or_else(|| invalid(field, format!("`{s}` is not off, monitor or enforce")))
+    Mode::parse(s)
+        .ok_or_else(|| invalid(field, format!("`{s}` is not off, monitor, enforce or auto")))
 }
 
 fn parse_list(field: &str, s: &str) -> Result<List, Status> {
@@ -135,6 +136,21 @@ impl Control for Handle {
                     admissions: core.admissions(),
                     feed: core.feed_state(),
                     feed_position: core.feed_position().unwrap_or_default(),
+                    auto: (core.mode() == Mode::Auto).then(|| {
+                        let (w, cfg) = (&core.auto, &core.policy.auto);
+                        api::AutoStatus {
+                            phase: w.phase.name().into(),
+                            since: w.since,
+                            switches_to_enforce: w.to_enforce,
+                            switches_to_monitor: w.to_monitor,
+                            enter_pps: cfg.enter_pps,
+                            exit_pps: cfg.exit_pps,
+                            sustain_s: cfg.sustain_s,
+                            cool_down_s: cfg.cool_down_s,
+                        }
+                    }),
+                    unknown_pps: core.auto.unknown_pps,
+                    kernel_mode: core.kernel_mode().to_string(),
                     admission_rejections: core
                         .rejections
                         .iter()
@@ -171,6 +187,22 @@ impl Control for Handle {
                     path: core.config_path.display().to_string(),
                     toml: core.effective_policy().to_toml(),
                     mode_source: if core.state().mode.is_some() { "api" } else { "config" }.into(),
+                })
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn reload_config(
+        &self,
+        _: Request<api::ReloadConfigRequest>,
+    ) -> Result<Response<api::ReloadConfigResponse>, Status> {
+        let answer = self
+            .with(|core| {
+                let changes = core.reload()?;
+                Ok(api::ReloadConfigResponse {
+                    path: core.config_path.display().to_string(),
+                    changes,
                 })
             })
             .await?;

@@ -1,7 +1,8 @@
 //! edge-probe: the lab's traffic tool. `serve` listens on TCP ports and accepts forever;
 //! `connect` makes one TCP connection from a chosen source address and exits 0 if it completes,
 //! 1 if it times out or is refused; `knock` sends one UDP datagram holding a ticket (its text
-//! form, decoded to the 48 bytes) from a chosen source. Used by the end-to-end tests and the demo.
+//! form, decoded to the 48 bytes) from a chosen source; `flood` sends UDP datagrams from a
+//! chosen source at a steady rate for a while. Used by the end-to-end tests and the demo.
 use std::{
     net::{SocketAddr, TcpListener},
     process::ExitCode,
@@ -13,7 +14,8 @@ use socket2::{Domain, Socket, Type};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N] \
-         | knock --from IP --to ADDR:PORT --ticket TEXT"
+         | knock --from IP --to ADDR:PORT --ticket TEXT \
+         | flood --from IP --to ADDR:PORT --pps N --secs S"
     );
     ExitCode::from(2)
 }
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("connect") => connect(&args[1..]),
         Some("knock") => knock(&args[1..]),
+        Some("flood") => flood(&args[1..]),
         _ => usage(),
     }
 }
@@ -106,4 +109,42 @@ fn knock(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Paced in 10 ms slices: each slice sends its share, then sleeps to the slice's end.
+fn flood(args: &[String]) -> ExitCode {
+    let (mut from, mut to, mut pps, mut secs) = (None, None, None, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--from", Some(v)) => from = v.parse::<std::net::IpAddr>().ok(),
+            ("--to", Some(v)) => to = v.parse::<SocketAddr>().ok(),
+            ("--pps", Some(v)) => pps = v.parse::<u64>().ok(),
+            ("--secs", Some(v)) => secs = v.parse::<f64>().ok(),
+            _ => return usage(),
+        }
+    }
+    let (Some(from), Some(to), Some(pps), Some(secs)) = (from, to, pps, secs) else {
+        return usage();
+    };
+    let socket = match std::net::UdpSocket::bind(SocketAddr::new(from, 0)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("edge-probe: cannot bind {from}: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let start = std::time::Instant::now();
+    let slice = Duration::from_millis(10);
+    let mut sent = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let due = (start.elapsed().as_secs_f64() * pps as f64) as u64 + pps / 100;
+        while sent < due {
+            let _ = socket.send_to(b"flood", to);
+            sent += 1;
+        }
+        std::thread::sleep(slice);
+    }
+    println!("sent {sent} datagrams in {:.1} s", start.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
 }

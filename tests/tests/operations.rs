@@ -1,0 +1,166 @@
+//! Operating the daemon: `mode = "auto"` driven by a real flood in the lab, and config reload
+//! (`edge config reload` and SIGHUP) that applies a good file and refuses a bad one.
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+
+const VISITOR: &str = "192.0.2.10";
+const UNKNOWN: &str = "192.0.2.99";
+const FLOODER: &str = "192.0.2.66";
+const TIMEOUT_MS: u32 = 700;
+
+fn probe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
+}
+
+fn lab_with_server(clients: &[&str]) -> Lab {
+    let mut lab = Lab::new(clients).expect("creating the namespace lab");
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:443"]);
+    lab.spawn(serve).unwrap();
+    lab
+}
+
+fn status(daemon: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&daemon.cli(&["status", "--json"]).ok("status")).unwrap()
+}
+
+#[test]
+fn auto_mode_enforces_during_a_flood_and_returns_to_monitor_after_it() {
+    if !privileged("auto_mode_enforces_during_a_flood_and_returns_to_monitor_after_it") {
+        return;
+    }
+    let lab = lab_with_server(&[VISITOR, UNKNOWN, FLOODER]);
+    let iface = lab.server_if.clone();
+    // Unknown sources get no budget: under enforce they are dropped, under monitor they pass.
+    let policy = "mode = \"auto\"\n[auto]\nenter_pps = 300\nexit_pps = 100\nsustain_s = 2\n\
+                  cool_down_s = 3\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
+    let mut daemon = Daemon::configure(&lab, &[&iface], policy, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+
+    let s = status(&daemon);
+    assert_eq!((s["mode"].as_str(), s["kernel_mode"].as_str()), (Some("auto"), Some("monitor")));
+    assert_eq!(s["auto"]["phase"], "monitor", "{s}");
+    assert!(lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "calm: monitor passes");
+
+    // 1,500 pps of UDP to a protected port from one unknown source, for 8 s.
+    let started = Instant::now();
+    let mut flood = lab
+        .in_client(probe())
+        .args(["flood", "--from", FLOODER, "--to", "192.0.2.1:443", "--pps", "1500"])
+        .args(["--secs", "8"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    daemon.wait_status("enforcing", |s| s["auto"]["phase"] == "enforce").unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "switched before the sustain period: {took:?}");
+    let s = status(&daemon);
+    assert_eq!(s["kernel_mode"], "enforce");
+    assert_eq!(s["auto"]["switches_to_enforce"], 1);
+    assert!(s["unknown_pps"].as_f64().unwrap() >= 300.0, "{s}");
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "attack: unknown dropped");
+    assert!(lab.connects(probe(), VISITOR, 443, TIMEOUT_MS).unwrap(), "attack: visitor passes");
+    let body = lab.scrape_metrics();
+    for line in ["edge_enforcing 1", "edge_auto_switches_total{to=\"enforce\"} 1"] {
+        assert!(body.lines().any(|l| l == line), "`{line}` not in:\n{body}");
+    }
+
+    // Still enforcing while the flood lasts; back to monitor a cool-down after it ends.
+    assert_eq!(status(&daemon)["auto"]["phase"], "enforce");
+    flood.wait().unwrap();
+    let ended = Instant::now();
+    daemon.wait_status("calm again", |s| s["auto"]["phase"] == "monitor").unwrap();
+    assert!(ended.elapsed() >= Duration::from_secs(2), "left before the cool-down");
+    let s = status(&daemon);
+    assert_eq!(
+        (s["auto"]["switches_to_enforce"].as_u64(), s["auto"]["switches_to_monitor"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "calm: monitor passes");
+    let log = daemon.log();
+    assert_eq!(log.matches("switching to enforce").count(), 1, "{log}");
+    assert_eq!(log.matches("switching back to monitor").count(), 1, "{log}");
+    let body = lab.scrape_metrics();
+    assert!(body.lines().any(|l| l == "edge_auto_switches_total{to=\"monitor\"} 1"), "{body}");
+    assert!(body.lines().any(|l| l == "edge_enforcing 0"), "{body}");
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn a_bad_config_is_refused_on_reload_and_a_good_one_applies() {
+    if !privileged("a_bad_config_is_refused_on_reload_and_a_good_one_applies") {
+        return;
+    }
+    let lab = lab_with_server(&[UNKNOWN]);
+    let iface = lab.server_if.clone();
+    let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n\
+                  [lists]\nallow = []\n";
+    let mut daemon = Daemon::configure(&lab, &[&iface], policy, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap());
+    let good = std::fs::read_to_string(&daemon.config).unwrap();
+    let shown = daemon.cli(&["config", "show"]).ok("config show");
+
+    // A value out of range: refused with file:line and field; nothing changes.
+    std::fs::write(&daemon.config, good.replace("rate_pps = 0", "rate_pps = -5")).unwrap();
+    let run = daemon.cli(&["config", "reload"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let at = format!("{}:3:", daemon.config.display());
+    assert!(
+        run.stderr.contains("FAILED_PRECONDITION")
+            && run.stderr.contains("config not reloaded, the running one stays")
+            && run.stderr.contains(&at)
+            && run.stderr.contains("unknown.rate_pps"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(daemon.cli(&["config", "show"]).ok("config show"), shown);
+
+    // What only a restart can change is refused too, naming the field.
+    let moved = good.replace("edge.sock", "other.sock");
+    std::fs::write(&daemon.config, &moved).unwrap();
+    let run = daemon.cli(&["config", "reload"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("daemon.socket changed"), "{}", run.stderr);
+
+    // A good change applies: the unknown source is allowed from now on.
+    let allowed = good.replace("allow = []", &format!("allow = [\"{UNKNOWN}/32\"]"));
+    std::fs::write(&daemon.config, &allowed).unwrap();
+    let out = daemon.cli(&["config", "reload"]).ok("config reload");
+    assert!(out.contains("lists.allow: 0 prefixes -> 1 prefixes (changed)"), "{out}");
+    assert!(lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "allowed after reload");
+
+    // SIGHUP does the same: a bad file is logged and ignored, a good one applies.
+    let pid = daemon.pid().unwrap() as i32;
+    std::fs::write(&daemon.config, allowed.replace("mode = \"enforce\"", "mode = \"sometimes\""))
+        .unwrap();
+    // SAFETY: plain syscall on our child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    wait_for(|| daemon.log().contains("SIGHUP: config not reloaded"), &daemon);
+    assert_eq!(status(&daemon)["mode"], "enforce");
+    std::fs::write(&daemon.config, allowed.replace("mode = \"enforce\"", "mode = \"monitor\""))
+        .unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    daemon.wait_status("monitor after SIGHUP", |s| s["mode"] == "monitor").unwrap();
+    assert!(daemon.log().contains("config: mode: enforce -> monitor"), "{}", daemon.log());
+    daemon.stop().unwrap();
+}
+
+fn wait_for(mut ok: impl FnMut() -> bool, daemon: &Daemon) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out; the daemon's log:\n{}", daemon.log());
+}
