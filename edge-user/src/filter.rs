@@ -9,7 +9,9 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
-    programs::{links::FdLink, links::PinnedLink, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        links::FdLink, links::PinnedLink, xdp::XdpLink, TestRun, TestRunOptions, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use edge_common::{
@@ -61,6 +63,29 @@ pub const MAP_NAMES: [&str; 11] = [
     names::TICKET_KEYS,
 ];
 
+/// The maps every interface of one daemon shares: all but the per-interface counters.
+pub const SHARED_MAPS: [&str; 10] = [
+    names::CONFIG,
+    names::PROTECTED,
+    names::DENY,
+    names::ALLOW,
+    names::VISITORS_V4,
+    names::VISITORS_V6,
+    names::ADMITTED,
+    names::UNKNOWN_BUCKETS,
+    names::UNKNOWN_BUDGET,
+    names::TICKET_KEYS,
+];
+
+/// One interface's packet and byte counters (its program's own `stats` map).
+pub struct Counters(PerCpuArray<MapData, Counter>);
+
+impl Counters {
+    pub fn read(&self) -> Result<Stats> {
+        Stats::read(&self.0)
+    }
+}
+
 /// The maps of a loaded or pinned program. Held untyped so they can be pinned; typed views are
 /// made on use (cheap: a size check).
 pub struct Maps {
@@ -94,6 +119,12 @@ impl Maps {
         Ok(Self { maps, visitors_v4 })
     }
 
+    /// New, empty maps of the program's definition, not pinned.
+    pub fn create() -> Result<Self> {
+        let mut ebpf = EbpfLoader::new().load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
+        Self::from_ebpf(&mut ebpf)
+    }
+
     /// The maps pinned in `dir` by an earlier attach.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
         Self::new(|name| open_pinned_map(&dir.join(name)))
@@ -113,18 +144,54 @@ impl Maps {
         Ok(())
     }
 
-    /// Kernel memory charged for a map (`memlock` in its fdinfo), in bytes.
-    pub fn kernel_bytes(&self, name: &str) -> Result<u64> {
-        use std::os::fd::{AsFd, AsRawFd};
+    fn data(&self, name: &str) -> Result<&MapData> {
         let map = self.maps.get(name).ok_or_else(|| Error::Load(format!("no `{name}` map")))?;
-        let data: &MapData = match map {
+        match map {
             Map::Array(d)
             | Map::HashMap(d)
             | Map::LpmTrie(d)
             | Map::LruHashMap(d)
-            | Map::PerCpuArray(d) => d,
-            _ => return Err(Error::Load(format!("`{name}` has an unexpected type"))),
-        };
+            | Map::PerCpuArray(d) => Ok(d),
+            _ => Err(Error::Load(format!("`{name}` has an unexpected type"))),
+        }
+    }
+
+    /// The kernel's id of a map: two pins name the same map when their ids are equal.
+    pub fn map_id(&self, name: &str) -> Result<u32> {
+        let info = self.data(name)?.info().map_err(|e| kernel(format!("the {name} map"), e))?;
+        Ok(info.id())
+    }
+
+    /// Pins the shared maps in `dir`. A pin there that names another map (an interface that
+    /// had maps of its own) is replaced; its program keeps using the old map until it is
+    /// itself replaced.
+    fn pin_shared(&self, dir: &Path) -> Result<()> {
+        for name in SHARED_MAPS {
+            let path = dir.join(name);
+            if path.exists() {
+                let same = MapData::from_pin(&path)
+                    .ok()
+                    .and_then(|m| m.info().ok())
+                    .is_some_and(|info| Some(info.id()) == self.map_id(name).ok());
+                if same {
+                    continue;
+                }
+                std::fs::remove_file(&path).map_err(|e| Error::Kernel {
+                    what: format!("replacing {}", path.display()),
+                    source: e,
+                })?;
+            }
+            self.data(name)?
+                .pin(&path)
+                .map_err(|e| kernel(format!("pinning the {name} map"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Kernel memory charged for a map (`memlock` in its fdinfo), in bytes.
+    pub fn kernel_bytes(&self, name: &str) -> Result<u64> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let data = self.data(name)?;
         let fd = data.fd().as_fd().as_raw_fd();
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
             .map_err(|e| Error::Kernel { what: format!("reading fdinfo of {name}"), source: e })?;
@@ -603,16 +670,8 @@ impl Filter {
             self.maps.pin(&dir)?;
             let prog = program(&mut self.ebpf)?;
             prog.pin(dir.join("prog")).map_err(|e| kernel("pinning the program", e))?;
-            let link_id = prog.attach_to_if_index(if_index, mode).map_err(|e| match errno(&e) {
-                Some(libc::EBUSY) | Some(libc::EEXIST) => {
-                    Error::InterfaceBusy { iface: iface.into() }
-                }
-                Some(libc::EPERM) => Error::NoPrivilege { what: "attaching an XDP program" },
-                Some(libc::EOPNOTSUPP) => {
-                    kernel(format!("{iface} does not support this XDP mode"), e)
-                }
-                _ => kernel(format!("attaching to {iface}"), e),
-            })?;
+            let link_id =
+                prog.attach_to_if_index(if_index, mode).map_err(|e| attach_error(iface, e))?;
             let link = prog.take_link(link_id).map_err(|e| kernel("taking the XDP link", e))?;
             let link =
                 FdLink::try_from(link).map_err(|e| kernel("the XDP link is not a bpf_link", e))?;
@@ -624,6 +683,87 @@ impl Filter {
             return Err(e);
         }
         Ok((dir, self.maps))
+    }
+}
+
+/// Puts a daemon's filter on `iface`, against maps it shares with its other interfaces: the
+/// shared maps are pinned in the interface's directory, and a program loaded for it uses them
+/// and its own counters (kept from an earlier run if pinned). If a filter is attached already,
+/// the new program replaces it in the pinned link, atomically (BPF_LINK_UPDATE): there is no
+/// moment without a filter, which makes restarts and binary upgrades hitless. Otherwise it is
+/// attached and the link pinned. Returns the counters and whether a running filter was
+/// replaced. The maps must be filled before: the program never runs with empty maps.
+pub fn attach_shared(maps: &Maps, iface: &str, mode: XdpMode) -> Result<(Counters, bool)> {
+    let if_index = if_index(iface)?;
+    let dir = pin_dir(iface)?;
+    let running = dir.join("link").exists();
+    if !running && dir.exists() {
+        // Pins without a link enforce nothing: the leftovers of a failed attach.
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel {
+            what: format!("removing stale pins in {}", dir.display()),
+            source: e,
+        })?;
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Kernel { what: format!("creating {}", dir.display()), source: e })?;
+    let attached = (|| {
+        maps.pin_shared(&dir)?;
+        let mut loader = EbpfLoader::new();
+        for name in SHARED_MAPS.iter().chain([&names::STATS]) {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
+        let prog = program(&mut ebpf)?;
+        prog.load().map_err(|e| load_error(&e))?;
+        if running {
+            let link = PinnedLink::from_pin(dir.join("link"))
+                .map_err(|e| kernel("opening the pinned link", e))?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .map_err(|e| kernel("the pinned link is not an XDP link", e))?;
+            let id = prog.attach_to_link(link).map_err(|e| kernel("replacing the program", e))?;
+            // Ours to drop: the link lives on through its pin.
+            prog.take_link(id).map_err(|e| kernel("taking the XDP link", e))?;
+        } else {
+            let id = prog.attach_to_if_index(if_index, mode).map_err(|e| attach_error(iface, e))?;
+            let link = prog.take_link(id).map_err(|e| kernel("taking the XDP link", e))?;
+            let link =
+                FdLink::try_from(link).map_err(|e| kernel("the XDP link is not a bpf_link", e))?;
+            link.pin(dir.join("link")).map_err(|e| kernel("pinning the XDP link", e))?;
+        }
+        let _ = std::fs::remove_file(dir.join("prog"));
+        prog.pin(dir.join("prog")).map_err(|e| kernel("pinning the program", e))?;
+        let stats = ebpf
+            .take_map(names::STATS)
+            .ok_or_else(|| Error::Load("the program has no `stats` map".into()))?;
+        let stats = PerCpuArray::try_from(stats).map_err(|e| kernel("the stats map", e))?;
+        Ok(Counters(stats))
+    })();
+    match attached {
+        Ok(counters) => Ok((counters, running)),
+        Err(e) => {
+            if !running {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The ids of the link pinned for `iface` and of the program it runs.
+pub fn pinned_link_ids(iface: &str) -> Result<(u32, u32)> {
+    let dir = attached_dir(iface)?;
+    let link =
+        PinnedLink::from_pin(dir.join("link")).map_err(|e| kernel("opening the pinned link", e))?;
+    let info = FdLink::from(link).info().map_err(|e| kernel("the pinned link's info", e))?;
+    Ok((info.id(), info.program_id()))
+}
+
+fn attach_error(iface: &str, e: aya::programs::ProgramError) -> Error {
+    match errno(&e) {
+        Some(libc::EBUSY) | Some(libc::EEXIST) => Error::InterfaceBusy { iface: iface.into() },
+        Some(libc::EPERM) => Error::NoPrivilege { what: "attaching an XDP program" },
+        Some(libc::EOPNOTSUPP) => kernel(format!("{iface} does not support this XDP mode"), e),
+        _ => kernel(format!("attaching to {iface}"), e),
     }
 }
 

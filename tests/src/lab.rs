@@ -96,6 +96,23 @@ impl Lab {
         cmd
     }
 
+    /// A second link between the namespaces: the server's side gets `server_addr`, the client
+    /// reaches it through this link (its replies go back through the first). Returns the
+    /// server-side interface's name; its pins are removed with the lab.
+    pub fn add_link(&mut self, server_addr: &str) -> Result<String> {
+        let (srv_if, cli_if) = (format!("{}b", self.server_if), format!("{}b", self.client_if));
+        let (srv, cli) = (self.server_ns.clone(), self.client_ns.clone());
+        ip(&["link", "add", &srv_if, "netns", &srv, "type", "veth", "peer", "name", &cli_if])?;
+        ip(&["link", "set", &cli_if, "netns", &cli])?;
+        ip(&["-n", &srv, "addr", "add", &format!("{server_addr}/32"), "dev", &srv_if])?;
+        for (ns, dev) in [(&srv, &srv_if), (&cli, &cli_if)] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&["-n", &cli, "route", "add", &format!("{server_addr}/32"), "dev", &cli_if])?;
+        self.extra_pins.push(srv_if.clone());
+        Ok(srv_if)
+    }
+
     /// Removes edge's pins for `iface` too when the lab goes.
     pub fn clean_pins_of(&mut self, iface: &str) {
         self.extra_pins.push(iface.to_string());
@@ -149,9 +166,20 @@ impl Lab {
         port: u16,
         timeout_ms: u32,
     ) -> Result<bool> {
+        self.connects_to(probe, src, &format!("{SERVER_ADDR}:{port}"), timeout_ms)
+    }
+
+    /// Whether a TCP connection from `src` to `to` (ADDR:PORT) completes within `timeout_ms`.
+    pub fn connects_to(
+        &self,
+        probe: &std::path::Path,
+        src: &str,
+        to: &str,
+        timeout_ms: u32,
+    ) -> Result<bool> {
         let status = self
             .in_client(probe)
-            .args(["connect", "--from", src, "--to", &format!("{SERVER_ADDR}:{port}")])
+            .args(["connect", "--from", src, "--to", to])
             .args(["--timeout-ms", &timeout_ms.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

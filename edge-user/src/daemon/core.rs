@@ -19,7 +19,7 @@ use super::{
     Fault,
 };
 use crate::{
-    filter::{admission_key, kernel_config, pin_dir, Filter, Maps},
+    filter::{admission_key, kernel_config, pin_dir, Counters, Maps},
     history::{Expired, HistoryBuilder, VisitorHistory},
     policy::{Mode, Policy, XdpModeSetting},
     stats::Stats,
@@ -41,6 +41,8 @@ pub struct Core {
     clock: Clock,
     rolled_to: Day,
     pub interfaces: Vec<Interface>,
+    /// The maps all interfaces share (one set), once the first interface is attached.
+    maps: Option<Maps>,
     xdp_mode: XdpModeSetting,
     /// The ticket key ring and the modification time it was read at.
     keys: Option<(Keyring, Option<std::time::SystemTime>)>,
@@ -68,7 +70,25 @@ pub struct Interface {
 
 pub enum Link {
     Waiting(String),
-    Attached { maps: Box<Maps>, adopted: bool },
+    /// `adopted`: the program replaced one an earlier run left running (hitless restart).
+    Attached {
+        counters: Box<Counters>,
+        adopted: bool,
+    },
+}
+
+impl Interface {
+    /// Not attached, and why; logged when the reason changes.
+    fn wait(&mut self, why: &str) {
+        let previous = match &self.link {
+            Link::Waiting(previous) => previous.as_str(),
+            Link::Attached { .. } => "",
+        };
+        if previous != why {
+            warn!(iface = %self.name, "waiting: {why}");
+        }
+        self.link = Link::Waiting(why.to_string());
+    }
 }
 
 pub struct FeedTiming {
@@ -114,6 +134,7 @@ impl Core {
             rolled_to: Day(0),
             clock: clock.clone(),
             interfaces,
+            maps: None,
             xdp_mode: settings.xdp_mode,
             keys,
             rejections: Default::default(),
@@ -239,11 +260,9 @@ impl Core {
         policy
     }
 
+    /// The maps every interface shares, once made.
     fn attached(&mut self) -> impl Iterator<Item = &mut Maps> {
-        self.interfaces.iter_mut().filter_map(|i| match &mut i.link {
-            Link::Attached { maps, .. } => Some(maps.as_mut()),
-            Link::Waiting(_) => None,
-        })
+        self.maps.iter_mut()
     }
 
     /// Every change needs every interface: a change applied to some would leave them
@@ -271,29 +290,38 @@ impl Core {
             XdpModeSetting::Skb => XdpMode::Skb,
         };
         let keys = self.keys.as_ref().map(|(ring, _)| ring);
-        for iface in &mut self.interfaces {
-            let Link::Waiting(previous) = &iface.link else { continue };
-            match attach_or_adopt(
-                &iface.name,
-                mode,
-                &policy,
-                &self.state,
-                today,
-                keys,
-                self.clock.now(),
-            ) {
-                Ok((maps, adopted)) => {
-                    let what = if adopted { "adopted the pinned filter" } else { "attached" };
-                    info!(iface = %iface.name, adopted, "{what}");
-                    iface.link = Link::Attached { maps: Box::new(maps), adopted };
-                }
+        if self.ready() {
+            return;
+        }
+        if self.maps.is_none() {
+            let names = self.interfaces.iter().map(|i| i.name.as_str());
+            match shared_maps(names, &policy, &self.state, today, keys, self.clock.now()) {
+                Ok(maps) => self.maps = Some(maps),
                 Err(e) => {
                     let why = e.to_string();
-                    if *previous != why {
-                        warn!(iface = %iface.name, "waiting: {why}");
+                    for iface in &mut self.interfaces {
+                        iface.wait(&why);
                     }
-                    iface.link = Link::Waiting(why);
+                    return;
                 }
+            }
+        }
+        let maps = self.maps.as_ref().expect("made above");
+        for iface in &mut self.interfaces {
+            if !matches!(iface.link, Link::Waiting(_)) {
+                continue;
+            }
+            match crate::filter::attach_shared(maps, &iface.name, mode) {
+                Ok((counters, adopted)) => {
+                    let what = if adopted {
+                        "replaced the running program in its pinned link (no detach)"
+                    } else {
+                        "attached"
+                    };
+                    info!(iface = %iface.name, adopted, "{what}");
+                    iface.link = Link::Attached { counters: Box::new(counters), adopted };
+                }
+                Err(e) => iface.wait(&e.to_string()),
             }
         }
     }
@@ -853,8 +881,8 @@ impl Core {
             if !interface.is_empty() && iface.name != interface {
                 continue;
             }
-            if let Link::Attached { maps, .. } = &mut iface.link {
-                let stats = maps.stats().map_err(Fault::from)?;
+            if let Link::Attached { counters, .. } = &iface.link {
+                let stats = counters.read().map_err(Fault::from)?;
                 total = Some(match total {
                     Some(sum) => sum.plus(&stats),
                     None => stats,
@@ -867,45 +895,31 @@ impl Core {
     }
 }
 
-fn attach_or_adopt(
-    iface: &str,
-    mode: XdpMode,
+/// The maps every interface shares, made to match the store before any program uses them:
+/// those of the first interface an earlier run left filtering (adopted: reconciled, never
+/// cleared, so kernel-only state such as knocked admissions and budgets survives a restart),
+/// or new ones.
+fn shared_maps<'a>(
+    mut interfaces: impl Iterator<Item = &'a str>,
     policy: &Policy,
     state: &State,
     today: Day,
     keys: Option<&Keyring>,
     now: u64,
-) -> crate::Result<(Maps, bool)> {
-    let history = &state.history;
+) -> crate::Result<Maps> {
+    let running =
+        interfaces.find_map(|name| pin_dir(name).ok().filter(|dir| dir.join("link").exists()));
+    let mut maps = match running {
+        Some(dir) => Maps::open_pinned(&dir)?,
+        None => Maps::create()?,
+    };
+    maps.apply(policy, &state.history, today)?;
+    maps.set_ticket_keys(keys)?;
     // Admissions the store holds; knocks the kernel verified itself are left as they are.
-    let admissions = || state.admissions.iter().filter(move |(_, until)| **until > now);
-    let dir = pin_dir(iface)?;
-    if dir.join("link").exists() {
-        // A restart: the filter kept running; make its maps match the store, never clearing.
-        let mut maps = Maps::open_pinned(&dir)?;
-        maps.apply(policy, history, today)?;
-        maps.set_ticket_keys(keys)?;
-        for (key, until) in admissions() {
-            maps.admit_key(*key, *until)?;
-        }
-        return Ok((maps, true));
+    for (key, until) in state.admissions.iter().filter(|(_, until)| **until > now) {
+        maps.admit_key(*key, *until)?;
     }
-    if dir.exists() {
-        // Pins without a link are not enforcing anything: the leftovers of a failed attach.
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel {
-            what: format!("removing stale pins in {}", dir.display()),
-            source: e,
-        })?;
-    }
-    // Every map is filled before the program is attached: it never runs with empty maps.
-    let mut filter = Filter::load()?;
-    filter.maps.apply(policy, history, today)?;
-    filter.maps.set_ticket_keys(keys)?;
-    for (key, until) in admissions() {
-        filter.maps.admit_key(*key, *until)?;
-    }
-    let (_, maps) = filter.attach(iface, mode)?;
-    Ok((maps, false))
+    Ok(maps)
 }
 
 /// The first setting that differs and that only a restart can change: the `[daemon]` table

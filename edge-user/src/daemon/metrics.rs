@@ -58,8 +58,8 @@ fn build(core: &mut Core, buckets: &[(String, u64)]) -> prometheus::Result<Regis
         &["interface", "reason", "action"],
     )?;
     for iface in &mut core.interfaces {
-        if let Link::Attached { maps, .. } = &mut iface.link {
-            let Ok(stats) = maps.stats() else { continue };
+        if let Link::Attached { counters, .. } = &iface.link {
+            let Ok(stats) = counters.read() else { continue };
             for row in stats.rows(true) {
                 let l = [iface.name.as_str(), row.reason.as_str(), row.action.as_str()];
                 packets.with_label_values(&l).inc_by(row.packets);

@@ -2,7 +2,8 @@
 //! `connect` makes one TCP connection from a chosen source address and exits 0 if it completes,
 //! 1 if it times out or is refused; `knock` sends one UDP datagram holding a ticket (its text
 //! form, decoded to the 48 bytes) from a chosen source; `flood` sends UDP datagrams from a
-//! chosen source at a steady rate for a while. Used by the end-to-end tests and the demo.
+//! chosen source at a steady rate for a while; `count` receives UDP for a while and prints how
+//! many datagrams came from each source (JSON). Used by the end-to-end tests and the demo.
 use std::{
     net::{SocketAddr, TcpListener},
     process::ExitCode,
@@ -15,7 +16,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N] \
          | knock --from IP --to ADDR:PORT --ticket TEXT \
-         | flood --from IP --to ADDR:PORT --pps N --secs S"
+         | flood --from IP --to ADDR:PORT --pps N --secs S | count --listen ADDR:PORT --secs S"
     );
     ExitCode::from(2)
 }
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Some("connect") => connect(&args[1..]),
         Some("knock") => knock(&args[1..]),
         Some("flood") => flood(&args[1..]),
+        Some("count") => count(&args[1..]),
         _ => usage(),
     }
 }
@@ -146,5 +148,39 @@ fn flood(args: &[String]) -> ExitCode {
         std::thread::sleep(slice);
     }
     println!("sent {sent} datagrams in {:.1} s", start.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
+}
+
+fn count(args: &[String]) -> ExitCode {
+    let (mut listen, mut secs) = (None, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match (flag.as_str(), it.next()) {
+            ("--listen", Some(v)) => listen = v.parse::<SocketAddr>().ok(),
+            ("--secs", Some(v)) => secs = v.parse::<f64>().ok(),
+            _ => return usage(),
+        }
+    }
+    let (Some(listen), Some(secs)) = (listen, secs) else { return usage() };
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, None).expect("socket");
+    // Room for bursts: a datagram lost in the socket would look like one the filter lost.
+    let _ = socket.set_recv_buffer_size(16 << 20);
+    if let Err(e) = socket.bind(&listen.into()) {
+        eprintln!("edge-probe: cannot bind {listen}: {e}");
+        return ExitCode::from(3);
+    }
+    let socket: std::net::UdpSocket = socket.into();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    println!("listening");
+    let start = std::time::Instant::now();
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let mut buf = [0u8; 2048];
+    while start.elapsed().as_secs_f64() < secs {
+        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+            *counts.entry(from.ip().to_string()).or_default() += 1;
+        }
+    }
+    let body: Vec<String> = counts.iter().map(|(ip, n)| format!("\"{ip}\": {n}")).collect();
+    println!("{{{}}}", body.join(", "));
     ExitCode::SUCCESS
 }

@@ -1,0 +1,152 @@
+//! One daemon, several interfaces, one set of maps; and restarts that replace the program in
+//! its pinned link while traffic flows, losing and mis-judging nothing.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Stdio},
+};
+
+use edge::filter::{pinned_link_ids, Maps, PIN_ROOT};
+use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+
+const VISITOR: &str = "192.0.2.10";
+const UNKNOWN: &str = "192.0.2.99";
+const SECOND_SERVER: &str = "198.51.100.1";
+const TIMEOUT_MS: u32 = 700;
+const STRICT: &str = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
+
+fn probe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
+}
+
+/// Packets counted for `reason` and `action` on one interface.
+fn packets(daemon: &Daemon, iface: &str, reason: &str, action: &str) -> u64 {
+    let out = daemon.cli(&["stats", "--iface", iface, "--json"]).ok("stats");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    rows.iter()
+        .filter(|r| r["reason"] == reason && r["action"] == action)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn two_interfaces_share_one_set_of_maps_and_count_on_their_own() {
+    if !privileged("two_interfaces_share_one_set_of_maps_and_count_on_their_own") {
+        return;
+    }
+    let mut lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
+    let second = lab.add_link(SECOND_SERVER).unwrap();
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:443", &format!("{SECOND_SERVER}:443")]);
+    lab.spawn(serve).unwrap();
+    let first = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&first, &second], STRICT, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+
+    // One map, pinned under each interface; counters of their own.
+    let (a, b) = (Path::new(PIN_ROOT).join(&first), Path::new(PIN_ROOT).join(&second));
+    let (a, b) = (Maps::open_pinned(&a).unwrap(), Maps::open_pinned(&b).unwrap());
+    for name in edge::filter::SHARED_MAPS {
+        assert_eq!(a.map_id(name).unwrap(), b.map_id(name).unwrap(), "{name} is shared");
+    }
+    assert_ne!(a.map_id("stats").unwrap(), b.map_id("stats").unwrap(), "counters are not");
+
+    // One record reaches both interfaces.
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    let to_second = format!("{SECOND_SERVER}:443");
+    assert!(lab.connects(probe(), VISITOR, 443, TIMEOUT_MS).unwrap(), "visitor via the first");
+    let first_before = packets(&daemon, &first, "visitor", "pass");
+    assert!(first_before >= 2, "the first interface counted the handshake: {first_before}");
+    assert_eq!(packets(&daemon, &second, "visitor", "pass"), 0);
+    assert!(lab.connects_to(probe(), VISITOR, &to_second, TIMEOUT_MS).unwrap(), "via the second");
+    assert!(packets(&daemon, &second, "visitor", "pass") >= 2);
+    assert_eq!(packets(&daemon, &first, "visitor", "pass"), first_before, "not counted twice");
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap());
+    assert!(!lab.connects_to(probe(), UNKNOWN, &to_second, TIMEOUT_MS).unwrap());
+    assert!(packets(&daemon, &second, "unknown_rate", "drop") >= 1);
+
+    // The sum over interfaces is what `stats` without --iface shows.
+    let all = daemon.cli(&["stats", "--json"]).ok("stats");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&all).unwrap();
+    let visitor: u64 = rows
+        .iter()
+        .filter(|r| r["reason"] == "visitor" && r["action"] == "pass")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        visitor,
+        packets(&daemon, &first, "visitor", "pass") + packets(&daemon, &second, "visitor", "pass")
+    );
+    daemon.stop().unwrap();
+}
+
+/// Starts a UDP flood from `src` and returns the process (it prints how many it sent).
+fn flood(lab: &Lab, src: &str, pps: u32, secs: u32) -> Child {
+    lab.in_client(probe())
+        .args(["flood", "--from", src, "--to", "192.0.2.1:443"])
+        .args(["--pps", &pps.to_string(), "--secs", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn sent(child: Child) -> u64 {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+        panic!("edge-probe flood printed {text:?}");
+    })
+}
+
+#[test]
+fn restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet() {
+    if !privileged("restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet") {
+        return;
+    }
+    let lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+
+    // The server counts UDP datagrams per source on a protected port (udp/443).
+    let mut counter = lab
+        .in_server(probe())
+        .args(["count", "--listen", "192.0.2.1:443", "--secs", "14"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(counter.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+
+    let (link, first_prog) = pinned_link_ids(&iface).unwrap();
+    let passed_before = packets(&daemon, &iface, "visitor", "pass");
+    let visitor = flood(&lab, VISITOR, 4000, 10);
+    let unknown = flood(&lab, UNKNOWN, 4000, 10);
+    // Three restarts while both floods run; each loads the program anew and swaps it in.
+    let mut programs = vec![first_prog];
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        daemon.stop().unwrap();
+        daemon.start().unwrap();
+        daemon.wait_ready().unwrap();
+        let (same_link, prog) = pinned_link_ids(&iface).unwrap();
+        assert_eq!(same_link, link, "the link itself stays: no detach");
+        assert!(!programs.contains(&prog), "a new program each start: {prog} in {programs:?}");
+        programs.push(prog);
+    }
+    let (visitor_sent, unknown_sent) = (sent(visitor), sent(unknown));
+    let counted = lines.next().unwrap().unwrap();
+    counter.wait().unwrap();
+    let counted: serde_json::Value = serde_json::from_str(&counted).unwrap();
+    assert!(visitor_sent > 20_000 && unknown_sent > 20_000, "{visitor_sent} {unknown_sent}");
+    assert_eq!(counted[VISITOR].as_u64(), Some(visitor_sent), "every visitor datagram arrived");
+    assert_eq!(counted[UNKNOWN].as_u64(), None, "no unknown datagram got through: {counted}");
+    // The counters live on across the swaps (the pinned stats map is reused).
+    let passed = packets(&daemon, &iface, "visitor", "pass") - passed_before;
+    assert!(passed >= visitor_sent, "{passed} counted, {visitor_sent} sent");
+    assert!(daemon.log().matches("replaced the running program").count() >= 3, "{}", daemon.log());
+    daemon.stop().unwrap();
+}
