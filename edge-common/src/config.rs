@@ -38,7 +38,8 @@ pub struct Config {
     pub bucket_mask_v6: [u64; 2],
     /// UDP port where tickets are knocked (verified in the kernel); 0 = no knock.
     pub knock_port: u32,
-    pub _pad: u32,
+    /// Report 1 in this many dropped packets to the daemon (`edge top`); 0 = none.
+    pub sample_every: u32,
 }
 assert_size!(Config, 88);
 

@@ -10,6 +10,7 @@
 #![no_std]
 
 pub mod config;
+pub mod events;
 pub mod keys;
 pub mod maps;
 pub mod reason;

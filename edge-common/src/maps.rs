@@ -25,8 +25,15 @@ pub const STATS: &str = "stats";
 /// Ticket keys for knock verification: slot 0 current, slot 1 previous.
 pub const TICKET_KEYS: &str = "ticket_keys";
 
+/// Sampled dropped packets, for `edge top` (ring buffer).
+pub const DROP_EVENTS: &str = "drop_events";
+/// Completed TCP handshakes on protected ports, for visitor learning (ring buffer).
+pub const HANDSHAKES: &str = "handshakes";
+
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "edge";
+/// The tracepoint program (sock:inet_sock_set_state) that reports completed handshakes.
+pub const HANDSHAKE_PROGRAM: &str = "handshake";
 
 /// Words in the IPv4 visitor bitmap: 2^32 addresses / 64 bits per word (512 MiB).
 pub const VISITORS_V4_WORDS: u32 = 1 << 26;

@@ -11,13 +11,14 @@
 #![allow(internal_features)]
 
 mod budget;
+mod handshake;
 mod knock;
 mod maps;
 mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_tai_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_tai_ns},
     macros::xdp,
     programs::XdpContext,
 };
@@ -25,6 +26,7 @@ use edge_common::{
     config::{
         Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6, MODE_ENFORCE, MODE_OFF,
     },
+    events::DropEvent,
     keys::{protected_slot, visitor_v4_slot, Addr, Rule, IPPROTO_UDP},
     reason::*,
 };
@@ -44,7 +46,13 @@ pub fn edge(ctx: XdpContext) -> u32 {
     let reason = match parse::packet(&ctx) {
         Ok(Parsed::NonIp) => NON_IP,
         Ok(Parsed::NeighborDiscovery) => NEIGHBOR_DISCOVERY,
-        Ok(Parsed::Ip(pkt)) => judge(&ctx, &pkt, cfg),
+        Ok(Parsed::Ip(pkt)) => {
+            let reason = judge(&ctx, &pkt, cfg);
+            if cfg.sample_every != 0 && is_drop(reason) && reason != KNOCK_OK {
+                sample(&pkt.src, reason, cfg);
+            }
+            reason
+        }
         Err(parse::Malformed) => MALFORMED,
     };
     apply(reason, cfg.mode, bytes)
@@ -134,6 +142,19 @@ fn admitted(pkt: &Packet, cfg: &Config) -> bool {
         return false;
     };
     now_utc(cfg) < unsafe { (*admission).admitted_until }
+}
+
+/// Reports 1 in `sample_every` drops to the daemon (`edge top`). No wakeup: the daemon drains
+/// the ring on a timer, so a flood costs it no extra work per packet; a full ring drops the
+/// sample, never the decision.
+#[inline(always)]
+fn sample(src: &Addr, reason: Reason, cfg: &Config) {
+    if unsafe { bpf_get_prandom_u32() } % cfg.sample_every != 0 {
+        return;
+    }
+    let event = DropEvent { src: *src, reason, would_drop: u32::from(cfg.mode != MODE_ENFORCE) };
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    let _ = maps::DROP_EVENTS.output::<DropEvent>(&event, BPF_RB_NO_WAKEUP);
 }
 
 /// Turns a reason into an action under the mode, counting it once.

@@ -2,10 +2,11 @@
 //! `edge_common::maps`; a userspace test checks the names below match.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use edge_common::{
     config::Config,
+    events::{DROP_EVENTS_BYTES, HANDSHAKES_BYTES},
     keys::{Addr, Admission, Bucket, Counter, Rule, V6Prefix, VisitorDay},
     maps::*,
     reason::STATS_SLOTS,
@@ -65,3 +66,11 @@ pub static TICKET_KEYS: Array<TicketKey> = Array::with_max_entries(TICKET_KEY_SL
 /// Packets and bytes per reason and disposition, per CPU (no atomics on the hot path).
 #[map(name = "stats")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+/// Sampled drops for `edge top` (see `edge_common::events`).
+#[map(name = "drop_events")]
+pub static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
+
+/// Completed handshakes on protected ports, for visitor learning.
+#[map(name = "handshakes")]
+pub static HANDSHAKES: RingBuf = RingBuf::with_byte_size(HANDSHAKES_BYTES, 0);

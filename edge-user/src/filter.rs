@@ -49,7 +49,7 @@ pub static BASELINE_OBJECT: &[u8] =
 pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
 
 /// Every map the program has, by name (these are also the pin file names).
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 13] = [
     names::CONFIG,
     names::PROTECTED,
     names::DENY,
@@ -61,10 +61,12 @@ pub const MAP_NAMES: [&str; 11] = [
     names::UNKNOWN_BUDGET,
     names::STATS,
     names::TICKET_KEYS,
+    names::DROP_EVENTS,
+    names::HANDSHAKES,
 ];
 
 /// The maps every interface of one daemon shares: all but the per-interface counters.
-pub const SHARED_MAPS: [&str; 10] = [
+pub const SHARED_MAPS: [&str; 12] = [
     names::CONFIG,
     names::PROTECTED,
     names::DENY,
@@ -75,6 +77,8 @@ pub const SHARED_MAPS: [&str; 10] = [
     names::UNKNOWN_BUCKETS,
     names::UNKNOWN_BUDGET,
     names::TICKET_KEYS,
+    names::DROP_EVENTS,
+    names::HANDSHAKES,
 ];
 
 /// One interface's packet and byte counters (its program's own `stats` map).
@@ -151,6 +155,7 @@ impl Maps {
             | Map::HashMap(d)
             | Map::LpmTrie(d)
             | Map::LruHashMap(d)
+            | Map::RingBuf(d)
             | Map::PerCpuArray(d) => Ok(d),
             _ => Err(Error::Load(format!("`{name}` has an unexpected type"))),
         }
@@ -562,7 +567,7 @@ pub fn kernel_config(policy: &Policy) -> Config {
         bucket_mask_v4: mask_words(96 + u32::from(u.prefix_v4)),
         bucket_mask_v6: mask_words(u32::from(u.prefix_v6)),
         knock_port: policy.admission.knock_port.map_or(0, u32::from),
-        _pad: 0,
+        sample_every: policy.drop_sample,
     }
 }
 
@@ -747,6 +752,32 @@ pub fn attach_shared(maps: &Maps, iface: &str, mode: XdpMode) -> Result<(Counter
             Err(e)
         }
     }
+}
+
+/// Loads and attaches the handshake tracepoint (visitor learning) against the shared maps
+/// pinned under `iface`. It lives as long as the returned object: learning is the daemon's
+/// job, so it stops with the daemon (the filter does not).
+pub fn attach_handshakes(iface: &str) -> Result<Ebpf> {
+    use aya::programs::TracePoint;
+    let dir = attached_dir(iface)?;
+    let mut loader = EbpfLoader::new();
+    for name in SHARED_MAPS.iter().chain([&names::STATS]) {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
+    let prog: &mut TracePoint = ebpf
+        .program_mut(names::HANDSHAKE_PROGRAM)
+        .ok_or_else(|| Error::Load("the object has no `handshake` program".into()))?
+        .try_into()
+        .map_err(|e| kernel("the `handshake` program", e))?;
+    prog.load().map_err(|e| load_error(&e))?;
+    prog.attach("sock", "inet_sock_set_state").map_err(|e| match errno(&e) {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            Error::NoPrivilege { what: "attaching the handshake tracepoint (CAP_PERFMON)" }
+        }
+        _ => kernel("attaching to the sock:inet_sock_set_state tracepoint", e),
+    })?;
+    Ok(ebpf)
 }
 
 /// The ids of the link pinned for `iface` and of the program it runs.

@@ -166,7 +166,16 @@ pub struct Policy {
     pub daemon: Option<DaemonSettings>,
     /// The `[admission]` table: tickets from the queue service.
     pub admission: Admission,
+    /// `events.drop_sample`: 1 in this many dropped packets reaches `edge top`; 0 = none.
+    pub drop_sample: u32,
+    /// `learning.handshakes`: record peers that complete a TCP handshake with a local server
+    /// on a protected port as today's visitors (the daemon only).
+    pub learn_handshakes: bool,
 }
+
+/// Default `events.drop_sample`: cheap under any flood (a random number per drop, a ring
+/// write per thousand) and enough samples for `edge top` at a few thousand drops a second.
+pub const DEFAULT_DROP_SAMPLE: u32 = 1000;
 
 impl Admission {
     /// The key ring, if one is configured.
@@ -276,6 +285,8 @@ impl Default for Policy {
             visitors: None,
             daemon: None,
             admission: Admission::default(),
+            drop_sample: DEFAULT_DROP_SAMPLE,
+            learn_handshakes: false,
         }
     }
 }
@@ -333,6 +344,12 @@ impl Policy {
         let mut window = Table::new();
         window.insert("days".into(), Value::Integer(i64::from(self.window_days)));
         root.insert("window".into(), Value::Table(window));
+        let mut events = Table::new();
+        events.insert("drop_sample".into(), Value::Integer(i64::from(self.drop_sample)));
+        root.insert("events".into(), Value::Table(events));
+        let mut learning = Table::new();
+        learning.insert("handshakes".into(), Value::Boolean(self.learn_handshakes));
+        root.insert("learning".into(), Value::Table(learning));
         let mut lists = Table::new();
         lists.insert("allow".into(), strings(self.allow.iter().map(|n| n.to_string()).collect()));
         lists.insert("deny".into(), strings(self.deny.iter().map(|n| n.to_string()).collect()));
@@ -422,6 +439,20 @@ struct RawPolicy {
     lists: Option<RawLists>,
     daemon: Option<RawDaemon>,
     admission: Option<RawAdmission>,
+    events: Option<RawEvents>,
+    learning: Option<RawLearning>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    drop_sample: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLearning {
+    handshakes: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -595,6 +626,19 @@ impl Policy {
             }
             if let Some(v) = &a.cool_down_s {
                 auto.cool_down_s = int(v, "auto.cool_down_s", 1..86_401)? as u32;
+            }
+        }
+        if let Some(v) = raw.events.and_then(|e| e.drop_sample) {
+            policy.drop_sample = int(&v, "events.drop_sample", 0..u32::MAX as i64 + 1)? as u32;
+        }
+        if let Some(v) = raw.learning.and_then(|l| l.handshakes) {
+            policy.learn_handshakes = *v.get_ref();
+            if policy.learn_handshakes && raw.daemon.is_none() {
+                return Err(at(
+                    v.span(),
+                    "learning.handshakes",
+                    "learning needs `edge daemon` (a [daemon] table) to record visitors".into(),
+                ));
             }
         }
         if let Some(days) = raw.window.and_then(|w| w.days) {

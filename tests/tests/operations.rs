@@ -164,3 +164,45 @@ fn wait_for(mut ok: impl FnMut() -> bool, daemon: &Daemon) {
     }
     panic!("timed out; the daemon's log:\n{}", daemon.log());
 }
+
+#[test]
+fn edge_top_names_the_heaviest_dropped_source_and_prefix_with_its_rate() {
+    if !privileged("edge_top_names_the_heaviest_dropped_source_and_prefix_with_its_rate") {
+        return;
+    }
+    let lab = lab_with_server(&[UNKNOWN, FLOODER]);
+    let iface = lab.server_if.clone();
+    let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n\
+                  [events]\ndrop_sample = 10\n";
+    let mut daemon = Daemon::configure(&lab, &[&iface], policy, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    let empty: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["top", "--json"]).ok("top")).unwrap();
+    assert_eq!(empty["samples"].as_u64().unwrap_or(0), 0, "{empty}");
+
+    // 2,000 pps from one source for 3 s, and a few dropped connection attempts from another.
+    let flood = lab
+        .in_client(probe())
+        .args(["flood", "--from", FLOODER, "--to", "192.0.2.1:443", "--pps", "2000", "--secs", "3"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(flood.success());
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap());
+    let top: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["top", "--json", "--limit", "5"]).ok("top")).unwrap();
+    assert_eq!(top["sample_every"], 10);
+    let first = &top["sources"][0];
+    assert_eq!(first["key"], FLOODER, "{top}");
+    assert_eq!(first["reason"], "unknown_rate");
+    let pps = first["pps"].as_f64().unwrap();
+    assert!((1200.0..=2800.0).contains(&pps), "estimated {pps} pps for 2000: {top}");
+    assert_eq!(top["prefixes"][0]["key"], "192.0.2.0/24", "{top}");
+    let text = daemon.cli(&["top"]).ok("top");
+    assert!(text.contains(FLOODER) && text.contains("192.0.2.0/24"), "{text}");
+    let run = daemon.cli(&["top", "--limit", "5000"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("INVALID_ARGUMENT: limit"), "{}", run.stderr);
+    daemon.stop().unwrap();
+}

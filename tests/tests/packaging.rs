@@ -118,6 +118,7 @@ fn chown_tree(path: &Path, uid: u32) {
 /// The bit of each capability in /proc/PID/status's Cap* masks.
 fn cap_bit(name: &str) -> u64 {
     match name {
+        "CAP_DAC_READ_SEARCH" => 1 << 2,
         "CAP_NET_ADMIN" => 1 << 12,
         "CAP_PERFMON" => 1 << 38,
         "CAP_BPF" => 1 << 39,
@@ -144,7 +145,9 @@ fn the_daemon_runs_as_nobody_with_only_the_units_capabilities() {
     serve.args(["serve", "192.0.2.1:443"]);
     lab.spawn(serve).unwrap();
     let iface = lab.server_if.clone();
-    let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
+    // Learning too: the handshake tracepoint is what needs CAP_PERFMON.
+    let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n\
+                  [learning]\nhandshakes = true\n";
     let mut daemon = Daemon::configure(&lab, &[&iface], policy, "2026-11-01").unwrap();
 
     // What the unit's ExecStartPre and StateDirectory= do: the pin directory and the state
@@ -187,6 +190,9 @@ fn the_daemon_runs_as_nobody_with_only_the_units_capabilities() {
     assert!(!lab.connects(probe, "192.0.2.99", 443, 700).unwrap(), "the unknown is dropped");
     let stats = daemon.cli(&["stats", "--json"]).ok("stats");
     assert!(stats.contains("\"visitor\""), "{stats}");
+    let log = daemon.log();
+    assert!(log.contains("learning visitors from completed handshakes"), "{log}");
+    assert!(!log.contains("learning is off"), "{log}");
     daemon.stop().unwrap();
     lab.clean_pins_of(&iface);
 }

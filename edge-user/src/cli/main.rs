@@ -96,6 +96,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The sources and prefixes (/24, /48) dropped most over the last seconds, with rates
+    /// estimated from the kernel's sampled drops.
+    Top {
+        /// Entries per list (1..=1000).
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Print again every SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run every frame of a pcap/pcapng file through the real program with a policy's maps.
     Replay {
         pcap: PathBuf,
@@ -223,6 +235,9 @@ fn run(command: Command, socket: &std::path::Path) -> anyhow::Result<()> {
         Command::Allow(c) => remote::run(socket, Request::Rules("allow", c))?,
         Command::Deny(c) => remote::run(socket, Request::Rules("deny", c))?,
         Command::Config(c) => remote::run(socket, Request::Config(c))?,
+        Command::Top { limit, watch, json } => {
+            remote::run(socket, Request::Top { limit, watch, json })?
+        }
         Command::Stats { iface, watch, json } => {
             remote::run(socket, Request::Stats { iface, watch, json })?
         }

@@ -100,6 +100,7 @@ pub enum Request {
     Rules(&'static str, RulesCommand),
     Config(ConfigCommand),
     Stats { iface: Option<String>, watch: Option<u64>, json: bool },
+    Top { limit: u32, watch: Option<u64>, json: bool },
 }
 
 pub fn run(socket: &Path, request: Request) -> anyhow::Result<()> {
@@ -220,6 +221,17 @@ async fn call(channel: Channel, request: Request) -> anyhow::Result<()> {
                 println!("{}: {change}", r.path);
             }
         }
+        Request::Top { limit, watch, json } => loop {
+            let t = control.get_top(api::GetTopRequest { limit }).await?.into_inner();
+            if json {
+                println!("{}", serde_json::to_string(&t)?);
+            } else {
+                print_top(&t);
+            }
+            let Some(secs) = watch else { break };
+            std::io::stdout().flush()?;
+            tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await;
+        },
         Request::Stats { iface, watch, json } => {
             let interface = iface.unwrap_or_default();
             stats_loop(watch, json, || {
@@ -244,6 +256,26 @@ fn row_of(r: api::StatsRow) -> Row {
 
 /// Prints the rows once, or every `watch` seconds with each row's packets per second since the
 /// previous print (`--json`: one array per print, with `packets_per_second` once known).
+fn print_top(t: &api::GetTopResponse) {
+    if t.sample_every == 0 {
+        println!("drop sampling is off (events.drop_sample = 0)");
+        return;
+    }
+    println!(
+        "dropped over the last {:.0} s (1 in {} drops sampled, {} samples)",
+        t.window_s, t.sample_every, t.samples
+    );
+    for (title, entries) in [("SOURCE", &t.sources), ("PREFIX", &t.prefixes)] {
+        println!("{title:<42} {:>12} {:>9}  REASON", "DROPS/S", "SAMPLES");
+        if entries.is_empty() {
+            println!("  (none)");
+        }
+        for e in entries {
+            println!("{:<42} {:>12.0} {:>9}  {}", e.key, e.pps, e.samples, e.reason);
+        }
+    }
+}
+
 async fn stats_loop<F, Fut>(watch: Option<u64>, json: bool, mut fetch: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,

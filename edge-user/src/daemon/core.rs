@@ -58,6 +58,10 @@ pub struct Core {
     feed_lag_s: f64,
     /// The unknown-source rate, and under `mode = "auto"` the phase it has put the kernel in.
     pub auto: Watch,
+    /// Sampled drops of the last seconds (filled by the ring reader), for `edge top`.
+    pub top: std::sync::Arc<std::sync::Mutex<super::events::Top>>,
+    /// Visitors recorded from completed handshakes since start.
+    pub learned: u64,
 }
 
 /// Expired admissions are purged from the store's state and the kernel maps this often.
@@ -144,6 +148,8 @@ impl Core {
             feed_degraded: false,
             feed_lag_s: 0.0,
             auto: Watch::new(Phase::Calm, clock.now()),
+            top: Default::default(),
+            learned: 0,
         };
         core.roll();
         core.resume_auto();
@@ -485,6 +491,34 @@ impl Core {
         self.commit(&Op::visits(&in_window))?;
         self.visitors_to_kernel(&in_window)?;
         Ok(counts)
+    }
+
+    /// Records peers that completed a handshake as today's visitors; those already seen today
+    /// are skipped (no log record for them). Returns how many were recorded.
+    pub fn learn(&mut self, peers: &[Addr]) -> Result<u64, Fault> {
+        let today = self.today();
+        let mut fresh = HistoryBuilder::default();
+        let mut n = 0;
+        for peer in peers {
+            let key = admission_visitor(peer);
+            if self.state.history.last_seen(key) != Some(today) {
+                fresh.push(key, today);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.record(fresh.finish())?;
+            self.learned += n;
+        }
+        Ok(n)
+    }
+
+    /// The first attached interface: where the shared maps' pins can be opened.
+    pub fn first_attached(&self) -> Option<String> {
+        self.interfaces
+            .iter()
+            .find(|i| matches!(i.link, Link::Attached { .. }))
+            .map(|i| i.name.clone())
     }
 
     /// Puts visitors just committed into every filter's maps (IPv6 with its last-seen day).
@@ -939,6 +973,9 @@ fn restart_only_change(old: &Policy, new: &Policy) -> Option<&'static str> {
     ];
     if let Some((field, _)) = fields.iter().find(|(_, changed)| *changed) {
         return Some(field);
+    }
+    if old.learn_handshakes != new.learn_handshakes {
+        return Some("learning.handshakes");
     }
     (old.admission.feed != new.admission.feed).then_some("the admission feed (redis_url, ...)")
 }

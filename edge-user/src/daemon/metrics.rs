@@ -141,6 +141,12 @@ fn build(core: &mut Core, buckets: &[(String, u64)]) -> prometheus::Result<Regis
             feed.lag_s,
         )?;
     }
+    let learned = IntCounter::new(
+        "visitors_learned_total",
+        "Visitors recorded from completed TCP handshakes since the daemon started.",
+    )?;
+    learned.inc_by(core.learned);
+    registry.register(Box::new(learned))?;
     let verified = IntCounter::new(
         "tickets_verified_total",
         "Tickets verified by the daemon since it started.",

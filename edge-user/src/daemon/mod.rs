@@ -9,6 +9,7 @@
 pub mod auto;
 pub mod clock;
 pub mod core;
+pub mod events;
 pub mod feed;
 pub mod metrics;
 pub mod service;
@@ -153,6 +154,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let feed = policy.admission.feed.clone();
+    let learn = policy.learn_handshakes;
+    if learn {
+        // Refused before anything starts, so a kernel whose tracepoint moved is found now.
+        self::events::check_tracepoint_format()
+            .map_err(|e| anyhow::anyhow!("learning.handshakes: {e}"))?;
+    }
     let (core, recovery) = Core::open(config_path, policy, clock.clone())?;
     if recovery.torn_bytes > 0 {
         warn!(bytes = recovery.torn_bytes, "cut off the torn tail of an unacknowledged record");
@@ -233,6 +240,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     // Attach or adopt, then report SERVING; afterwards, the periodic work.
     let mut serving = false;
+    // The ring readers and the handshake tracepoint start once the shared maps are pinned.
+    let mut readers_started = false;
+    let mut _handshakes: Option<aya::Ebpf> = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     use tokio::signal::unix::{signal, SignalKind};
@@ -264,6 +274,31 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 continue;
             }
         };
+        if ready && !readers_started {
+            readers_started = true;
+            let (iface, top) =
+                handle.with(|core| Ok((core.first_attached(), core.top.clone()))).await?;
+            let iface = iface.expect("ready means attached");
+            if let Err(e) = self::events::read_drops(&iface, top) {
+                error!("edge top has no data: {e}");
+            }
+            if learn {
+                match crate::filter::attach_handshakes(&iface) {
+                    Ok(ebpf) => {
+                        _handshakes = Some(ebpf);
+                        let runtime = tokio::runtime::Handle::current();
+                        if let Err(e) =
+                            self::events::learn_handshakes(&iface, handle.clone(), runtime)
+                        {
+                            error!("visitor learning is off: {e}");
+                        } else {
+                            info!("learning visitors from completed handshakes on protected ports");
+                        }
+                    }
+                    Err(e) => error!("visitor learning is off: {e}"),
+                }
+            }
+        }
         // The filter still serves when the queue feed is out; the admissions service does not.
         let admissions =
             if ready && !degraded { ServingStatus::Serving } else { ServingStatus::NotServing };

@@ -151,6 +151,7 @@ impl Control for Handle {
                     }),
                     unknown_pps: core.auto.unknown_pps,
                     kernel_mode: core.kernel_mode().to_string(),
+                    learned_visitors: core.learned,
                     admission_rejections: core
                         .rejections
                         .iter()
@@ -203,6 +204,46 @@ impl Control for Handle {
                 Ok(api::ReloadConfigResponse {
                     path: core.config_path.display().to_string(),
                     changes,
+                })
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn get_top(
+        &self,
+        request: Request<api::GetTopRequest>,
+    ) -> Result<Response<api::GetTopResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 10,
+            n @ 1..=1000 => n as usize,
+            n => return Err(invalid("limit", format!("{n} is outside 1..=1000"))),
+        };
+        let answer = self
+            .with(move |core| {
+                let sample_every = core.policy.drop_sample;
+                let report = core.top.lock().unwrap_or_else(|p| p.into_inner()).report(
+                    std::time::Instant::now(),
+                    sample_every,
+                    limit,
+                );
+                let entries = |talkers: Vec<super::events::Talker>| {
+                    talkers
+                        .into_iter()
+                        .map(|t| api::TopEntry {
+                            key: t.key,
+                            pps: t.pps,
+                            samples: t.samples,
+                            reason: t.reason.into(),
+                        })
+                        .collect()
+                };
+                Ok(api::GetTopResponse {
+                    window_s: report.window_s,
+                    sample_every,
+                    samples: report.samples,
+                    sources: entries(report.sources),
+                    prefixes: entries(report.prefixes),
                 })
             })
             .await?;

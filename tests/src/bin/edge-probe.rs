@@ -3,7 +3,8 @@
 //! 1 if it times out or is refused; `knock` sends one UDP datagram holding a ticket (its text
 //! form, decoded to the 48 bytes) from a chosen source; `flood` sends UDP datagrams from a
 //! chosen source at a steady rate for a while; `count` receives UDP for a while and prints how
-//! many datagrams came from each source (JSON). Used by the end-to-end tests and the demo.
+//! many datagrams came from each source (JSON); `spoof` sends raw TCP segments (SYN or ACK)
+//! with a source address the sender does not own. Used by the end-to-end tests and the demo.
 use std::{
     net::{SocketAddr, TcpListener},
     process::ExitCode,
@@ -16,7 +17,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N] \
          | knock --from IP --to ADDR:PORT --ticket TEXT \
-         | flood --from IP --to ADDR:PORT --pps N --secs S | count --listen ADDR:PORT --secs S"
+         | flood --from IP --to ADDR:PORT --pps N --secs S | count --listen ADDR:PORT --secs S \
+         | spoof --from IP --to ADDR:PORT --flag syn|ack"
     );
     ExitCode::from(2)
 }
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         Some("knock") => knock(&args[1..]),
         Some("flood") => flood(&args[1..]),
         Some("count") => count(&args[1..]),
+        Some("spoof") => spoof(&args[1..]),
         _ => usage(),
     }
 }
@@ -183,4 +186,38 @@ fn count(args: &[String]) -> ExitCode {
     let body: Vec<String> = counts.iter().map(|(ip, n)| format!("\"{ip}\": {n}")).collect();
     println!("{{{}}}", body.join(", "));
     ExitCode::SUCCESS
+}
+
+/// One IPv4 TCP segment with a forged source, through a raw socket (IP_HDRINCL): what an
+/// attacker who cannot receive replies can send.
+fn spoof(args: &[String]) -> ExitCode {
+    let (mut from, mut to, mut flag) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(name) = it.next() {
+        match (name.as_str(), it.next()) {
+            ("--from", Some(v)) => from = v.parse::<std::net::Ipv4Addr>().ok(),
+            ("--to", Some(v)) => to = v.parse::<std::net::SocketAddrV4>().ok(),
+            ("--flag", Some(v)) if v == "syn" || v == "ack" => flag = Some(v.clone()),
+            _ => return usage(),
+        }
+    }
+    let (Some(from), Some(to), Some(flag)) = (from, to, flag) else { return usage() };
+    let ip = etherparse::PacketBuilder::ipv4(from.octets(), to.ip().octets(), 64);
+    let tcp = ip.tcp(40_000, to.port(), 0x1234_5678, 64_240);
+    let tcp = if flag == "syn" { tcp.syn() } else { tcp.ack(0x0bad_cafe) };
+    let mut packet = Vec::with_capacity(tcp.size(0));
+    tcp.write(&mut packet, &[]).expect("writing to a Vec");
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::from(libc::SOCK_RAW),
+        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .expect("a raw socket (needs CAP_NET_RAW)");
+    match socket.send_to(&packet, &SocketAddr::V4(to).into()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-probe: spoof to {to}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
