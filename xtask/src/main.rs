@@ -13,8 +13,8 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// admission feed's tests, and promtool (in `prometheus`) to check the metrics exposition.
 /// nftables is the baseline the lab benchmark compares against; systemd's `systemd-analyze`
 /// checks the unit file.
-const APT_PACKAGES: [&str; 6] =
-    ["iproute2", "util-linux", "redis-server", "prometheus", "nftables", "systemd"];
+const APT_PACKAGES: [&str; 7] =
+    ["iproute2", "util-linux", "redis-server", "prometheus", "nftables", "ethtool", "systemd"];
 
 #[derive(Parser)]
 struct Cli {
@@ -36,6 +36,9 @@ enum Task {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Instead: the namespace lab under a live flood, edge against nftables (about 1 min).
+        #[arg(long)]
+        lab: bool,
     },
     /// Build optimized and install the binary, man pages, shell completions, the systemd unit
     /// and (if there is none) an example config, under ROOT (default /). On /, also create the
@@ -66,11 +69,14 @@ fn main() -> Result<()> {
             let edge = root.join("target/release/edge");
             run(Command::new(root.join("target/release/edge-lab-demo")).env("EDGE_BIN", &edge))
         }
-        Task::Bench { json } => {
+        Task::Bench { json, lab } => {
             setup()?;
             build_release()?;
-            // The data plane (program in the kernel), then the control plane (store, daemon, API).
-            for bench in ["edge-bench", "edge-bench-daemon"] {
+            // The data plane (program in the kernel), then the control plane (store, daemon, API);
+            // or the lab.
+            let benches: &[&str] =
+                if lab { &["edge-bench-lab"] } else { &["edge-bench", "edge-bench-daemon"] };
+            for bench in benches {
                 let mut cmd = Command::new(root.join("target/release").join(bench));
                 cmd.env("EDGE_BIN", root.join("target/release/edge"));
                 if json {

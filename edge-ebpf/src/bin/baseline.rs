@@ -1,13 +1,16 @@
 //! Reference programs for `cargo xtask bench`, never attached by edge itself:
 //! `empty` (the BPF_PROG_TEST_RUN floor) and `anchor_hash` (a one-lookup whitelist on a plain
-//! preallocated hash map, the design edge's visitor bitmap is measured against).
+//! preallocated hash map, the design edge's visitor bitmap is measured against); and the lab's
+//! packet generator (`generate_fixed`, `generate_random`), run with BPF_PROG_TEST_RUN in live
+//! frames mode: each run transmits its frame (XDP_TX) out of the generator's veth.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_get_prandom_u32,
     macros::{map, xdp},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::XdpContext,
 };
 
@@ -33,6 +36,69 @@ pub fn anchor_hash(ctx: XdpContext) -> u32 {
     } else {
         XDP_DROP
     }
+}
+
+/// The share of runs that transmit, out of u32::MAX (set at load time): a paced flood that is
+/// smooth at any rate, where pacing by sleeping between calls would send bursts.
+#[unsafe(no_mangle)]
+static TX_SHARE: u32 = u32::MAX;
+
+/// Frames the generator transmitted (it runs on one CPU: a plain add is exact).
+#[map(name = "generated")]
+static GENERATED: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn transmit() -> bool {
+    let share = unsafe { core::ptr::read_volatile(&TX_SHARE) };
+    let send = share == u32::MAX || unsafe { bpf_get_prandom_u32() } < share;
+    if send {
+        if let Some(sent) = GENERATED.get_ptr_mut(0) {
+            unsafe { *sent += 1 };
+        }
+    }
+    send
+}
+
+/// The frame as given: one source.
+#[xdp]
+pub fn generate_fixed(_ctx: XdpContext) -> u32 {
+    if transmit() {
+        XDP_TX
+    } else {
+        XDP_DROP
+    }
+}
+
+/// A random IPv4 source per frame (Ethernet + IPv4 without options), with the header checksum
+/// recomputed so the receiver's stack accepts what passes the filter. Frames may be recycled
+/// with their last contents, so the checksum is computed afresh, never patched.
+#[xdp]
+pub fn generate_random(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 34 > end || !transmit() {
+        return XDP_DROP;
+    }
+    let ip = (start + 14) as *mut [u8; 20];
+    let header = unsafe { &mut *ip };
+    // 11.0.0.0 - 121.255.255.255: unicast, so the receiver's stack takes what passes (a
+    // multicast or loopback source would be dropped as martian), and apart from the lab's
+    // 192.0.2.0/24 and the benchmark whitelist (128.0.0.0 - 191.255.255.255).
+    let src = (unsafe { bpf_get_prandom_u32() } % 0x6f00_0000 + 0x0b00_0000).to_be_bytes();
+    header[12..16].copy_from_slice(&src);
+    header[10] = 0;
+    header[11] = 0;
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let check = (!(sum as u16)).to_be_bytes();
+    header[10] = check[0];
+    header[11] = check[1];
+    XDP_TX
 }
 
 #[cfg(not(test))]
