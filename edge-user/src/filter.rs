@@ -141,13 +141,6 @@ impl Maps {
         })
     }
 
-    fn pin(&self, dir: &Path) -> Result<()> {
-        for (name, map) in &self.maps {
-            map.pin(dir.join(name)).map_err(|e| kernel(format!("pinning the {name} map"), e))?;
-        }
-        Ok(())
-    }
-
     fn data(&self, name: &str) -> Result<&MapData> {
         let map = self.maps.get(name).ok_or_else(|| Error::Load(format!("no `{name}` map")))?;
         match map {
@@ -661,32 +654,13 @@ impl Filter {
     /// Pins program and maps under `PIN_ROOT/<iface>/`, attaches, and pins the link, so the
     /// filter stays after this process exits. On any failure, nothing is left behind.
     /// Returns the pin directory and the maps, which stay usable.
-    pub fn attach(mut self, iface: &str, mode: XdpMode) -> Result<(PathBuf, Maps)> {
-        let if_index = if_index(iface)?;
+    pub fn attach(self, iface: &str, mode: XdpMode) -> Result<(PathBuf, Maps)> {
         let dir = pin_dir(iface)?;
         if dir.exists() {
             return Err(Error::AlreadyAttached { iface: iface.into(), pins: dir });
         }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Kernel {
-            what: format!("creating {}", dir.display()),
-            source: e,
-        })?;
-        let attached = (|| {
-            self.maps.pin(&dir)?;
-            let prog = program(&mut self.ebpf)?;
-            prog.pin(dir.join("prog")).map_err(|e| kernel("pinning the program", e))?;
-            let link_id =
-                prog.attach_to_if_index(if_index, mode).map_err(|e| attach_error(iface, e))?;
-            let link = prog.take_link(link_id).map_err(|e| kernel("taking the XDP link", e))?;
-            let link =
-                FdLink::try_from(link).map_err(|e| kernel("the XDP link is not a bpf_link", e))?;
-            link.pin(dir.join("link")).map_err(|e| kernel("pinning the XDP link", e))?;
-            Ok(())
-        })();
-        if let Err(e) = attached {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        // The daemon's path with these maps as the set: one way to pin and attach.
+        attach_shared(&self.maps, iface, mode)?;
         Ok((dir, self.maps))
     }
 }
