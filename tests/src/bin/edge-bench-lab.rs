@@ -497,23 +497,13 @@ fn receiver_setup(lab: &Lab) -> Result<()> {
         "gro",
         "on",
     ]))?;
-    let knob = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
-    let (threaded, defer, flush) = (
-        knob("EDGE_LAB_THREADED", "1"),
-        knob("EDGE_LAB_DEFER", "0"),
-        knob("EDGE_LAB_FLUSH_NS", "0"),
-    );
     sh(Command::new("ip").args([
         "netns",
         "exec",
         &lab.server_ns,
         "sh",
         "-c",
-        &format!(
-            "echo {threaded} > /sys/class/net/{iface}/threaded && \
-             echo {defer} > /sys/class/net/{iface}/napi_defer_hard_irqs && \
-             echo {flush} > /sys/class/net/{iface}/gro_flush_timeout"
-        ),
+        &format!("echo 1 > /sys/class/net/{iface}/threaded"),
     ]))?;
     Ok(())
 }
