@@ -48,23 +48,6 @@ pub static BASELINE_OBJECT: &[u8] =
 /// Where `edge attach` pins the program, link and maps: `PIN_ROOT/<iface>/`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
 
-/// Every map the program has, by name (these are also the pin file names).
-pub const MAP_NAMES: [&str; 13] = [
-    names::CONFIG,
-    names::PROTECTED,
-    names::DENY,
-    names::ALLOW,
-    names::VISITORS_V4,
-    names::VISITORS_V6,
-    names::ADMITTED,
-    names::UNKNOWN_BUCKETS,
-    names::UNKNOWN_BUDGET,
-    names::STATS,
-    names::TICKET_KEYS,
-    names::DROP_EVENTS,
-    names::HANDSHAKES,
-];
-
 /// The maps every interface of one daemon shares: all but the per-interface counters.
 pub const SHARED_MAPS: [&str; 12] = [
     names::CONFIG,
@@ -80,6 +63,18 @@ pub const SHARED_MAPS: [&str; 12] = [
     names::DROP_EVENTS,
     names::HANDSHAKES,
 ];
+
+/// Every map the program has, by name (these are also the pin file names): the shared ones and
+/// the per-interface counters.
+pub const MAP_NAMES: [&str; SHARED_MAPS.len() + 1] = {
+    let mut all = [names::STATS; SHARED_MAPS.len() + 1];
+    let mut i = 0;
+    while i < SHARED_MAPS.len() {
+        all[i] = SHARED_MAPS[i];
+        i += 1;
+    }
+    all
+};
 
 /// One interface's packet and byte counters (its program's own `stats` map).
 pub struct Counters(PerCpuArray<MapData, Counter>);

@@ -123,18 +123,7 @@ fn run() -> Result<Report> {
     // The reference: a one-lookup XDP whitelist (a preallocated hash map), native.
     {
         let _anchor = Anchor::attach(&lab, &whitelist)?;
-        for (name, sources) in [("generate_fixed", "single"), ("generate_random", "random")] {
-            say(&format!("one-lookup XDP, {sources} source(s)..."));
-            let before = xdp_drops(&lab)?;
-            let offered = gen.run(name, MEASURE)?;
-            let dropped = (xdp_drops(&lab)? - before) as f64 / MEASURE.as_secs_f64();
-            drop_rates.push(DropRate {
-                filter: "one-lookup XDP",
-                sources,
-                offered_pps: offered,
-                dropped_pps: dropped,
-            });
-        }
+        drop_rates.extend(measure(&gen, "one-lookup XDP", || xdp_drops(&lab))?);
     }
     // edge, native XDP.
     let policy = dir.path().join("drop.toml");
@@ -144,35 +133,13 @@ fn run() -> Result<Report> {
          [unknown]\nrate_pps = 0\nglobal_pps = 0\n[lists]\nvisitors = \"visitors.csv\"\n",
     )?;
     attach(&lab, &policy)?;
-    for (name, sources) in [("generate_fixed", "single"), ("generate_random", "random")] {
-        say(&format!("edge, {sources} source(s)..."));
-        let before = edge_drops(&lab)?;
-        let offered = gen.run(name, MEASURE)?;
-        let dropped = (edge_drops(&lab)? - before) as f64 / MEASURE.as_secs_f64();
-        drop_rates.push(DropRate {
-            filter: "edge",
-            sources,
-            offered_pps: offered,
-            dropped_pps: dropped,
-        });
-    }
+    drop_rates.extend(measure(&gen, "edge", || edge_drops(&lab))?);
     detach(&lab)?;
 
     // nftables: the same whitelist as a set, at netdev ingress on the same interface.
     say("loading the nftables set...");
     nft_load(&lab, &whitelist, dir.path())?;
-    for (name, sources) in [("generate_fixed", "single"), ("generate_random", "random")] {
-        say(&format!("nftables, {sources} source(s)..."));
-        let before = nft_drops(&lab)?;
-        let offered = gen.run(name, MEASURE)?;
-        let dropped = (nft_drops(&lab)? - before) as f64 / MEASURE.as_secs_f64();
-        drop_rates.push(DropRate {
-            filter: "nftables",
-            sources,
-            offered_pps: offered,
-            dropped_pps: dropped,
-        });
-    }
+    drop_rates.extend(measure(&gen, "nftables", || nft_drops(&lab))?);
     nft_clear(&lab)?;
 
     let full = under_flood(&mut lab, &gen, dir.path(), None)?;
@@ -187,6 +154,25 @@ fn run() -> Result<Report> {
     }
     let paced = under_flood(&mut lab, &gen, dir.path(), Some(share))?;
     Ok(Report { drop_rates, under_flood: vec![full, paced] })
+}
+
+/// Drops per second of `filter` (its counter `drops`) under a single-source and then a
+/// random-source flood at the generator's full rate.
+fn measure(
+    gen: &Generator,
+    filter: &'static str,
+    drops: impl Fn() -> Result<u64>,
+) -> Result<Vec<DropRate>> {
+    [("generate_fixed", "single"), ("generate_random", "random")]
+        .into_iter()
+        .map(|(program, sources)| {
+            say(&format!("{filter}, {sources} source(s)..."));
+            let before = drops()?;
+            let offered_pps = gen.run(program, MEASURE)?;
+            let dropped_pps = (drops()? - before) as f64 / MEASURE.as_secs_f64();
+            Ok(DropRate { filter, sources, offered_pps, dropped_pps })
+        })
+        .collect()
 }
 
 /// The origin under a random-source flood: visitors and admitted clients connect, unknown
