@@ -749,6 +749,35 @@ pub fn attach_handshakes(iface: &str) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// The maps this build's program defines (name → definition), from the embedded object.
+pub fn defined_maps() -> Result<std::collections::HashMap<String, aya_obj::Map>> {
+    let object = aya_obj::Object::parse(PROGRAM_OBJECT)
+        .map_err(|e| Error::Load(format!("parsing the embedded program: {e}")))?;
+    Ok(object.maps)
+}
+
+/// How `maps` (pinned by an earlier build) differ from `defined`, if they do: a new binary
+/// reuses pinned maps, so a changed key, value or size must stop it rather than be misread.
+pub fn layout_mismatch(
+    defined: &std::collections::HashMap<String, aya_obj::Map>,
+    maps: &Maps,
+) -> Result<Option<String>> {
+    for name in SHARED_MAPS {
+        let Some(want) = defined.get(name) else {
+            return Ok(Some(format!("this build has no `{name}` map")));
+        };
+        let have = maps.data(name)?.info().map_err(|e| kernel(format!("the {name} map"), e))?;
+        let want = (want.key_size(), want.value_size(), want.max_entries());
+        let have = (have.key_size(), have.value_size(), have.max_entries());
+        if want != have {
+            return Ok(Some(format!(
+                "the pinned `{name}` map has (key, value, entries) {have:?}, this build {want:?}"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// The ids of the link pinned for `iface` and of the program it runs.
 pub fn pinned_link_ids(iface: &str) -> Result<(u32, u32)> {
     let dir = attached_dir(iface)?;

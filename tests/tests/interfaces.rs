@@ -150,3 +150,22 @@ fn restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet()
     assert!(daemon.log().matches("replaced the running program").count() >= 3, "{}", daemon.log());
     daemon.stop().unwrap();
 }
+
+#[test]
+fn pinned_maps_of_another_layout_are_not_taken_over() {
+    if !privileged("pinned_maps_of_another_layout_are_not_taken_over") {
+        return;
+    }
+    // Maps made by this build match its own definitions...
+    let maps = Maps::create().unwrap();
+    let mut defined = edge::filter::defined_maps().unwrap();
+    assert_eq!(edge::filter::layout_mismatch(&defined, &maps).unwrap(), None);
+    // ...and a build whose `config` record grew would be told, naming the map.
+    let config = defined.get_mut("config").unwrap();
+    config.set_value_size(config.value_size() + 8);
+    let why = edge::filter::layout_mismatch(&defined, &maps).unwrap().expect("a mismatch");
+    assert!(
+        why.contains("`config`") && why.contains("(4, 88, 1)") && why.contains("(4, 96, 1)"),
+        "{why}"
+    );
+}

@@ -944,7 +944,20 @@ fn shared_maps<'a>(
     let running =
         interfaces.find_map(|name| pin_dir(name).ok().filter(|dir| dir.join("link").exists()));
     let mut maps = match running {
-        Some(dir) => Maps::open_pinned(&dir)?,
+        Some(dir) => {
+            let maps = Maps::open_pinned(&dir)?;
+            if let Some(why) =
+                crate::filter::layout_mismatch(&crate::filter::defined_maps()?, &maps)?
+            {
+                return Err(Error::Load(format!(
+                    "{}: the running filter was built with other map layouts ({why}); this \
+                     binary cannot take it over in place. Stop the daemon, `edge detach` each \
+                     interface, and start again (visitors and rules come back from the store)",
+                    dir.display()
+                )));
+            }
+            maps
+        }
         None => Maps::create()?,
     };
     maps.apply(policy, &state.history, today)?;
