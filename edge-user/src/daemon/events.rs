@@ -25,6 +25,8 @@ const DRAIN_EVERY: Duration = Duration::from_millis(200);
 pub const TOP_WINDOW: Duration = Duration::from_secs(10);
 /// At most this many samples are kept (the window's, newest first to go last).
 const MAX_SAMPLES: usize = 200_000;
+/// Peers waiting to be recorded while the daemon cannot take them (not ready, busy).
+const MAX_PENDING_PEERS: usize = 100_000;
 
 /// The sampled drops of the last `TOP_WINDOW`.
 #[derive(Default)]
@@ -198,12 +200,22 @@ pub fn learn_handshakes(
                     if peers.is_empty() {
                         return;
                     }
-                    let learned = runtime.block_on(handle.with(move |core| core.learn(&peers)));
+                    let learned = runtime.block_on(handle.with({
+                        let peers = peers.clone();
+                        move |core| core.learn(&peers)
+                    }));
                     match learned {
                         Ok(0) => {}
                         Ok(n) => info!(learned = n, "visitors learned from completed handshakes"),
-                        // Not ready (an interface waiting): these peers come back next time.
-                        Err(status) => warn!("learning postponed: {}", status.message()),
+                        // Not ready (an interface waiting) or busy: kept for the next drain,
+                        // up to a bound (a ring's worth of new peers per drain at most).
+                        Err(status) => {
+                            warn!("learning postponed: {}", status.message());
+                            let mut batch = batch.borrow_mut();
+                            if batch.len() < MAX_PENDING_PEERS {
+                                batch.extend(peers);
+                            }
+                        }
                     }
                 },
             )

@@ -12,9 +12,9 @@ use super::{
     service::Handle,
 };
 
-/// The exposition of the daemon's state now. `buckets` holds each interface's count of
-/// token buckets, walked from the pins before the core was locked.
-pub fn render(core: &mut Core, buckets: &[(String, u64)]) -> String {
+/// The exposition of the daemon's state now. `buckets` is the token-bucket table's occupancy,
+/// walked from the pins before the core was locked.
+pub fn render(core: &mut Core, buckets: Option<u64>) -> String {
     match build(core, buckets) {
         Ok(registry) => TextEncoder::new()
             .encode_to_string(&registry.gather())
@@ -23,7 +23,7 @@ pub fn render(core: &mut Core, buckets: &[(String, u64)]) -> String {
     }
 }
 
-fn build(core: &mut Core, buckets: &[(String, u64)]) -> prometheus::Result<Registry> {
+fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> {
     let registry = Registry::new_custom(Some("edge".into()), None)?;
     let counter_vec =
         |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
@@ -82,11 +82,13 @@ fn build(core: &mut Core, buckets: &[(String, u64)]) -> prometheus::Result<Regis
         entries.with_label_values(&[map]).set(held as i64);
         capacity.with_label_values(&[map]).set(cap as i64);
     }
-    // The token buckets are the kernel's own (one map per interface): summed.
-    let held: u64 = buckets.iter().map(|(_, n)| n).sum();
-    entries.with_label_values(&[names::UNKNOWN_BUCKETS]).set(held as i64);
-    let cap = u64::from(names::UNKNOWN_BUCKETS_CAPACITY) * buckets.len().max(1) as u64;
-    capacity.with_label_values(&[names::UNKNOWN_BUCKETS]).set(cap as i64);
+    // The token buckets are the kernel's own: one table all interfaces share.
+    if let Some(held) = buckets {
+        entries.with_label_values(&[names::UNKNOWN_BUCKETS]).set(held as i64);
+    }
+    capacity
+        .with_label_values(&[names::UNKNOWN_BUCKETS])
+        .set(i64::from(names::UNKNOWN_BUCKETS_CAPACITY));
 
     gauge(
         "window_length_seconds",
@@ -166,28 +168,14 @@ fn build(core: &mut Core, buckets: &[(String, u64)]) -> prometheus::Result<Regis
     Ok(registry)
 }
 
-/// Each attached interface's count of token buckets, walked without the core's lock (a full
-/// map is a million keys).
-async fn bucket_counts(handle: &Handle) -> Vec<(String, u64)> {
-    let names = handle
-        .with(|core| {
-            Ok(core
-                .interfaces
-                .iter()
-                .filter(|i| matches!(i.link, Link::Attached { .. }))
-                .map(|i| i.name.clone())
-                .collect::<Vec<_>>())
-        })
+/// How many token buckets the (shared) table holds, walked from the first attached interface's
+/// pins without the core's lock (a full table is a million keys).
+async fn bucket_count(handle: &Handle) -> Option<u64> {
+    let iface = handle.with(|core| Ok(core.first_attached())).await.ok().flatten()?;
+    tokio::task::spawn_blocking(move || crate::filter::pinned_bucket_count(&iface).ok())
         .await
-        .unwrap_or_default();
-    tokio::task::spawn_blocking(move || {
-        names
-            .into_iter()
-            .filter_map(|name| crate::filter::pinned_bucket_count(&name).ok().map(|n| (name, n)))
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
+        .ok()
+        .flatten()
 }
 
 /// Serves `/metrics` on `addr` until the task is dropped.
@@ -198,8 +186,8 @@ pub async fn serve(addr: std::net::SocketAddr, handle: Handle) -> anyhow::Result
         get(move || {
             let handle = handle.clone();
             async move {
-                let buckets = bucket_counts(&handle).await;
-                match handle.with(move |core| Ok(render(core, &buckets))).await {
+                let buckets = bucket_count(&handle).await;
+                match handle.with(move |core| Ok(render(core, buckets))).await {
                     Ok(body) => {
                         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
                             .into_response()
