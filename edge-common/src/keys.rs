@@ -91,6 +91,26 @@ pub const fn visitor_v4_slot(addr: u32) -> (u32, u64) {
     (addr >> 6, 1u64 << (addr & 63))
 }
 
+/// Where an admission key lives in one generation of `admitted_hint`: a byte index in
+/// `0..ADMITTED_HINT_SLOTS`. A multiply-shift hash of the key's two words: cheap, and the
+/// kernel and the daemon compute the same.
+#[inline(always)]
+pub fn admitted_hint_slot(key: &Addr) -> u32 {
+    let a = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]);
+    let b =
+        u64::from_ne_bytes([key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15]]);
+    let x = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> (64 - crate::maps::ADMITTED_HINT_BITS)) as u32
+}
+
+/// The byte of `admitted_hint` for `slot` in generation `generation` (0 or 1): (word, byte in
+/// word). Words are little-endian in the map (bpfel), so byte `i` is bits `8i..8i+8`.
+#[inline(always)]
+pub const fn admitted_hint_byte(generation: u32, slot: u32) -> (u32, u32) {
+    let index = generation * crate::maps::ADMITTED_HINT_SLOTS + slot;
+    (index / 8, index % 8)
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

@@ -25,6 +25,20 @@ pub const STATS: &str = "stats";
 /// Ticket keys for knock verification: slot 0 current, slot 1 previous.
 pub const TICKET_KEYS: &str = "ticket_keys";
 
+/// A cache-resident gate in front of `admitted`: one byte per hash slot, non-zero when some
+/// admission may hash there. A zero byte proves a source is not admitted without touching the
+/// admitted map's large bucket array (a cache miss per packet under a random-source flood).
+/// Two generations and a last word that says which is live, so the daemon can rebuild one
+/// from the admitted map while the kernel reads the other; writers set bytes in both.
+pub const ADMITTED_HINT: &str = "admitted_hint";
+pub const ADMITTED_HINT_BITS: u32 = 20;
+/// Slots per generation (1 MiB of bytes).
+pub const ADMITTED_HINT_SLOTS: u32 = 1 << ADMITTED_HINT_BITS;
+/// Words in the map: two generations, then the generation word.
+pub const ADMITTED_HINT_WORDS: u32 = 2 * ADMITTED_HINT_SLOTS / 8 + 1;
+/// The index of the word that holds the live generation (0 or 1).
+pub const ADMITTED_HINT_GENERATION: u32 = ADMITTED_HINT_WORDS - 1;
+
 /// Sampled dropped packets, for `edge top` (ring buffer).
 pub const DROP_EVENTS: &str = "drop_events";
 /// Completed TCP handshakes on protected ports, for visitor learning (ring buffer).

@@ -51,7 +51,10 @@ pub fn knock(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
         }
     }
     match maps::ADMITTED.insert(&source, &Admission { admitted_until: until }, 0) {
-        Ok(()) => KNOCK_OK,
+        Ok(()) => {
+            crate::hint_admitted(&source);
+            KNOCK_OK
+        }
         Err(_) => INTERNAL,
     }
 }

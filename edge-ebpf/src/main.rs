@@ -27,7 +27,11 @@ use edge_common::{
         Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6, MODE_ENFORCE, MODE_OFF,
     },
     events::DropEvent,
-    keys::{protected_slot, visitor_v4_slot, Addr, Rule, IPPROTO_UDP},
+    keys::{
+        admitted_hint_byte, admitted_hint_slot, protected_slot, visitor_v4_slot, Addr, Rule,
+        IPPROTO_UDP,
+    },
+    maps::ADMITTED_HINT_GENERATION,
     reason::*,
 };
 use parse::{Fragment, Packet, Parsed};
@@ -129,6 +133,29 @@ fn admission_key(pkt: &Packet) -> Addr {
     key
 }
 
+/// Whether an admission may exist for `key`: its byte in the live generation of the hint.
+#[inline(always)]
+fn hinted(key: &Addr) -> bool {
+    let generation =
+        maps::ADMITTED_HINT.get(ADMITTED_HINT_GENERATION).map_or(0, |g| (*g & 1) as u32);
+    let (word, byte) = admitted_hint_byte(generation, admitted_hint_slot(key));
+    maps::ADMITTED_HINT.get(word).is_some_and(|w| (w >> (byte * 8)) & 0xff != 0)
+}
+
+/// Marks `key` in both generations of the hint (after the admission is in the map, so a
+/// rebuild that scans the map after clearing cannot lose it). Byte stores: no word is
+/// read-modified-written, so concurrent writers never erase each other.
+#[inline(always)]
+pub fn hint_admitted(key: &Addr) {
+    let slot = admitted_hint_slot(key);
+    for generation in 0..2 {
+        let (word, byte) = admitted_hint_byte(generation, slot);
+        if let Some(w) = maps::ADMITTED_HINT.get_ptr_mut(word) {
+            unsafe { *(w as *mut u8).add(byte as usize) = 1 };
+        }
+    }
+}
+
 /// Unix seconds (UTC) from the kernel's TAI clock and the offset the control plane wrote.
 #[inline(always)]
 fn now_utc(cfg: &Config) -> u64 {
@@ -136,9 +163,15 @@ fn now_utc(cfg: &Config) -> u64 {
 }
 
 /// Admissions are keyed by IPv4 address or IPv6 /64 and expire on the kernel's UTC clock.
+/// The hint is checked first: for a source that was never admitted it is one cache-resident
+/// byte instead of a miss in the admitted map.
 #[inline(always)]
 fn admitted(pkt: &Packet, cfg: &Config) -> bool {
-    let Some(admission) = maps::ADMITTED.get_ptr(&admission_key(pkt)) else {
+    let key = admission_key(pkt);
+    if !hinted(&key) {
+        return false;
+    }
+    let Some(admission) = maps::ADMITTED.get_ptr(&key) else {
         return false;
     };
     now_utc(cfg) < unsafe { (*admission).admitted_until }

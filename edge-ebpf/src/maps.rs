@@ -49,6 +49,11 @@ pub static VISITORS_V6: HashMap<V6Prefix, VisitorDay> =
 pub static ADMITTED: HashMap<Addr, Admission> =
     HashMap::with_max_entries(ADMITTED_CAPACITY, BPF_F_NO_PREALLOC);
 
+/// The gate in front of `admitted` (see `edge_common::maps::ADMITTED_HINT`); mmap-able so
+/// the daemon sets and clears single bytes, never a read-modify-write of a word.
+#[map(name = "admitted_hint")]
+pub static ADMITTED_HINT: Array<u64> = Array::with_max_entries(ADMITTED_HINT_WORDS, BPF_F_MMAPABLE);
+
 /// Per-source buckets for unknown traffic, keyed by the masked source (aggregation prefix).
 #[map(name = "unknown_buckets")]
 pub static UNKNOWN_BUCKETS: LruHashMap<Addr, Bucket> =

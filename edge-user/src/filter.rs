@@ -26,7 +26,7 @@ use edge_common::{
 use ipnet::IpNet;
 
 use crate::{
-    bitmap::VisitorBitmap,
+    bitmap::{AdmittedHint, VisitorBitmap},
     error::{chain, errno, kernel, Error, Result},
     history::{window_start, VisitorHistory},
     policy::{Policy, Protected},
@@ -49,7 +49,7 @@ pub static BASELINE_OBJECT: &[u8] =
 pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
 
 /// The maps every interface of one daemon shares: all but the per-interface counters.
-pub const SHARED_MAPS: [&str; 12] = [
+pub const SHARED_MAPS: [&str; 13] = [
     names::CONFIG,
     names::PROTECTED,
     names::DENY,
@@ -57,6 +57,7 @@ pub const SHARED_MAPS: [&str; 12] = [
     names::VISITORS_V4,
     names::VISITORS_V6,
     names::ADMITTED,
+    names::ADMITTED_HINT,
     names::UNKNOWN_BUCKETS,
     names::UNKNOWN_BUDGET,
     names::TICKET_KEYS,
@@ -90,6 +91,7 @@ impl Counters {
 pub struct Maps {
     maps: std::collections::HashMap<&'static str, Map>,
     visitors_v4: VisitorBitmap,
+    admitted_hint: AdmittedHint,
 }
 
 fn view<'a, T>(
@@ -115,7 +117,11 @@ impl Maps {
             return Err(Error::Load("visitors_v4 is not an array".into()));
         };
         let visitors_v4 = VisitorBitmap::map(bitmap)?;
-        Ok(Self { maps, visitors_v4 })
+        let Some(Map::Array(hint)) = maps.get(names::ADMITTED_HINT) else {
+            return Err(Error::Load("admitted_hint is not an array".into()));
+        };
+        let admitted_hint = AdmittedHint::map(hint)?;
+        Ok(Self { maps, visitors_v4, admitted_hint })
     }
 
     /// New, empty maps of the program's definition, not pinned.
@@ -417,13 +423,30 @@ impl Maps {
     /// Admits an admission key until `until`; an admission that already lasts longer stays.
     pub fn admit_key(&mut self, key: Addr, until: u64) -> Result<()> {
         let mut admitted = self.admitted()?;
-        if admitted.get(&key, 0).is_ok_and(|a| a.admitted_until >= until) {
-            return Ok(());
+        if !admitted.get(&key, 0).is_ok_and(|a| a.admitted_until >= until) {
+            admitted
+                .insert(key, Admission { admitted_until: until }, 0)
+                .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))?;
         }
-        admitted
-            .insert(key, Admission { admitted_until: until }, 0)
-            .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))?;
+        // After the insert: the hint gates the kernel's lookup.
+        self.admitted_hint.set(&key);
         self.enable_lists(LIST_ADMITTED)
+    }
+
+    /// Rebuilds the admitted map's hint from its current keys (drops slots of admissions that
+    /// expired or were revoked); the kernel keeps reading the other generation meanwhile.
+    pub fn rebuild_admitted_hint(&mut self) -> Result<()> {
+        let (maps, hint) = (&mut self.maps, &self.admitted_hint);
+        // The keys are read inside `rebuild`, after it cleared the spare generation.
+        hint.rebuild(|| {
+            let admitted: HashMap<&mut MapData, Addr, Admission> = view(maps, names::ADMITTED)?;
+            Ok(admitted.keys().filter_map(|k| k.ok()).collect())
+        })
+    }
+
+    /// Whether the hint lets the kernel look `key` up in the admitted map.
+    pub fn admitted_hinted(&self, key: &Addr) -> bool {
+        self.admitted_hint.contains(key)
     }
 
     /// Deletes admissions that expired at or before `now` (knocks' included); returns how many.

@@ -164,3 +164,35 @@ fn knocks_are_verified_in_the_kernel() {
     lab.filter.maps.apply(&plain, &VisitorHistory::default(), today).unwrap();
     lab.judge("knock off", &knock_frame("192.0.2.80", &fresh.0), XDP_PASS, PASS_UNPROTECTED);
 }
+
+#[test]
+fn the_admitted_hint_gates_the_lookup_and_rebuilds_without_losing_admissions() {
+    if !privileged("the_admitted_hint_gates_the_lookup_and_rebuilds_without_losing_admissions") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = knock_policy(dir.path(), true);
+    let mut lab = Lab { filter: Filter::load().expect("loading the XDP program") };
+    lab.filter.maps.apply(&policy, &VisitorHistory::default(), Day::today_utc()).unwrap();
+    let (a, b) = ("192.0.2.61", "192.0.2.62");
+    let key = |ip: &str| edge::filter::admission_key(ip.parse().unwrap());
+
+    // Never admitted: the hint is closed, so the admitted map is not even looked up.
+    assert!(!lab.filter.maps.admitted_hinted(&key(b)));
+    lab.judge("never admitted", &tcp(b), XDP_DROP, UNKNOWN_RATE);
+
+    lab.filter.maps.admit_key(key(a), now() + 3600).unwrap();
+    assert!(lab.filter.maps.admitted_hinted(&key(a)));
+    lab.judge("admitted", &tcp(a), XDP_PASS, ADMITTED);
+    // Rebuilds flip generations; a held admission is in every one.
+    for round in 0..3 {
+        lab.filter.maps.rebuild_admitted_hint().unwrap();
+        assert!(lab.filter.maps.admitted_hinted(&key(a)), "round {round}");
+        lab.judge("admitted after a rebuild", &tcp(a), XDP_PASS, ADMITTED);
+    }
+    // Revoked: the next rebuild closes its slot again.
+    lab.filter.maps.revoke(a.parse().unwrap()).unwrap();
+    lab.filter.maps.rebuild_admitted_hint().unwrap();
+    assert!(!lab.filter.maps.admitted_hinted(&key(a)));
+    lab.judge("revoked", &tcp(a), XDP_DROP, UNKNOWN_RATE);
+}

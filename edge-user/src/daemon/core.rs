@@ -344,7 +344,10 @@ impl Core {
         self.state.admissions.retain(|_, until| *until > now);
         let mut kernel = 0;
         for maps in self.attached() {
-            match maps.purge_admissions(now) {
+            match maps.purge_admissions(now).and_then(|n| {
+                maps.rebuild_admitted_hint()?;
+                Ok(n)
+            }) {
                 Ok(n) => kernel += n,
                 Err(e) => return error!("purging expired admissions: {e}"),
             }
@@ -966,6 +969,7 @@ fn shared_maps<'a>(
     for (key, until) in state.admissions.iter().filter(|(_, until)| **until > now) {
         maps.admit_key(*key, *until)?;
     }
+    maps.rebuild_admitted_hint()?;
     Ok(maps)
 }
 
