@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use edge_common::{
     events::{tracepoint as tp, Handshake},
-    keys::{protected_slot, v4_mapped, IPPROTO_TCP},
+    keys::{v4_mapped, IPPROTO_TCP},
 };
 
 use crate::maps;
@@ -30,11 +30,7 @@ fn report(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let local_port = unsafe { ctx.read_at::<u16>(tp::SPORT)? };
-    let protected = match protected_slot(IPPROTO_TCP, local_port) {
-        Some((word, bit)) => maps::PROTECTED.get(word).is_some_and(|w| w & bit != 0),
-        None => false,
-    };
-    if !protected {
+    if !crate::protected(IPPROTO_TCP, local_port) {
         return Ok(());
     }
     let peer = if unsafe { ctx.read_at::<u16>(tp::FAMILY)? } == tp::AF_INET {
@@ -44,6 +40,5 @@ fn report(ctx: &TracePointContext) -> Result<(), i32> {
         unsafe { ctx.read_at::<[u8; 16]>(tp::DADDR_V6)? }
     };
     let event = Handshake { peer, local_port: u32::from(local_port), _pad: 0 };
-    const BPF_RB_NO_WAKEUP: u64 = 1;
-    maps::HANDSHAKES.output::<Handshake>(&event, BPF_RB_NO_WAKEUP).map_err(|e| e as i32)
+    maps::HANDSHAKES.output::<Handshake>(&event, maps::BPF_RB_NO_WAKEUP)
 }

@@ -76,7 +76,7 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
         return knock::knock(ctx, pkt, cfg);
     }
     // A later fragment has no ports, so it cannot be out of scope: it must prove its source.
-    if pkt.fragment == Fragment::No && !protected(pkt) {
+    if pkt.fragment == Fragment::No && !protected(pkt.proto, pkt.dport) {
         return PASS_UNPROTECTED;
     }
     if cfg.lists & LIST_ALLOW != 0 && listed(&maps::ALLOW_LIST, &pkt.src) {
@@ -101,8 +101,8 @@ fn listed(list: &aya_ebpf::maps::LpmTrie<Addr, Rule>, src: &Addr) -> bool {
 }
 
 #[inline(always)]
-fn protected(pkt: &Packet) -> bool {
-    match protected_slot(pkt.proto, pkt.dport) {
+pub fn protected(proto: u8, port: u16) -> bool {
+    match protected_slot(proto, port) {
         Some((word, bit)) => maps::PROTECTED.get(word).is_some_and(|w| w & bit != 0),
         None => false,
     }
@@ -186,8 +186,7 @@ fn sample(src: &Addr, reason: Reason, cfg: &Config) {
         return;
     }
     let event = DropEvent { src: *src, reason, would_drop: u32::from(cfg.mode != MODE_ENFORCE) };
-    const BPF_RB_NO_WAKEUP: u64 = 1;
-    let _ = maps::DROP_EVENTS.output::<DropEvent>(&event, BPF_RB_NO_WAKEUP);
+    let _ = maps::DROP_EVENTS.output::<DropEvent>(&event, maps::BPF_RB_NO_WAKEUP);
 }
 
 /// Turns a reason into an action under the mode, counting it once.

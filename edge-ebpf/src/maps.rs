@@ -15,6 +15,8 @@ use edge_common::{
 
 const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Ring buffer output flag: no wakeup; the daemon drains the rings on a timer.
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// Mode, budgets and clock offset; written by the control plane, read once per packet.
 #[map(name = "config")]

@@ -76,7 +76,7 @@ pub enum Link {
     Waiting(String),
     /// `adopted`: the program replaced one an earlier run left running (hitless restart).
     Attached {
-        counters: Box<Counters>,
+        counters: Counters,
         adopted: bool,
     },
 }
@@ -325,7 +325,7 @@ impl Core {
                         "attached"
                     };
                     info!(iface = %iface.name, adopted, "{what}");
-                    iface.link = Link::Attached { counters: Box::new(counters), adopted };
+                    iface.link = Link::Attached { counters, adopted };
                 }
                 Err(e) => iface.wait(&e.to_string()),
             }
