@@ -15,6 +15,9 @@ pub const LIST_ALLOW: u32 = 1 << 1;
 pub const LIST_VISITORS_V6: u32 = 1 << 2;
 pub const LIST_ADMITTED: u32 = 1 << 3;
 
+/// Fields are ordered by use: everything an IPv4 packet from an unknown source reads comes
+/// first, in the first 64 bytes, and the map holding the record is page aligned (mmap-able), so
+/// a flood touches one cache line of it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -22,6 +25,10 @@ pub struct Config {
     pub mode: u32,
     /// `LIST_*` bits.
     pub lists: u32,
+    /// UDP port where tickets are knocked (verified in the kernel); 0 = no knock.
+    pub knock_port: u32,
+    /// Report 1 in this many dropped packets to the daemon (`edge top`); 0 = none.
+    pub sample_every: u32,
     /// Per-source bucket: ns between tokens (1e9 / rate_pps). 0 = strict, drop all unknown.
     pub source_interval_ns: u64,
     /// Per-source bucket: burst allowance, `(burst - 1) * source_interval_ns`.
@@ -30,18 +37,15 @@ pub struct Config {
     pub global_interval_ns: u64,
     /// Global unknown budget: burst allowance, `(global_burst - 1) * global_interval_ns`.
     pub global_tolerance_ns: u64,
-    /// CLOCK_TAI minus UTC in seconds at the time the control plane wrote this record.
-    pub tai_offset_s: u64,
     /// Byte masks applied to a v4-mapped / IPv6 source to form its bucket key (aggregation
     /// prefix). Stored as two native words; AND is byte-order agnostic.
     pub bucket_mask_v4: [u64; 2],
     pub bucket_mask_v6: [u64; 2],
-    /// UDP port where tickets are knocked (verified in the kernel); 0 = no knock.
-    pub knock_port: u32,
-    /// Report 1 in this many dropped packets to the daemon (`edge top`); 0 = none.
-    pub sample_every: u32,
+    /// CLOCK_TAI minus UTC in seconds at the time the control plane wrote this record.
+    pub tai_offset_s: u64,
 }
 assert_size!(Config, 88);
+const _: () = assert!(core::mem::offset_of!(Config, bucket_mask_v6) == 64);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size asserted).

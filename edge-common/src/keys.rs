@@ -91,16 +91,39 @@ pub const fn visitor_v4_slot(addr: u32) -> (u32, u64) {
     (addr >> 6, 1u64 << (addr & 63))
 }
 
+/// Where the /24 of an IPv4 address (host order) lives in the net summary that follows the
+/// address bits in `visitors_v4`: (word index in the map, bit in word). A /24's 256 address
+/// bits are the four words `4 * (addr >> 8)..+4`.
+#[inline(always)]
+pub const fn visitor_v4_net_slot(addr: u32) -> (u32, u64) {
+    let net = addr >> 8;
+    (crate::maps::VISITORS_V4_ADDR_WORDS + (net >> 6), 1u64 << (net & 63))
+}
+
 /// Where an admission key lives in one generation of `admitted_hint`: a byte index in
 /// `0..ADMITTED_HINT_SLOTS`. A multiply-shift hash of the key's two words: cheap, and the
 /// kernel and the daemon compute the same.
 #[inline(always)]
 pub fn admitted_hint_slot(key: &Addr) -> u32 {
-    let a = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]);
-    let b =
-        u64::from_ne_bytes([key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15]]);
+    let [a, b] = addr_words(key);
+    admitted_hint_slot_words(a, b)
+}
+
+/// `admitted_hint_slot` of a key given as its two native-endian words (see [`addr_words`]),
+/// as the kernel carries it.
+#[inline(always)]
+pub const fn admitted_hint_slot_words(a: u64, b: u64) -> u32 {
     let x = (a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (x >> (64 - crate::maps::ADMITTED_HINT_BITS)) as u32
+}
+
+/// An address key as two native-endian words: bytes 0..8 and 8..16, the key's own memory.
+#[inline(always)]
+pub const fn addr_words(key: &Addr) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]),
+        u64::from_ne_bytes([key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15]]),
+    ]
 }
 
 /// The byte of `admitted_hint` for `slot` in generation `generation` (0 or 1): (word, byte in

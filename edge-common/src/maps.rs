@@ -10,7 +10,8 @@ pub const PROTECTED: &str = "protected";
 pub const DENY: &str = "deny";
 /// Allow list, LPM trie over v4-mapped 16-byte addresses.
 pub const ALLOW: &str = "allow";
-/// IPv4 visitors: one bit per IPv4 address (the whole space), mmap-able.
+/// IPv4 visitors: one bit per IPv4 address (the whole space), then one bit per /24 that holds
+/// any visitor; mmap-able. See [`VISITORS_V4_WORDS`].
 pub const VISITORS_V4: &str = "visitors_v4";
 /// IPv6 visitors by /64 prefix.
 pub const VISITORS_V6: &str = "visitors_v6";
@@ -49,8 +50,16 @@ pub const PROGRAM: &str = "edge";
 /// The tracepoint program (sock:inet_sock_set_state) that reports completed handshakes.
 pub const HANDSHAKE_PROGRAM: &str = "handshake";
 
-/// Words in the IPv4 visitor bitmap: 2^32 addresses / 64 bits per word (512 MiB).
-pub const VISITORS_V4_WORDS: u32 = 1 << 26;
+/// Words of IPv4 address bits in `visitors_v4`: 2^32 addresses / 64 bits per word (512 MiB).
+pub const VISITORS_V4_ADDR_WORDS: u32 = 1 << 26;
+/// Words of the net summary after them: one bit per /24, set while the /24 may hold a visitor
+/// (2 MiB). A spoofed flood draws sources from the whole space, most of it in /24s where no
+/// visitor lives: for those one read of this small, cache-friendly summary decides, instead
+/// of a cache and TLB miss in the 512 MiB of address bits. A set bit with no visitor behind
+/// it (after removals) only costs that second read; a visitor's net bit is never clear.
+pub const VISITORS_V4_NET_WORDS: u32 = 1 << 18;
+/// Words in `visitors_v4`.
+pub const VISITORS_V4_WORDS: u32 = VISITORS_V4_ADDR_WORDS + VISITORS_V4_NET_WORDS;
 /// IPv6 visitor /64 prefixes.
 pub const VISITORS_V6_CAPACITY: u32 = 2_000_000;
 /// Admitted sources (IPv4 addresses and IPv6 /64 prefixes together).

@@ -6,7 +6,7 @@
 use aya_ebpf::programs::XdpContext;
 use edge_common::{
     config::Config,
-    keys::Admission,
+    keys::{addr_words, Admission},
     reason::*,
     ticket::{TicketBytes, TicketKey, TICKET_LEN},
 };
@@ -39,18 +39,18 @@ pub fn knock(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
         return KNOCK_EXPIRED;
     }
     let source = crate::admission_key(pkt);
-    if !same(&ticket.addr(), &source) {
+    if addr_words(&ticket.addr()) != source.words {
         return KNOCK_WRONG_IP;
     }
     // Valid through its not-after second. A replay from the same source renews nothing new;
     // an admission that already lasts longer is kept.
     let until = not_after + 1;
-    if let Some(current) = maps::ADMITTED.get_ptr(&source) {
+    if let Some(current) = maps::ADMITTED.get_ptr(source.addr()) {
         if unsafe { (*current).admitted_until } >= until {
             return KNOCK_OK;
         }
     }
-    match maps::ADMITTED.insert(&source, &Admission { admitted_until: until }, 0) {
+    match maps::ADMITTED.insert(source.addr(), &Admission { admitted_until: until }, 0) {
         Ok(()) => {
             crate::hint_admitted(&source);
             KNOCK_OK
@@ -70,22 +70,4 @@ fn key(id: u8) -> Option<TicketKey> {
         }
     }
     None
-}
-
-/// 16-byte equality as two word compares (a byte-array `==` would become a memcmp call).
-#[inline(always)]
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let word = |x: &[u8; 16], i: usize| {
-        u64::from_ne_bytes([
-            x[i],
-            x[i + 1],
-            x[i + 2],
-            x[i + 3],
-            x[i + 4],
-            x[i + 5],
-            x[i + 6],
-            x[i + 7],
-        ])
-    };
-    word(a, 0) == word(b, 0) && word(a, 8) == word(b, 8)
 }

@@ -18,7 +18,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_tai_ns},
+    helpers::bpf_ktime_get_tai_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -28,38 +28,38 @@ use edge_common::{
     },
     events::DropEvent,
     keys::{
-        admitted_hint_byte, admitted_hint_slot, protected_slot, visitor_v4_slot, Addr, Rule,
-        IPPROTO_UDP,
+        admitted_hint_byte, admitted_hint_slot_words, protected_slot, visitor_v4_net_slot,
+        visitor_v4_slot, Addr, Rule, IPPROTO_UDP,
     },
     maps::ADMITTED_HINT_GENERATION,
     reason::*,
 };
-use parse::{Fragment, Packet, Parsed};
+use parse::{Fragment, Packet, Parsed, Source};
 
 #[xdp]
 pub fn edge(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let Some(cfg) = maps::CONFIG.get(0) else {
-        count(INTERNAL, false, bytes);
+        let _ = count(INTERNAL, false, bytes);
         return XDP_ABORTED;
     };
     if cfg.mode == MODE_OFF {
-        count(OFF, false, bytes);
+        let _ = count(OFF, false, bytes);
         return XDP_PASS;
     }
-    let reason = match parse::packet(&ctx) {
-        Ok(Parsed::NonIp) => NON_IP,
-        Ok(Parsed::NeighborDiscovery) => NEIGHBOR_DISCOVERY,
-        Ok(Parsed::Ip(pkt)) => {
-            let reason = judge(&ctx, &pkt, cfg);
-            if cfg.sample_every != 0 && is_drop(reason) && reason != KNOCK_OK {
-                sample(&pkt.src, reason, cfg);
-            }
-            reason
-        }
-        Err(parse::Malformed) => MALFORMED,
+    let (reason, src) = match parse::packet(&ctx) {
+        Ok(Parsed::NonIp) => (NON_IP, None),
+        Ok(Parsed::NeighborDiscovery) => (NEIGHBOR_DISCOVERY, None),
+        Ok(Parsed::Ip(pkt)) => (judge(&ctx, &pkt, cfg), Some(pkt.src)),
+        Err(parse::Malformed) => (MALFORMED, None),
     };
-    apply(reason, cfg.mode, bytes)
+    let (action, seen) = apply(reason, cfg.mode, bytes);
+    if let Some(src) = src {
+        if cfg.sample_every != 0 && is_drop(reason) && reason != KNOCK_OK {
+            sample(&src, reason, seen, cfg);
+        }
+    }
+    action
 }
 
 /// The admission pipeline for a parsed IP packet.
@@ -96,8 +96,8 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
 }
 
 #[inline(always)]
-fn listed(list: &aya_ebpf::maps::LpmTrie<Addr, Rule>, src: &Addr) -> bool {
-    list.get(aya_ebpf::maps::lpm_trie::Key::new(128, *src)).is_some()
+fn listed(list: &aya_ebpf::maps::LpmTrie<Addr, Rule>, src: &Source) -> bool {
+    list.get(aya_ebpf::maps::lpm_trie::Key::new(128, *src.addr())).is_some()
 }
 
 #[inline(always)]
@@ -111,13 +111,15 @@ pub fn protected(proto: u8, port: u16) -> bool {
 #[inline(always)]
 fn visitor(pkt: &Packet, cfg: &Config) -> bool {
     if pkt.is_v4 {
-        let addr = u32::from_be_bytes([pkt.src[12], pkt.src[13], pkt.src[14], pkt.src[15]]);
+        let addr = pkt.src.v4();
+        let (net_word, net_bit) = visitor_v4_net_slot(addr);
+        if !maps::VISITORS_V4.get(net_word).is_some_and(|w| w & net_bit != 0) {
+            return false;
+        }
         let (word, bit) = visitor_v4_slot(addr);
         maps::VISITORS_V4.get(word).is_some_and(|w| w & bit != 0)
     } else if cfg.lists & LIST_VISITORS_V6 != 0 {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&pkt.src[..8]);
-        maps::VISITORS_V6.get_ptr(&prefix).is_some()
+        maps::VISITORS_V6.get_ptr(pkt.src.prefix64()).is_some()
     } else {
         false
     }
@@ -125,20 +127,26 @@ fn visitor(pkt: &Packet, cfg: &Config) -> bool {
 
 /// The key a source is admitted under: the v4-mapped address, or the IPv6 /64.
 #[inline(always)]
-fn admission_key(pkt: &Packet) -> Addr {
+fn admission_key(pkt: &Packet) -> Source {
     let mut key = pkt.src;
     if !pkt.is_v4 {
-        key[8..].fill(0);
+        key.words[1] = 0;
     }
     key
 }
 
+/// The slot of `key` in each generation of the hint.
+#[inline(always)]
+fn hint_slot(key: &Source) -> u32 {
+    admitted_hint_slot_words(key.words[0], key.words[1])
+}
+
 /// Whether an admission may exist for `key`: its byte in the live generation of the hint.
 #[inline(always)]
-fn hinted(key: &Addr) -> bool {
+fn hinted(key: &Source) -> bool {
     let generation =
         maps::ADMITTED_HINT.get(ADMITTED_HINT_GENERATION).map_or(0, |g| (*g & 1) as u32);
-    let (word, byte) = admitted_hint_byte(generation, admitted_hint_slot(key));
+    let (word, byte) = admitted_hint_byte(generation, hint_slot(key));
     maps::ADMITTED_HINT.get(word).is_some_and(|w| (w >> (byte * 8)) & 0xff != 0)
 }
 
@@ -146,8 +154,8 @@ fn hinted(key: &Addr) -> bool {
 /// rebuild that scans the map after clearing cannot lose it). Byte stores: no word is
 /// read-modified-written, so concurrent writers never erase each other.
 #[inline(always)]
-pub fn hint_admitted(key: &Addr) {
-    let slot = admitted_hint_slot(key);
+pub fn hint_admitted(key: &Source) {
+    let slot = hint_slot(key);
     for generation in 0..2 {
         let (word, byte) = admitted_hint_byte(generation, slot);
         if let Some(w) = maps::ADMITTED_HINT.get_ptr_mut(word) {
@@ -171,51 +179,53 @@ fn admitted(pkt: &Packet, cfg: &Config) -> bool {
     if !hinted(&key) {
         return false;
     }
-    let Some(admission) = maps::ADMITTED.get_ptr(&key) else {
+    let Some(admission) = maps::ADMITTED.get_ptr(key.addr()) else {
         return false;
     };
     now_utc(cfg) < unsafe { (*admission).admitted_until }
 }
 
-/// Reports 1 in `sample_every` drops to the daemon (`edge top`). No wakeup: the daemon drains
-/// the ring on a timer, so a flood costs it no extra work per packet; a full ring drops the
-/// sample, never the decision.
+/// Reports 1 in `sample_every` drops to the daemon (`edge top`), on average: those whose
+/// per-CPU count under their reason (`seen`, just counted) hashes below 2^32 / N. No state and
+/// no random number per drop, and the count is the kernel's own, so an attack cannot time
+/// itself around the samples. No wakeup: the daemon drains the ring on a timer; a full ring
+/// drops the sample, never the decision.
 #[inline(always)]
-fn sample(src: &Addr, reason: Reason, cfg: &Config) {
-    if unsafe { bpf_get_prandom_u32() } % cfg.sample_every != 0 {
+fn sample(src: &Source, reason: Reason, seen: u64, cfg: &Config) {
+    let hash = seen.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    if (hash * u64::from(cfg.sample_every)) >> 32 != 0 {
         return;
     }
-    let event = DropEvent { src: *src, reason, would_drop: u32::from(cfg.mode != MODE_ENFORCE) };
+    let event =
+        DropEvent { src: *src.addr(), reason, would_drop: u32::from(cfg.mode != MODE_ENFORCE) };
     let _ = maps::DROP_EVENTS.output::<DropEvent>(&event, maps::BPF_RB_NO_WAKEUP);
 }
 
-/// Turns a reason into an action under the mode, counting it once.
+/// Turns a reason into an action under the mode, counting it once. Also returns the count
+/// the packet reached (this CPU's, under its reason and disposition).
 #[inline(always)]
-fn apply(reason: Reason, mode: u32, bytes: u64) -> u32 {
+fn apply(reason: Reason, mode: u32, bytes: u64) -> (u32, u64) {
     if !is_drop(reason) {
-        count(reason, false, bytes);
-        return XDP_PASS;
+        return (XDP_PASS, count(reason, false, bytes));
     }
     if mode != MODE_ENFORCE {
-        count(reason, true, bytes);
-        return XDP_PASS;
+        return (XDP_PASS, count(reason, true, bytes));
     }
-    count(reason, false, bytes);
-    if reason == INTERNAL {
-        XDP_ABORTED
-    } else {
-        XDP_DROP
-    }
+    let seen = count(reason, false, bytes);
+    (if reason == INTERNAL { XDP_ABORTED } else { XDP_DROP }, seen)
 }
 
 #[inline(always)]
-fn count(reason: Reason, would_drop: bool, bytes: u64) {
+fn count(reason: Reason, would_drop: bool, bytes: u64) -> u64 {
     let slot = if would_drop { REASON_COUNT + reason } else { reason };
-    if let Some(counter) = maps::STATS.get_ptr_mut(slot) {
-        unsafe {
+    match maps::STATS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's counter; XDP runs to completion on its CPU.
+        Some(counter) => unsafe {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
-        }
+            (*counter).packets
+        },
+        None => 0,
     }
 }
 

@@ -19,8 +19,9 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// Mode, budgets and clock offset; written by the control plane, read once per packet.
+/// Mmap-able only for its page-aligned value: the record's hot fields share one cache line.
 #[map(name = "config")]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Bitmap of protected (protocol, port) pairs: one array lookup decides scope.
 #[map(name = "protected")]
@@ -36,8 +37,9 @@ pub static DENY_LIST: LpmTrie<Addr, Rule> =
 pub static ALLOW_LIST: LpmTrie<Addr, Rule> =
     LpmTrie::with_max_entries(ALLOW_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// One bit per IPv4 address: one memory access per lookup whatever the number of visitors, and
-/// userspace writes it through mmap (no per-entry syscalls to load tens of millions).
+/// One bit per IPv4 address, behind one bit per /24: at most two memory accesses per lookup
+/// whatever the number of visitors, and userspace writes it through mmap (no per-entry
+/// syscalls to load tens of millions).
 #[map(name = "visitors_v4")]
 pub static VISITORS_V4: Array<u64> = Array::with_max_entries(VISITORS_V4_WORDS, BPF_F_MMAPABLE);
 

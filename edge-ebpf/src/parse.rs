@@ -4,7 +4,7 @@
 //! Every read is bounds-checked against `data_end`; any header that does not fit, has an
 //! impossible length, or nests deeper than the limits below is `Malformed`.
 use aya_ebpf::programs::XdpContext;
-use edge_common::keys::{v4_mapped, Addr, IPPROTO_TCP, IPPROTO_UDP};
+use edge_common::keys::{Addr, IPPROTO_TCP, IPPROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -43,9 +43,59 @@ pub enum Fragment {
     Later,
 }
 
+/// A source address in its key form (16 bytes, v4-mapped for IPv4) held as two native-endian
+/// words: it lives in registers through the pipeline, and a map lookup takes it by reference
+/// as an aligned `Addr` (a byte array would be carried, copied and compared byte by byte).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub struct Source {
+    pub words: [u64; 2],
+}
+
+impl Source {
+    /// `::ffff:a.b.c.d` for IPv4 address bytes `v4`.
+    #[inline(always)]
+    fn v4_mapped(v4: [u8; 4]) -> Self {
+        let [a, b, c, d] = v4;
+        Self { words: [0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a, b, c, d])] }
+    }
+
+    #[inline(always)]
+    fn v6(bytes: &[u8; 16]) -> Self {
+        let mut words = [0u64; 2];
+        for (i, word) in words.iter_mut().enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            *word = u64::from_ne_bytes(w);
+        }
+        Self { words }
+    }
+
+    /// The key as the maps take it.
+    #[inline(always)]
+    pub fn addr(&self) -> &Addr {
+        // SAFETY: `Source` is 16 bytes of plain words; `Addr` is 16 bytes with alignment 1.
+        unsafe { &*(self as *const Self).cast::<Addr>() }
+    }
+
+    /// The IPv4 address (host order) of a v4-mapped source.
+    #[inline(always)]
+    pub fn v4(&self) -> u32 {
+        let b = self.words[1].to_ne_bytes();
+        u32::from_be_bytes([b[4], b[5], b[6], b[7]])
+    }
+
+    /// The first eight bytes (an IPv6 /64 prefix), as a key.
+    #[inline(always)]
+    pub fn prefix64(&self) -> &[u8; 8] {
+        // SAFETY: the first word, 8 bytes of plain data.
+        unsafe { &*(&self.words[0] as *const u64).cast::<[u8; 8]>() }
+    }
+}
+
 pub struct Packet {
     /// Source address, v4-mapped for IPv4.
-    pub src: Addr,
+    pub src: Source,
     pub is_v4: bool,
     pub proto: u8,
     /// Destination port (TCP/UDP only; 0 otherwise).
@@ -162,7 +212,7 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
     }
     let fragment =
         if u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 { Fragment::Later } else { Fragment::No };
-    let src = v4_mapped(ip.saddr);
+    let src = Source::v4_mapped(ip.saddr);
     transport(ctx, src, true, ip.protocol, offset + ihl, fragment)
 }
 
@@ -172,7 +222,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(Malformed);
     }
-    let src = ip.saddr;
+    let src = Source::v6(&ip.saddr);
     let mut next = ip.next_header;
     let mut offset = offset + core::mem::size_of::<Ipv6Hdr>();
     let mut fragment = Fragment::No;
@@ -222,7 +272,7 @@ fn is_extension(next: u8) -> bool {
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
-    src: Addr,
+    src: Source,
     is_v4: bool,
     proto: u8,
     offset: usize,

@@ -1,5 +1,6 @@
-//! The maps userspace writes through mmap: the IPv4 visitor bitmap (setting 20 million bits is
-//! memory writes, not 20 million syscalls, and the kernel sees each bit as soon as it is set)
+//! The maps userspace writes through mmap: the IPv4 visitor bitmap with its /24 summary
+//! (setting 20 million bits is memory writes, not 20 million syscalls, and the kernel sees each
+//! bit as soon as it is set)
 //! and the admitted map's hint (single-byte stores, so the kernel's own stores are never
 //! overwritten by a read-modify-write).
 use std::{
@@ -11,8 +12,11 @@ use std::{
 
 use aya::maps::MapData;
 use edge_common::{
-    keys::{admitted_hint_byte, admitted_hint_slot, visitor_v4_slot, Addr},
-    maps::{ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, VISITORS_V4_WORDS},
+    keys::{admitted_hint_byte, admitted_hint_slot, visitor_v4_net_slot, visitor_v4_slot, Addr},
+    maps::{
+        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, VISITORS_V4_ADDR_WORDS,
+        VISITORS_V4_WORDS,
+    },
 };
 use roaring::RoaringBitmap;
 
@@ -57,32 +61,69 @@ impl VisitorBitmap {
         Ok(Self { words: map_shared(map, LEN, "the visitors_v4 bitmap")?.cast() })
     }
 
-    fn word(&self, addr: Ipv4Addr) -> (&AtomicU64, u64) {
-        let (index, bit) = visitor_v4_slot(u32::from(addr));
-        // SAFETY: index < VISITORS_V4_WORDS by construction of visitor_v4_slot.
-        (unsafe { &*self.words.as_ptr().add(index as usize) }, bit)
+    fn at(&self, index: u32) -> &AtomicU64 {
+        debug_assert!(index < VISITORS_V4_WORDS);
+        // SAFETY: every index comes from visitor_v4_slot or visitor_v4_net_slot, both below
+        // VISITORS_V4_WORDS, the length of the mapping in words.
+        unsafe { &*self.words.as_ptr().add(index as usize) }
     }
 
+    /// The four words of address bits of `net` (a /24: the address >> 8).
+    fn net_words(&self, net: u32) -> [&AtomicU64; 4] {
+        std::array::from_fn(|i| self.at(net * 4 + i as u32))
+    }
+
+    /// Visitors are added address bit first, then net bit (SeqCst, like the net bit's clear
+    /// in `settle_net`): the kernel reads the net bit first, so it never trusts a net bit
+    /// with no address bit it should see.
     pub fn insert(&self, addr: Ipv4Addr) {
-        let (word, bit) = self.word(addr);
-        word.fetch_or(bit, Ordering::Relaxed);
+        let addr = u32::from(addr);
+        let (index, bit) = visitor_v4_slot(addr);
+        self.at(index).fetch_or(bit, Ordering::SeqCst);
+        let (index, bit) = visitor_v4_net_slot(addr);
+        self.at(index).fetch_or(bit, Ordering::SeqCst);
     }
 
     pub fn remove(&self, addr: Ipv4Addr) {
-        let (word, bit) = self.word(addr);
-        word.fetch_and(!bit, Ordering::Relaxed);
+        let addr = u32::from(addr);
+        let (index, bit) = visitor_v4_slot(addr);
+        self.at(index).fetch_and(!bit, Ordering::SeqCst);
+        let net = addr >> 8;
+        if self.net_words(net).iter().all(|w| w.load(Ordering::SeqCst) == 0) {
+            self.settle_net(net, false);
+        }
+    }
+
+    /// Sets or clears the net bit of `net`. A clear is checked afterwards: an `insert` that
+    /// raced with it set its address bit before we looked (and the bit is restored here) or
+    /// sets its net bit after the clear. Either way a visitor's net bit ends up set.
+    fn settle_net(&self, net: u32, live: bool) {
+        let (index, bit) = visitor_v4_net_slot(net << 8);
+        let word = self.at(index);
+        if live {
+            word.fetch_or(bit, Ordering::SeqCst);
+            return;
+        }
+        if word.load(Ordering::Relaxed) & bit == 0 {
+            return;
+        }
+        word.fetch_and(!bit, Ordering::SeqCst);
+        if self.net_words(net).iter().any(|w| w.load(Ordering::SeqCst) != 0) {
+            word.fetch_or(bit, Ordering::SeqCst);
+        }
     }
 
     /// Makes the bitmap hold exactly `want`, one word at a time: a word's new bits are set
     /// before its stale bits are cleared, so an address in both old and new sets never reads
-    /// as absent. Returns (bits set, bits cleared). Reads the whole 512 MiB once; words with
-    /// nothing wanted are only loaded, and written if they hold stale bits.
+    /// as absent. Each /24's net bit is settled once its four words are: set if it holds a
+    /// visitor, cleared if not. Returns (bits set, bits cleared), address bits only. Reads the
+    /// whole 512 MiB once; words with nothing wanted are only loaded, and written if they hold
+    /// stale bits.
     pub fn reconcile(&self, want: &RoaringBitmap) -> (u64, u64) {
-        // SAFETY: the mapping is VISITORS_V4_WORDS words long and lives as long as self.
-        let words =
-            unsafe { std::slice::from_raw_parts(self.words.as_ptr(), VISITORS_V4_WORDS as usize) };
         let (mut set, mut cleared) = (0u64, 0u64);
-        let mut fix = |word: &AtomicU64, target: u64| {
+        let mut net_live = false;
+        let mut settle = |index: u32, target: u64| {
+            let word = self.at(index);
             let current = word.load(Ordering::Relaxed);
             if current != target {
                 let (add, drop) = (target & !current, current & !target);
@@ -91,40 +132,50 @@ impl VisitorBitmap {
                 set += u64::from(add.count_ones());
                 cleared += u64::from(drop.count_ones());
             }
+            net_live |= target != 0;
+            if index % 4 == 3 {
+                self.settle_net(index / 4, net_live);
+                net_live = false;
+            }
         };
-        // Words [done..) are not reconciled yet; `pending` is the word being assembled.
-        let mut done = 0usize;
-        let mut pending: Option<(usize, u64)> = None;
+        // Words [next..) are not settled yet; `pending` is the word being assembled.
+        let mut next = 0u32;
+        let mut pending: Option<(u32, u64)> = None;
         for addr in want {
             let (index, bit) = visitor_v4_slot(addr);
-            let index = index as usize;
             match &mut pending {
                 Some((at, target)) if *at == index => *target |= bit,
                 _ => {
                     if let Some((at, target)) = pending {
-                        fix(&words[at], target);
-                        done = at + 1;
+                        settle(at, target);
+                        next = at + 1;
                     }
-                    for word in &words[done..index] {
-                        fix(word, 0);
+                    for i in next..index {
+                        settle(i, 0);
                     }
                     pending = Some((index, bit));
                 }
             }
         }
         if let Some((at, target)) = pending {
-            fix(&words[at], target);
-            done = at + 1;
+            settle(at, target);
+            next = at + 1;
         }
-        for word in &words[done..] {
-            fix(word, 0);
+        for i in next..VISITORS_V4_ADDR_WORDS {
+            settle(i, 0);
         }
         (set, cleared)
     }
 
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let (word, bit) = self.word(addr);
-        word.load(Ordering::Relaxed) & bit != 0
+        let (index, bit) = visitor_v4_slot(u32::from(addr));
+        self.at(index).load(Ordering::Relaxed) & bit != 0
+    }
+
+    /// Whether the net bit of `addr`'s /24 is set (what the kernel checks first).
+    pub fn net_marked(&self, addr: Ipv4Addr) -> bool {
+        let (index, bit) = visitor_v4_net_slot(u32::from(addr));
+        self.at(index).load(Ordering::Relaxed) & bit != 0
     }
 }
 

@@ -790,11 +790,12 @@ pub fn layout_mismatch(
             return Ok(Some(format!("this build has no `{name}` map")));
         };
         let have = maps.data(name)?.info().map_err(|e| kernel(format!("the {name} map"), e))?;
-        let want = (want.key_size(), want.value_size(), want.max_entries());
-        let have = (have.key_size(), have.value_size(), have.max_entries());
+        let want = (want.key_size(), want.value_size(), want.max_entries(), want.map_flags());
+        let have = (have.key_size(), have.value_size(), have.max_entries(), have.map_flags());
         if want != have {
             return Ok(Some(format!(
-                "the pinned `{name}` map has (key, value, entries) {have:?}, this build {want:?}"
+                "the pinned `{name}` map has (key, value, entries, flags) {have:?}, this build \
+                 {want:?}"
             )));
         }
     }

@@ -173,8 +173,8 @@ pub struct Policy {
     pub learn_handshakes: bool,
 }
 
-/// Default `events.drop_sample`: cheap under any flood (a random number per drop, a ring
-/// write per thousand) and enough samples for `edge top` at a few thousand drops a second.
+/// Default `events.drop_sample`: cheap under any flood (a multiply per drop, a ring write per
+/// thousand) and enough samples for `edge top` at a few thousand drops a second.
 pub const DEFAULT_DROP_SAMPLE: u32 = 1000;
 
 impl Admission {

@@ -160,12 +160,22 @@ fn pinned_maps_of_another_layout_are_not_taken_over() {
     let maps = Maps::create().unwrap();
     let mut defined = edge::filter::defined_maps().unwrap();
     assert_eq!(edge::filter::layout_mismatch(&defined, &maps).unwrap(), None);
-    // ...and a build whose `config` record grew would be told, naming the map.
-    let config = defined.get_mut("config").unwrap();
-    config.set_value_size(config.value_size() + 8);
+    // ...and a build whose `config` record grew would be told, naming the map...
+    let config = defined.get_mut("config").unwrap().clone();
+    let mut grown = config.clone();
+    grown.set_value_size(config.value_size() + 8);
+    defined.insert("config".into(), grown);
     let why = edge::filter::layout_mismatch(&defined, &maps).unwrap().expect("a mismatch");
     assert!(
-        why.contains("`config`") && why.contains("(4, 88, 1)") && why.contains("(4, 96, 1)"),
+        why.contains("`config`")
+            && why.contains("(4, 88, 1, 1024)")
+            && why.contains("(4, 96, 1, 1024)"),
         "{why}"
     );
+    // ...as would one whose record kept its size but not its flags (an earlier build's config
+    // was not mmap-able; its fields were in another order).
+    let earlier = aya_obj::Map::new_from_params(config.map_type(), 4, 88, 1, 0);
+    defined.insert("config".into(), earlier);
+    let why = edge::filter::layout_mismatch(&defined, &maps).unwrap().expect("a mismatch");
+    assert!(why.contains("(4, 88, 1, 1024)") && why.contains("(4, 88, 1, 0)"), "{why}");
 }
