@@ -8,7 +8,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_xdp_adjust_head},
     macros::{map, xdp},
     maps::{Array, HashMap},
     programs::XdpContext,
@@ -43,6 +43,17 @@ pub fn anchor_hash(ctx: XdpContext) -> u32 {
 #[unsafe(no_mangle)]
 static TX_SHARE: u32 = u32::MAX;
 
+/// Bytes the generator strips from the front of each frame before sending it (set at load
+/// time): live-frames pages start packet data part-way into a cache line, which no NIC driver
+/// does; the padding puts the Ethernet header at the start of a line, as on a real receive.
+#[unsafe(no_mangle)]
+static HEAD_PAD: u32 = 0;
+
+/// Where the generator's frames start in live-frames mode (`data_alignment`): the address
+/// (a privileged program may store a pointer; it may not mask one).
+#[map(name = "alignment")]
+static ALIGNMENT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Frames the generator transmitted (it runs on one CPU: a plain add is exact).
 #[map(name = "generated")]
 static GENERATED: Array<u64> = Array::with_max_entries(1, 0);
@@ -59,10 +70,26 @@ fn transmit() -> bool {
     send
 }
 
+/// Records where packet data starts within a cache line; sends nothing.
+#[xdp]
+pub fn data_alignment(ctx: XdpContext) -> u32 {
+    if let Some(slot) = ALIGNMENT.get_ptr_mut(0) {
+        unsafe { *slot = ctx.data() as u64 };
+    }
+    XDP_DROP
+}
+
+/// Strips the padding in front of the frame (see `HEAD_PAD`).
+#[inline(always)]
+fn strip_pad(ctx: &XdpContext) -> bool {
+    let pad = unsafe { core::ptr::read_volatile(&HEAD_PAD) };
+    pad == 0 || unsafe { bpf_xdp_adjust_head(ctx.ctx, pad as i32) } == 0
+}
+
 /// The frame as given: one source.
 #[xdp]
-pub fn generate_fixed(_ctx: XdpContext) -> u32 {
-    if transmit() {
+pub fn generate_fixed(ctx: XdpContext) -> u32 {
+    if strip_pad(&ctx) && transmit() {
         XDP_TX
     } else {
         XDP_DROP
@@ -74,16 +101,23 @@ pub fn generate_fixed(_ctx: XdpContext) -> u32 {
 /// with their last contents, so the checksum is computed afresh, never patched.
 #[xdp]
 pub fn generate_random(ctx: XdpContext) -> u32 {
+    if !strip_pad(&ctx) {
+        return XDP_DROP;
+    }
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + 34 > end || !transmit() {
         return XDP_DROP;
     }
     let ip = (start + 14) as *mut [u8; 20];
     let header = unsafe { &mut *ip };
-    // 11.0.0.0 - 121.255.255.255: unicast, so the receiver's stack takes what passes (a
-    // multicast or loopback source would be dropped as martian), and apart from the lab's
-    // 192.0.2.0/24 and the benchmark whitelist (128.0.0.0 - 191.255.255.255).
-    let src = (unsafe { bpf_get_prandom_u32() } % 0x6f00_0000 + 0x0b00_0000).to_be_bytes();
+    // 11.0.0.0 - 223.255.255.255 without 127.0.0.0/8: unicast, so the receiver's stack takes
+    // what passes (a multicast or loopback source would be dropped as martian). It spans the
+    // benchmark whitelist's 128.0.0.0/2, as a spoofed flood spans where visitors live.
+    let mut src = unsafe { bpf_get_prandom_u32() } % 0xd400_0000 + 0x0b00_0000;
+    if src >= 0x7f00_0000 {
+        src += 0x0100_0000;
+    }
+    let src = src.to_be_bytes();
     header[12..16].copy_from_slice(&src);
     header[10] = 0;
     header[11] = 0;
