@@ -70,7 +70,8 @@ fn transmit() -> bool {
     send
 }
 
-/// Records where packet data starts within a cache line; sends nothing.
+/// Records the address where live-frames packet data starts (its offset in a cache line is
+/// what `HEAD_PAD` makes up for); sends nothing.
 #[xdp]
 pub fn data_alignment(ctx: XdpContext) -> u32 {
     if let Some(slot) = ALIGNMENT.get_ptr_mut(0) {
