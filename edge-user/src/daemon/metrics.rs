@@ -41,6 +41,11 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
         g.set(value);
         registry.register(Box::new(g))
     };
+    let counter = |name: &str, help: &str, value: u64| -> prometheus::Result<()> {
+        let c = IntCounter::new(name, help)?;
+        c.inc_by(value);
+        registry.register(Box::new(c))
+    };
     let float_gauge = |name: &str, help: &str, value: f64| -> prometheus::Result<()> {
         let g = Gauge::new(name, help)?;
         g.set(value);
@@ -143,18 +148,16 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
             feed.lag_s,
         )?;
     }
-    let learned = IntCounter::new(
+    counter(
         "visitors_learned_total",
         "Visitors recorded from completed TCP handshakes since the daemon started.",
+        core.learned,
     )?;
-    learned.inc_by(core.learned);
-    registry.register(Box::new(learned))?;
-    let verified = IntCounter::new(
+    counter(
         "tickets_verified_total",
         "Tickets verified by the daemon since it started.",
+        core.verified,
     )?;
-    verified.inc_by(core.verified);
-    registry.register(Box::new(verified))?;
     let refused = counter_vec(
         "tickets_refused_total",
         "Tickets refused by the daemon since it started.",

@@ -645,7 +645,7 @@ impl Generator {
         // into one (after the kernel's page header), so a filter reading the Ethernet and IP
         // headers would touch two lines where a real receive touches one. Pad the frame so
         // that what is sent starts on a line.
-        let address = gen.with_program("data_alignment", u32::MAX, |run| {
+        let address = gen.with_program("data_alignment", "alignment", u32::MAX, |run| {
             run(1)?;
             Ok(())
         })?;
@@ -673,7 +673,7 @@ impl Generator {
         let share = share.unwrap_or(1.0).clamp(0.0, 1.0);
         let tx_share = if share >= 1.0 { u32::MAX } else { (share * f64::from(u32::MAX)) as u32 };
         let start = Instant::now();
-        let sent = self.with_program(name, tx_share, |run| {
+        let sent = self.with_program(name, "generated", tx_share, |run| {
             // Each call has a setup cost (its page pool): make calls long.
             while start.elapsed() < secs {
                 run(1 << 20)?;
@@ -684,11 +684,12 @@ impl Generator {
     }
 
     /// Loads generator program `name` in the client namespace, on the generator CPU, and calls
-    /// `body` with a function that runs it for that many live frames. Returns the program's
-    /// result word: frames transmitted (`generated`), or the data offset (`data_alignment`).
+    /// `body` with a function that runs it for that many live frames. Returns the word in map
+    /// `result` after: frames transmitted (`generated`), or the data address (`alignment`).
     fn with_program(
         &self,
         name: &str,
+        result: &'static str,
         tx_share: u32,
         body: impl FnOnce(&mut dyn FnMut(u32) -> Result<()>) -> Result<()> + Send,
     ) -> Result<u64> {
@@ -722,7 +723,6 @@ impl Generator {
                     prog.test_run(opts).context("BPF_PROG_TEST_RUN (live frames)")?;
                     Ok(())
                 })?;
-                let result = if name == "data_alignment" { "alignment" } else { "generated" };
                 let word: aya::maps::Array<_, u64> =
                     aya::maps::Array::try_from(ebpf.map(result).context(result)?)?;
                 Ok(word.get(&0, 0)?)
