@@ -13,6 +13,8 @@ pub enum Error {
     NoPrivilege { what: &'static str },
     #[error("bpffs is not mounted at {path} and mounting it failed ({source}); run `mount -t bpf bpf {path}`")]
     NoBpffs { path: String, source: io::Error },
+    #[error("bpffs is not mounted at {path}, and no other process shares this mount namespace (as under `ip netns exec`, which gives each command its own /sys): a bpffs mounted here would vanish when edge exits, and the filter with it; mount bpffs at {path} on the host and run edge with `nsenter --net=/run/netns/NAME`, which changes only the network namespace")]
+    PrivateBpffs { path: String },
     #[error("edge is already attached to {iface} (pins in {pins}); run `edge detach --iface {iface}` first")]
     AlreadyAttached { iface: String, pins: PathBuf },
     #[error("another XDP program is already attached to {iface}; remove it first (`ip link set dev {iface} xdp off`)")]

@@ -865,6 +865,9 @@ fn ensure_bpffs(mount_point: &Path) -> Result<()> {
     if is_bpffs() {
         return Ok(());
     }
+    if mount_namespace_is_ours_alone() {
+        return Err(Error::PrivateBpffs { path: mount_point.display().to_string() });
+    }
     let fstype = c"bpf";
     // SAFETY: valid NUL-terminated strings.
     let rc = unsafe {
@@ -877,6 +880,22 @@ fn ensure_bpffs(mount_point: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Whether no other process shares this process's mount namespace, as under `ip netns exec`
+/// (which also mounts a fresh /sys, hiding the host's bpffs). A bpffs mounted there dies with
+/// the namespace when edge exits, and every pin in it: the XDP link too, so the filter would
+/// be detached the moment `edge attach` reported it attached. Processes whose namespace we
+/// cannot read do not count as sharing it.
+fn mount_namespace_is_ours_alone() -> bool {
+    let Ok(own) = std::fs::read_link("/proc/self/ns/mnt") else { return false };
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    !entries.flatten().any(|entry| {
+        let other = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+        other.is_some_and(|pid| pid != me)
+            && std::fs::read_link(entry.path().join("ns/mnt")).is_ok_and(|ns| ns == own)
+    })
 }
 
 fn open_pinned_map(path: &Path) -> Result<Map> {

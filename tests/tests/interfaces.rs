@@ -179,3 +179,50 @@ fn pinned_maps_of_another_layout_are_not_taken_over() {
     let why = edge::filter::layout_mismatch(&defined, &maps).unwrap().expect("a mismatch");
     assert!(why.contains("(4, 88, 1, 1024)") && why.contains("(4, 88, 1, 0)"), "{why}");
 }
+
+#[test]
+fn an_attach_that_could_not_outlive_its_command_is_refused() {
+    if !privileged("an_attach_that_could_not_outlive_its_command_is_refused") {
+        return;
+    }
+    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, STRICT).unwrap();
+    // `ip netns exec` runs edge in a mount namespace of its own with a fresh /sys: pins made
+    // there would die with it when edge exits, and the filter with them.
+    let run = edge_tests::Run::of(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.server_ns])
+            .arg(edge_tests::edge_bin())
+            .args(["attach", "--iface", &lab.server_if, "--policy"])
+            .arg(&policy)
+            .env_remove("SSH_CONNECTION"),
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("no other process shares this mount namespace")
+            && run.stderr.contains("nsenter --net=/run/netns/NAME"),
+        "{}",
+        run.stderr
+    );
+    let link = std::process::Command::new("ip")
+        .args(["-n", &lab.server_ns, "-d", "link", "show", "dev", &lab.server_if])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("prog/xdp"), "an XDP program was left on the interface: {link}");
+    assert!(!Path::new(PIN_ROOT).join(&lab.server_if).exists());
+    // The same through nsenter, which enters only the network namespace, attaches for good.
+    let mut attach = lab.in_server(edge_tests::edge_bin());
+    attach.args(["attach", "--iface", &lab.server_if, "--policy"]).arg(&policy);
+    edge_tests::Run::of(&mut attach).ok("attach through nsenter");
+    let link = std::process::Command::new("ip")
+        .args(["-n", &lab.server_ns, "link", "show", "dev", &lab.server_if])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("prog/xdp"));
+    let mut detach = lab.in_server(edge_tests::edge_bin());
+    detach.args(["detach", "--iface", &lab.server_if]);
+    edge_tests::Run::of(&mut detach).ok("detach");
+}
