@@ -9,7 +9,9 @@
 //!
 //! 1. Drop rate for unknown sources: edge (native XDP), a one-lookup XDP reference and an
 //!    nftables netdev-ingress rule with the same whitelist as a set; each with the generator's
-//!    offered rate beside it, the median of three rounds taken in turn.
+//!    offered rate beside it, the median of three rounds taken in turn. Beside each, the CPU
+//!    time of the receiver's NAPI thread: its share of the run (under 100 %, the generator set
+//!    the rate) and per dropped packet (what the filter costs the receiver at that load).
 //! 2. Under a random-source flood at the generator's full rate: the share of TCP connections
 //!    from a visitor and an admitted client that complete, and the unknown packets per second
 //!    that reach the origin against the configured global budget.
@@ -73,6 +75,11 @@ struct DropRate {
     sources: &'static str,
     offered_pps: f64,
     dropped_pps: f64,
+    /// Share of the receiver CPU its NAPI thread ran (the filter's work, and for nftables the
+    /// stack up to the hook): under 1 when the generator, not the filter, sets the rate.
+    receiver_busy: f64,
+    /// The NAPI thread's CPU time per dropped packet: the filter's cost, whatever the rate.
+    receiver_ns_per_drop: f64,
     /// Every round's drop rate, ascending (the median is `dropped_pps`).
     rounds_dropped_pps: Vec<f64>,
 }
@@ -114,8 +121,8 @@ fn run() -> Result<Report> {
     let mut serve = lab.in_server("taskset");
     serve.args(["-c", &GENERATOR_CPU.to_string()]).arg(probe()).args(["serve", "192.0.2.1:443"]);
     lab.spawn(serve)?;
-    let gen = Generator::new(&lab)?;
     receiver_setup(&lab)?;
+    let gen = Generator::new(&lab)?;
 
     // The whitelist, for both filters.
     let whitelist: Vec<String> = (0..WHITELIST)
@@ -210,9 +217,19 @@ fn measure(
         .map(|(program, sources)| {
             say(&format!("{filter}, {sources} source(s)..."));
             let before = drops()?;
+            let busy_before = gen.receiver_runtime()?;
             let offered_pps = gen.run(program, MEASURE)?;
-            let dropped_pps = (drops()? - before) as f64 / MEASURE.as_secs_f64();
-            Ok(DropRate { filter, sources, offered_pps, dropped_pps, rounds_dropped_pps: vec![] })
+            let busy = gen.receiver_runtime()?.saturating_sub(busy_before);
+            let dropped = drops()? - before;
+            Ok(DropRate {
+                filter,
+                sources,
+                offered_pps,
+                dropped_pps: dropped as f64 / MEASURE.as_secs_f64(),
+                receiver_busy: busy.as_secs_f64() / MEASURE.as_secs_f64(),
+                receiver_ns_per_drop: busy.as_nanos() as f64 / dropped.max(1) as f64,
+                rounds_dropped_pps: vec![],
+            })
         })
         .collect()
 }
@@ -568,18 +585,27 @@ fn receiver_setup(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// Pins every NAPI thread of `iface` to `cpu` (they appear once NAPI is enabled).
-fn pin_napi_threads(iface: &str, cpu: usize) -> Result<usize> {
-    let mut pinned = 0;
+/// The NAPI threads of `iface` (they appear once NAPI is enabled, threaded).
+fn napi_threads(iface: &str) -> Result<Vec<i32>> {
+    let mut threads = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim().starts_with(&format!("napi/{iface}")) {
-            set_cpu(pid, cpu)?;
-            pinned += 1;
+        if comm.trim().starts_with(&format!("napi/{iface}-")) {
+            threads.push(pid);
         }
     }
-    Ok(pinned)
+    Ok(threads)
+}
+
+/// Pins every NAPI thread of `iface` to `cpu`. None is an error: the receiver would then run
+/// in softirq on whichever CPU schedules it, the generator's, and the lab measure nothing real.
+fn pin_napi_threads(iface: &str, cpu: usize) -> Result<()> {
+    let threads = napi_threads(iface)?;
+    if threads.is_empty() {
+        bail!("no NAPI thread for {iface}: threaded NAPI is not on");
+    }
+    threads.into_iter().try_for_each(|pid| set_cpu(pid, cpu))
 }
 
 fn set_cpu(pid: i32, cpu: usize) -> Result<()> {
@@ -660,6 +686,21 @@ impl Generator {
         Ok(gen)
     }
 
+    /// CPU time the receiver's NAPI threads have run so far (their scheduler statistics).
+    fn receiver_runtime(&self) -> Result<Duration> {
+        let mut ns = 0u64;
+        for pid in napi_threads(&self.server_if)? {
+            let path = format!("/proc/{pid}/schedstat");
+            let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .with_context(|| format!("{path}: no run time"))?;
+        }
+        Ok(Duration::from_nanos(ns))
+    }
+
     /// Runs generator program `name` flat out for `secs` on the generator CPU; returns the
     /// frames per second it offered.
     fn run(&self, name: &str, secs: Duration) -> Result<f64> {
@@ -738,28 +779,27 @@ fn print(r: &Report) {
         "\n== edge in the lab: drop rate for unknown sources (one run, median of {ROUNDS} rounds) =="
     );
     println!(
-        "{:<15} {:<7} {:>12} {:>12}   every round",
-        "filter", "sources", "offered pps", "dropped pps"
+        "{:<15} {:<7} {:>12} {:>12} {:>9} {:>8}   every round",
+        "filter", "sources", "offered pps", "dropped pps", "rx busy", "ns/drop"
     );
     for d in &r.drop_rates {
         let every: Vec<String> =
             d.rounds_dropped_pps.iter().map(|v| format!("{:.2}M", v / 1e6)).collect();
         println!(
-            "{:<15} {:<7} {:>12.0} {:>12.0}   {}",
+            "{:<15} {:<7} {:>12.0} {:>12.0} {:>8.0}% {:>8.0}   {}",
             d.filter,
             d.sources,
             d.offered_pps,
             d.dropped_pps,
+            d.receiver_busy * 100.0,
+            d.receiver_ns_per_drop,
             every.join(" ")
         );
     }
     for sources in ["single", "random"] {
-        let rate = |f| {
-            r.drop_rates
-                .iter()
-                .find(|d| d.filter == f && d.sources == sources)
-                .map_or(0.0, |d| d.dropped_pps)
-        };
+        let row = |f| r.drop_rates.iter().find(|d| d.filter == f && d.sources == sources);
+        let rate = |f| row(f).map_or(0.0, |d| d.dropped_pps);
+        let cost = |f| row(f).map_or(0.0, |d| d.receiver_ns_per_drop);
         let target = if sources == "single" { 4.0 } else { 2.5 };
         let nft = rate(NFTABLES).max(1.0);
         println!(
@@ -768,6 +808,12 @@ fn print(r: &Report) {
             rate(EDGE) / nft,
             rate(ONE_LOOKUP) / nft,
             rate(EDGE) / rate(ONE_LOOKUP).max(1.0)
+        );
+        println!(
+            "{sources}: receiver CPU per dropped packet: nftables / edge {:.2}x; nftables / \
+             one-lookup {:.2}x",
+            cost(NFTABLES) / cost(EDGE).max(1e-9),
+            cost(NFTABLES) / cost(ONE_LOOKUP).max(1e-9)
         );
     }
     for f in &r.under_flood {
