@@ -674,7 +674,8 @@ impl Filter {
     /// Returns the pin directory and the maps, which stay usable.
     pub fn attach(self, iface: &str, mode: XdpMode) -> Result<(PathBuf, Maps)> {
         let dir = pin_dir(iface)?;
-        if dir.exists() {
+        // Pins whose link is defunct (the interface was deleted) enforce nothing: replaced.
+        if dir.join("link").exists() && pinned_link_live(iface)? {
             return Err(Error::AlreadyAttached { iface: iface.into(), pins: dir });
         }
         // The daemon's path with these maps as the set: one way to pin and attach.
@@ -693,9 +694,10 @@ impl Filter {
 pub fn attach_shared(maps: &Maps, iface: &str, mode: XdpMode) -> Result<(Counters, bool)> {
     let if_index = if_index(iface)?;
     let dir = pin_dir(iface)?;
-    let running = dir.join("link").exists();
+    let running = dir.join("link").exists() && pinned_link_live(iface)?;
     if !running && dir.exists() {
-        // Pins without a link enforce nothing: the leftovers of a failed attach.
+        // Pins without a live link enforce nothing: the leftovers of a failed attach, or of
+        // an interface that was deleted (its link went with it).
         std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel {
             what: format!("removing stale pins in {}", dir.display()),
             source: e,
@@ -957,6 +959,53 @@ fn attached_dir(iface: &str) -> Result<PathBuf> {
         return Err(Error::NotAttached { iface: iface.into(), pins: dir });
     }
     Ok(dir)
+}
+
+/// Whether the XDP link pinned for `iface` still filters a device. The kernel detaches a link
+/// when its device is deleted (a driver reload, a re-created veth or bond) but the pin stays:
+/// such a link enforces nothing, even once a device of the same name is back (a new device).
+/// A live link may be on a device in another network namespace (pins are not per namespace),
+/// so only the kernel's word counts, not a lookup of the name here.
+pub fn pinned_link_live(iface: &str) -> Result<bool> {
+    let dir = attached_dir(iface)?;
+    let ifindex = xdp_link_ifindex(&dir.join("link"))
+        .map_err(|e| Error::Kernel { what: "reading the pinned link".into(), source: e })?;
+    Ok(ifindex != 0)
+}
+
+/// The interface index of the XDP link pinned at `path`; 0 once the kernel detached it. aya's
+/// `LinkInfo` does not expose it, hence two raw bpf(2) calls (uapi `union bpf_attr` and
+/// `struct bpf_link_info`, whose per-type union starts at byte 16; `xdp.ifindex` is its first
+/// word).
+fn xdp_link_ifindex(path: &Path) -> std::io::Result<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    let bpf = |cmd: libc::c_long, attr: &mut [u64; 16]| -> std::io::Result<libc::c_long> {
+        // SAFETY: a zero-padded bpf_attr of 128 bytes whose pointers outlive the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr))
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(rc)
+    };
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(bpf(BPF_OBJ_GET, &mut attr)? as i32) };
+    let mut info = [0u32; 16];
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32) | (std::mem::size_of_val(&info) as u64) << 32;
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    if info[0] != BPF_LINK_TYPE_XDP {
+        return Err(std::io::Error::other(format!("link type {} is not XDP", info[0])));
+    }
+    Ok(info[4])
 }
 
 /// Detaches the filter from `iface` and removes its pins (program and maps go with them).

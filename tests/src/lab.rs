@@ -18,6 +18,8 @@ pub struct Lab {
     /// The server's veth end: where the filter is attached.
     pub server_if: String,
     pub client_if: String,
+    /// The client's source addresses, kept to rebuild the link (`recreate_link`).
+    client_addrs: Vec<String>,
     children: Vec<Child>,
     /// More interfaces whose edge pins go with the lab (made by a test inside it).
     extra_pins: Vec<String>,
@@ -47,36 +49,54 @@ impl Lab {
             client_ns: format!("edge-{id}-cli"),
             server_if: format!("es{id}"),
             client_if: format!("ec{id}"),
+            client_addrs: client_addrs.iter().map(|a| a.to_string()).collect(),
             children: Vec::new(),
             extra_pins: Vec::new(),
         };
         ip(&["netns", "add", &lab.server_ns])?;
         ip(&["netns", "add", &lab.client_ns])?;
+        lab.link_pair()?;
+        Ok(lab)
+    }
+
+    /// The veth pair between the namespaces, addressed and routed.
+    fn link_pair(&self) -> Result<()> {
+        let (srv, cli) = (&self.server_ns, &self.client_ns);
         ip(&[
             "link",
             "add",
-            &lab.server_if,
+            &self.server_if,
             "netns",
-            &lab.server_ns,
+            srv,
             "type",
             "veth",
             "peer",
             "name",
-            &lab.client_if,
+            &self.client_if,
             "netns",
-            &lab.client_ns,
+            cli,
         ])?;
-        let (srv, cli) = (lab.server_ns.clone(), lab.client_ns.clone());
-        ip(&["-n", &srv, "addr", "add", &format!("{SERVER_ADDR}/32"), "dev", &lab.server_if])?;
-        for addr in client_addrs {
-            ip(&["-n", &cli, "addr", "add", &format!("{addr}/32"), "dev", &lab.client_if])?;
+        ip(&["-n", srv, "addr", "add", &format!("{SERVER_ADDR}/32"), "dev", &self.server_if])?;
+        for addr in &self.client_addrs {
+            ip(&["-n", cli, "addr", "add", &format!("{addr}/32"), "dev", &self.client_if])?;
         }
-        for (ns, dev) in [(&srv, &lab.server_if), (&cli, &lab.client_if)] {
+        for (ns, dev) in [(srv, &self.server_if), (cli, &self.client_if)] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "route", "add", "default", "dev", dev])?;
+            ip(&["-n", ns, "route", "replace", "default", "dev", dev])?;
         }
-        Ok(lab)
+        Ok(())
+    }
+
+    /// Deletes the veth pair, as a driver reload or a re-created bond takes a NIC away:
+    /// whatever was attached to it goes with it.
+    pub fn delete_link(&self) -> Result<()> {
+        ip(&["-n", &self.server_ns, "link", "del", &self.server_if]).map(|_| ())
+    }
+
+    /// Makes the veth pair again under the same names, addressed and routed: new devices.
+    pub fn restore_link(&self) -> Result<()> {
+        self.link_pair()
     }
 
     /// A command run in the server namespace (network namespace only: bpffs pins stay shared,

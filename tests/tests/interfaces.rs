@@ -226,3 +226,111 @@ fn an_attach_that_could_not_outlive_its_command_is_refused() {
     detach.args(["detach", "--iface", &lab.server_if]);
     edge_tests::Run::of(&mut detach).ok("detach");
 }
+
+#[test]
+fn an_interface_deleted_and_made_again_is_filtered_again() {
+    if !privileged("an_interface_deleted_and_made_again_is_filtered_again") {
+        return;
+    }
+    let mut lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
+    let mut serve = lab.in_server(probe());
+    serve.args(["serve", "192.0.2.1:443"]);
+    lab.spawn(serve).unwrap();
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    assert!(lab.connects(probe(), VISITOR, 443, TIMEOUT_MS).unwrap());
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap());
+    let xdp_on = |lab: &Lab| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &lab.server_ns, "link", "show", "dev", &lab.server_if])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+
+    // The device goes away: its XDP link with it. The daemon says it is not filtering it.
+    lab.delete_link().unwrap();
+    daemon
+        .wait_status("not ready while the interface is gone", |s| {
+            s["ready"] == false
+                && s["interfaces"][0]["state"]
+                    .as_str()
+                    .is_some_and(|state| state.contains("no such network interface"))
+        })
+        .unwrap();
+    assert_eq!(daemon.cli(&["status"]).code, 0);
+
+    // A new device of the same name: the pinned link is defunct, and must not pass for a filter.
+    lab.restore_link().unwrap();
+    daemon
+        .wait_status("attached again", |s| {
+            s["ready"] == true && s["interfaces"][0]["state"] == "attached"
+        })
+        .unwrap();
+    assert!(xdp_on(&lab), "no XDP program on the new {iface}");
+    assert!(lab.connects(probe(), VISITOR, 443, TIMEOUT_MS).unwrap(), "the visitor was kept");
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "unknown still dropped");
+
+    // Deleted and made again between two of the daemon's checks: the same.
+    lab.delete_link().unwrap();
+    lab.restore_link().unwrap();
+    assert!(!xdp_on(&lab));
+    daemon.wait_status("attached to the newest device", |_| xdp_on(&lab)).unwrap();
+    daemon.wait_ready().unwrap();
+    assert!(xdp_on(&lab));
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap());
+    let log = daemon.log();
+    assert!(log.contains("the interface was deleted or re-created"), "{log}");
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn pins_of_a_deleted_interface_are_reported_and_replaced() {
+    if !privileged("pins_of_a_deleted_interface_are_reported_and_replaced") {
+        return;
+    }
+    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, STRICT).unwrap();
+    let edge = |args: &[&str]| {
+        let mut cmd = lab.in_server(edge_tests::edge_bin());
+        cmd.args(["--socket", "/nonexistent/edge.sock"]).args(args);
+        edge_tests::Run::of(&mut cmd)
+    };
+    let policy = policy.to_str().unwrap();
+    // `status` lists every pin, other tests' too (pins are not per network namespace): ours.
+    let line = || {
+        let status = edge(&["status"]).ok("status");
+        let ours = status.lines().find(|l| l.trim_start().starts_with(lab.server_if.as_str()));
+        ours.unwrap_or_else(|| panic!("{} is not listed: {status}", lab.server_if)).to_string()
+    };
+    let live = || {
+        let out = edge(&["status", "--json"]).ok("status --json");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let all = json["attached"].as_array().unwrap().clone();
+        let ours = all.into_iter().find(|i| i["name"] == lab.server_if.as_str());
+        ours.unwrap_or_else(|| panic!("{} is not listed: {json}", lab.server_if))["live"].clone()
+    };
+    edge(&["attach", "--iface", &lab.server_if, "--policy", policy]).ok("attach");
+    assert!(line().contains("attached (pinned), mode enforce"), "{}", line());
+    assert_eq!(live(), true);
+
+    // A new device under the old name: the pins stay, the link they hold filters nothing.
+    lab.delete_link().unwrap();
+    lab.restore_link().unwrap();
+    let ours = line();
+    assert!(ours.contains("NOT FILTERING") && ours.contains("run `edge attach` again"), "{ours}");
+    assert_eq!(live(), false);
+
+    // Attaching again replaces them (they enforce nothing); a live filter is not replaced.
+    edge(&["attach", "--iface", &lab.server_if, "--policy", policy]).ok("attach again");
+    assert_eq!(live(), true);
+    let again = edge(&["attach", "--iface", &lab.server_if, "--policy", policy]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already attached"), "{}", again.stderr);
+    edge(&["detach", "--iface", &lab.server_if]).ok("detach");
+}

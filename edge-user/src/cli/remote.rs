@@ -359,21 +359,34 @@ async fn pinned_rows(iface: Option<&str>) -> anyhow::Result<Vec<Row>> {
 
 fn pinned_status(socket: &Path, json: bool) -> anyhow::Result<()> {
     let interfaces = edge::filter::pinned_interfaces()?;
-    let modes: Vec<(String, String)> = interfaces
+    // (name, mode, whether its link still filters the interface of that name)
+    let pinned: Vec<(String, String, bool)> = interfaces
         .iter()
-        .map(|i| Ok((i.clone(), edge::filter::pinned_mode(i)?.to_string())))
+        .map(|i| {
+            let mode = edge::filter::pinned_mode(i)?.to_string();
+            Ok((i.clone(), mode, edge::filter::pinned_link_live(i)?))
+        })
         .collect::<anyhow::Result<_>>()?;
     if json {
-        let attached: Vec<_> =
-            modes.iter().map(|(i, m)| serde_json::json!({ "name": i, "mode": m })).collect();
+        let attached: Vec<_> = pinned
+            .iter()
+            .map(|(i, m, live)| serde_json::json!({ "name": i, "mode": m, "live": live }))
+            .collect();
         return print_json(&serde_json::json!({ "daemon": "unreachable", "attached": attached }));
     }
     println!("edge daemon: not reachable at {}", socket.display());
-    if modes.is_empty() {
+    if pinned.is_empty() {
         println!("  not attached to any interface");
     }
-    for (iface, mode) in modes {
-        println!("  {iface:<16} attached (pinned), mode {mode}");
+    for (iface, mode, live) in pinned {
+        if live {
+            println!("  {iface:<16} attached (pinned), mode {mode}");
+        } else {
+            println!(
+                "  {iface:<16} NOT FILTERING: the interface was deleted or re-created and its XDP \
+                 link went with it; run `edge attach` again (or `edge detach` to clear the pins)"
+            );
+        }
     }
     Ok(())
 }

@@ -393,16 +393,25 @@ impl Core {
     /// from the store like after a reboot. Stop the daemon first to take the filter off.
     fn notice_detached(&mut self) {
         for iface in &mut self.interfaces {
-            if matches!(iface.link, Link::Attached { .. }) {
-                let gone = pin_dir(&iface.name).map_or(true, |dir| !dir.join("link").exists());
-                if gone {
-                    warn!(
-                        iface = %iface.name,
-                        "the filter was detached from outside the daemon; re-attaching \
-                         (stop the daemon first to take it off)"
-                    );
-                    iface.link = Link::Waiting("detached from outside the daemon".into());
-                }
+            if !matches!(iface.link, Link::Attached { .. }) {
+                continue;
+            }
+            let pinned = pin_dir(&iface.name).is_ok_and(|dir| dir.join("link").exists());
+            if !pinned {
+                warn!(
+                    iface = %iface.name,
+                    "the filter was detached from outside the daemon; re-attaching \
+                     (stop the daemon first to take it off)"
+                );
+                iface.link = Link::Waiting("detached from outside the daemon".into());
+            } else if !crate::filter::pinned_link_live(&iface.name).unwrap_or(true) {
+                // The kernel detached the link with the device: nothing filters this name.
+                warn!(
+                    iface = %iface.name,
+                    "the interface was deleted or re-created and its XDP link went with it; \
+                     re-attaching"
+                );
+                iface.link = Link::Waiting("the interface was deleted or re-created".into());
             }
         }
     }
