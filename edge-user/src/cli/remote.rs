@@ -359,7 +359,7 @@ async fn pinned_rows(iface: Option<&str>) -> anyhow::Result<Vec<Row>> {
 
 fn pinned_status(socket: &Path, json: bool) -> anyhow::Result<()> {
     let interfaces = edge::filter::pinned_interfaces()?;
-    // (name, mode, whether its link still filters the interface of that name)
+    // (name, mode, whether its link still has a device: the kernel detaches it with one)
     let pinned: Vec<(String, String, bool)> = interfaces
         .iter()
         .map(|i| {
