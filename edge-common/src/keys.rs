@@ -100,6 +100,17 @@ pub const fn visitor_v4_net_slot(addr: u32) -> (u32, u64) {
     (crate::maps::VISITORS_V4_ADDR_WORDS + (net >> 6), 1u64 << (net & 63))
 }
 
+/// Which half of `list_nets_v4` a list's /24 bits live in.
+pub const LIST_NETS_DENY: u32 = 0;
+pub const LIST_NETS_ALLOW: u32 = 1;
+
+/// Where the bit of `net` (an IPv4 /24: the address >> 8) lives in `half` of `list_nets_v4`:
+/// (word index in the map, bit in word).
+#[inline(always)]
+pub const fn list_net_v4_slot(half: u32, net: u32) -> (u32, u64) {
+    (half * crate::maps::LIST_NETS_V4_HALF_WORDS + (net >> 6), 1u64 << (net & 63))
+}
+
 /// Where an admission key lives in one generation of `admitted_hint`: a byte index in
 /// `0..ADMITTED_HINT_SLOTS`. A multiply-shift hash of the key's two words: cheap, and the
 /// kernel and the daemon compute the same.

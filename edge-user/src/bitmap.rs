@@ -1,8 +1,8 @@
 //! The maps userspace writes through mmap: the IPv4 visitor bitmap with its /24 summary
 //! (setting 20 million bits is memory writes, not 20 million syscalls, and the kernel sees each
-//! bit as soon as it is set)
-//! and the admitted map's hint (single-byte stores, so the kernel's own stores are never
-//! overwritten by a read-modify-write).
+//! bit as soon as it is set), the admitted map's hint (single-byte stores, so the kernel's own
+//! stores are never overwritten by a read-modify-write), and the /24s the allow and deny
+//! prefixes touch.
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
@@ -12,60 +12,89 @@ use std::{
 
 use aya::maps::MapData;
 use edge_common::{
-    keys::{admitted_hint_byte, admitted_hint_slot, visitor_v4_net_slot, visitor_v4_slot, Addr},
+    keys::{
+        admitted_hint_byte, admitted_hint_slot, list_net_v4_slot, visitor_v4_net_slot,
+        visitor_v4_slot, Addr,
+    },
     maps::{
-        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, VISITORS_V4_ADDR_WORDS,
-        VISITORS_V4_WORDS,
+        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS,
+        LIST_NETS_V4_HALF_WORDS, LIST_NETS_V4_WORDS, VISITORS_V4_ADDR_WORDS, VISITORS_V4_WORDS,
     },
 };
 use roaring::RoaringBitmap;
 
 use crate::error::{Error, Result};
 
-/// A shared mapping of `visitors_v4`; the mapping holds its own reference on the map.
-pub struct VisitorBitmap {
-    words: NonNull<AtomicU64>,
+/// A shared, writable mapping of a BPF_F_MMAPABLE array, unmapped on drop; it holds its own
+/// reference on the map. Accessed only through atomics.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
 }
 
-// SAFETY: the mapping is shared memory accessed only through atomics.
-unsafe impl Send for VisitorBitmap {}
-unsafe impl Sync for VisitorBitmap {}
+// SAFETY: shared memory accessed only through atomics.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
 
-const LEN: usize = VISITORS_V4_WORDS as usize * 8;
-
-/// Maps `len` bytes of a BPF_F_MMAPABLE array, shared with the kernel.
-fn map_shared(map: &MapData, len: usize, what: &str) -> Result<NonNull<u8>> {
-    let fd = map.fd().as_fd().as_raw_fd();
-    // SAFETY: mapping a BPF_F_MMAPABLE array of at least `len` bytes; checked for failure.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(Error::Kernel {
-            what: format!("mmap of {what}"),
-            source: std::io::Error::last_os_error(),
-        });
+impl Mapping {
+    /// Maps `words` words of `map`, which must be a BPF_F_MMAPABLE array at least that long.
+    fn new(map: &MapData, words: u32, what: &str) -> Result<Self> {
+        let len = words as usize * 8;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF_F_MMAPABLE array of at least `len` bytes; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::Kernel {
+                what: format!("mmap of {what}"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Self { ptr: NonNull::new(ptr.cast()).expect("mmap returned null"), len })
     }
-    Ok(NonNull::new(ptr.cast()).expect("mmap returned null"))
+
+    /// Word `index` of the mapping.
+    fn word(&self, index: usize) -> &AtomicU64 {
+        assert!(index * 8 < self.len);
+        // SAFETY: inside the mapping (checked), 8-byte aligned (the mapping is page aligned).
+        unsafe { &*self.ptr.as_ptr().add(index * 8).cast() }
+    }
+
+    /// Byte `index` of the mapping.
+    fn byte(&self, index: usize) -> &AtomicU8 {
+        assert!(index < self.len);
+        // SAFETY: inside the mapping (checked).
+        unsafe { &*self.ptr.as_ptr().add(index).cast() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A shared mapping of `visitors_v4`.
+pub struct VisitorBitmap {
+    words: Mapping,
 }
 
 impl VisitorBitmap {
     pub fn map(map: &MapData) -> Result<Self> {
-        Ok(Self { words: map_shared(map, LEN, "the visitors_v4 bitmap")?.cast() })
+        Ok(Self { words: Mapping::new(map, VISITORS_V4_WORDS, "the visitors_v4 bitmap")? })
     }
 
     fn at(&self, index: u32) -> &AtomicU64 {
-        debug_assert!(index < VISITORS_V4_WORDS);
-        // SAFETY: every index comes from visitor_v4_slot or visitor_v4_net_slot, both below
-        // VISITORS_V4_WORDS, the length of the mapping in words.
-        unsafe { &*self.words.as_ptr().add(index as usize) }
+        self.words.word(index as usize)
     }
 
     /// The four words of address bits of `net` (a /24: the address >> 8).
@@ -179,38 +208,23 @@ impl VisitorBitmap {
     }
 }
 
-impl Drop for VisitorBitmap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what map() mapped.
-        unsafe { libc::munmap(self.words.as_ptr().cast(), LEN) };
-    }
-}
-
 /// A shared mapping of `admitted_hint` (see `edge_common::maps::ADMITTED_HINT`).
 pub struct AdmittedHint {
-    bytes: NonNull<AtomicU8>,
+    bytes: Mapping,
 }
-
-// SAFETY: shared memory accessed only through atomics.
-unsafe impl Send for AdmittedHint {}
-unsafe impl Sync for AdmittedHint {}
-
-const HINT_LEN: usize = ADMITTED_HINT_WORDS as usize * 8;
 
 impl AdmittedHint {
     pub fn map(map: &MapData) -> Result<Self> {
-        Ok(Self { bytes: map_shared(map, HINT_LEN, "the admitted_hint map")?.cast() })
+        Ok(Self { bytes: Mapping::new(map, ADMITTED_HINT_WORDS, "the admitted_hint map")? })
     }
 
     fn byte(&self, generation: u32, key: &Addr) -> &AtomicU8 {
         let (word, byte) = admitted_hint_byte(generation, admitted_hint_slot(key));
-        // SAFETY: word < ADMITTED_HINT_GENERATION and byte < 8, inside the mapping.
-        unsafe { &*self.bytes.as_ptr().add(word as usize * 8 + byte as usize) }
+        self.bytes.byte(word as usize * 8 + byte as usize)
     }
 
     fn generation_word(&self) -> &AtomicU64 {
-        // SAFETY: the last word of the mapping, 8-byte aligned (the mapping is page aligned).
-        unsafe { &*self.bytes.as_ptr().add(ADMITTED_HINT_GENERATION as usize * 8).cast() }
+        self.bytes.word(ADMITTED_HINT_GENERATION as usize)
     }
 
     /// The generation the kernel reads.
@@ -236,9 +250,7 @@ impl AdmittedHint {
         let spare = 1 - self.live();
         let first = admitted_hint_byte(spare, 0).0 as usize;
         for word in first..first + ADMITTED_HINT_SLOTS as usize / 8 {
-            // SAFETY: words of the spare generation, inside the mapping.
-            let word = unsafe { &*self.bytes.as_ptr().add(word * 8).cast::<AtomicU64>() };
-            word.store(0, Ordering::Relaxed);
+            self.bytes.word(word).store(0, Ordering::Relaxed);
         }
         std::sync::atomic::fence(Ordering::SeqCst);
         for key in admitted()? {
@@ -249,9 +261,124 @@ impl AdmittedHint {
     }
 }
 
-impl Drop for AdmittedHint {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what map() mapped.
-        unsafe { libc::munmap(self.bytes.as_ptr().cast(), HINT_LEN) };
+/// A shared mapping of `list_nets_v4`: per list, one bit per IPv4 /24 that a prefix touches
+/// (see `edge_common::maps::LIST_NETS_V4_HALF_WORDS`). Only the control plane writes it.
+pub struct ListNets {
+    words: Mapping,
+}
+
+impl ListNets {
+    pub fn map(map: &MapData) -> Result<Self> {
+        Ok(Self { words: Mapping::new(map, LIST_NETS_V4_WORDS, "the list_nets_v4 map")? })
+    }
+
+    fn word(&self, half: u32, index: u32) -> &AtomicU64 {
+        let (word, _) = list_net_v4_slot(half, index * 64);
+        self.words.word(word as usize)
+    }
+
+    /// Sets the bits of `prefixes` (LPM keys: length over 128 bits, v4-mapped for IPv4) in
+    /// `half`. Call before inserting them: the kernel skips the trie while a bit is clear.
+    pub fn mark<'a>(&self, half: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) {
+        let bits = nets_bits(prefixes);
+        for (index, bits) in bits.iter().enumerate().filter(|(_, b)| **b != 0) {
+            self.word(half, index as u32).fetch_or(*bits, Ordering::SeqCst);
+        }
+    }
+
+    /// Makes `half` hold exactly the bits of `prefixes`, the list as it now is in the trie.
+    /// Call after removing prefixes from the trie, so a bit is cleared only once no prefix
+    /// behind it is left.
+    pub fn settle<'a>(&self, half: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) {
+        let bits = nets_bits(prefixes);
+        for (index, bits) in bits.iter().enumerate() {
+            let word = self.word(half, index as u32);
+            if word.load(Ordering::Relaxed) != *bits {
+                word.store(*bits, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn contains(&self, half: u32, addr: Ipv4Addr) -> bool {
+        let net = u32::from(addr) >> 8;
+        let (_, bit) = list_net_v4_slot(half, net);
+        self.word(half, net / 64).load(Ordering::Acquire) & bit != 0
+    }
+}
+
+/// One half's words for `prefixes`: the bit of every /24 each prefix touches.
+fn nets_bits<'a>(prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) -> Vec<u64> {
+    let mut bits = vec![0u64; LIST_NETS_V4_HALF_WORDS as usize];
+    for (len, addr) in prefixes {
+        if let Some((first, count)) = v4_nets(len, addr) {
+            for net in first..first + count {
+                bits[(net / 64) as usize] |= 1 << (net % 64);
+            }
+        }
+    }
+    bits
+}
+
+/// The IPv4 /24s an LPM key touches, as (first /24, how many): a prefix of length `len` over
+/// 128 bits touches IPv4 only through `::ffff:0:0/96`. A short IPv6 prefix that covers all of
+/// it (`::/0`) touches every /24; an IPv4 prefix of 24 bits or more, one.
+pub fn v4_nets(len: u32, addr: &Addr) -> Option<(u32, u32)> {
+    const MAPPED: u128 = 0xffff << 32;
+    let len = len.min(128);
+    let key = u128::from_be_bytes(*addr);
+    let mask = |bits: u32| if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+    let covering = len.min(96);
+    if key & mask(covering) != MAPPED & mask(covering) {
+        return None;
+    }
+    let v4_len = len.saturating_sub(96);
+    let first = (key as u32) >> 8;
+    if v4_len >= 24 {
+        return Some((first, 1));
+    }
+    let count = 1u32 << (24 - v4_len);
+    Some((first & !(count - 1), count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v4_nets;
+
+    fn key(prefix: &str) -> (u32, [u8; 16]) {
+        let net: ipnet::IpNet = prefix.parse().unwrap();
+        match net {
+            ipnet::IpNet::V4(n) => {
+                let mut key = [0u8; 16];
+                key[10..12].copy_from_slice(&[0xff, 0xff]);
+                key[12..].copy_from_slice(&n.network().octets());
+                (96 + u32::from(n.prefix_len()), key)
+            }
+            ipnet::IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
+        }
+    }
+
+    fn nets(prefix: &str) -> Option<(u32, u32)> {
+        let (len, key) = key(prefix);
+        v4_nets(len, &key)
+    }
+
+    #[test]
+    fn ipv4_prefixes_touch_their_24s() {
+        assert_eq!(nets("10.0.0.0/8"), Some((0x0a_0000, 1 << 16)));
+        assert_eq!(nets("100.64.0.0/23"), Some((0x64_4000, 2)));
+        assert_eq!(nets("192.0.2.128/25"), Some((0xc0_0002, 1)));
+        assert_eq!(nets("192.0.2.7/32"), Some((0xc0_0002, 1)));
+        assert_eq!(nets("0.0.0.0/0"), Some((0, 1 << 24)));
+    }
+
+    #[test]
+    fn ipv6_prefixes_touch_ipv4_only_through_the_mapped_range() {
+        assert_eq!(nets("::/0"), Some((0, 1 << 24)));
+        assert_eq!(nets("::ffff:0:0/96"), Some((0, 1 << 24)));
+        assert_eq!(nets("::fffe:0:0/95"), Some((0, 1 << 24)), "covers ::ffff:0:0/96");
+        assert_eq!(nets("::/95"), None, "stops short of ::ffff:0:0");
+        assert_eq!(nets("::ffff:198.18.0.0/111"), Some((0xc6_1200, 1 << 9)));
+        assert_eq!(nets("2001:db8::/32"), None);
+        assert_eq!(nets("::198.18.0.0/112"), None, "IPv4-compatible, not mapped");
     }
 }

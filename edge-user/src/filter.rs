@@ -26,7 +26,7 @@ use edge_common::{
 use ipnet::IpNet;
 
 use crate::{
-    bitmap::{AdmittedHint, VisitorBitmap},
+    bitmap::{AdmittedHint, ListNets, VisitorBitmap},
     error::{chain, errno, kernel, Error, Result},
     history::{window_start, VisitorHistory},
     policy::{Policy, Protected},
@@ -49,11 +49,12 @@ pub static BASELINE_OBJECT: &[u8] =
 pub const PIN_ROOT: &str = "/sys/fs/bpf/edge";
 
 /// The maps every interface of one daemon shares: all but the per-interface counters.
-pub const SHARED_MAPS: [&str; 13] = [
+pub const SHARED_MAPS: [&str; 14] = [
     names::CONFIG,
     names::PROTECTED,
     names::DENY,
     names::ALLOW,
+    names::LIST_NETS_V4,
     names::VISITORS_V4,
     names::VISITORS_V6,
     names::ADMITTED,
@@ -92,6 +93,7 @@ pub struct Maps {
     maps: std::collections::HashMap<&'static str, Map>,
     visitors_v4: VisitorBitmap,
     admitted_hint: AdmittedHint,
+    list_nets: ListNets,
 }
 
 fn view<'a, T>(
@@ -121,7 +123,11 @@ impl Maps {
             return Err(Error::Load("admitted_hint is not an array".into()));
         };
         let admitted_hint = AdmittedHint::map(hint)?;
-        Ok(Self { maps, visitors_v4, admitted_hint })
+        let Some(Map::Array(nets)) = maps.get(names::LIST_NETS_V4) else {
+            return Err(Error::Load("list_nets_v4 is not an array".into()));
+        };
+        let list_nets = ListNets::map(nets)?;
+        Ok(Self { maps, visitors_v4, admitted_hint, list_nets })
     }
 
     /// New, empty maps of the program's definition, not pinned.
@@ -323,29 +329,41 @@ impl Maps {
         for key in stale {
             trie.remove(&key).map_err(|e| kernel(format!("removing from the {name} list"), e))?;
         }
+        self.list_nets.settle(list_half(name), wanted.iter().map(|(len, addr)| (*len, addr)));
         Ok(())
     }
 
     /// Adds prefixes to the `allow` or `deny` trie (an existing prefix is left as it is).
     pub fn insert_rules(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
         let capacity = list_capacity(name);
+        let keys: Vec<(u32, Addr)> = nets.iter().map(lpm_key).collect();
+        // Their /24 bits first: while a bit is clear the kernel does not look in the trie.
+        self.list_nets.mark(list_half(name), keys.iter().map(|(len, addr)| (*len, addr)));
         let mut trie = self.list(name)?;
-        for net in nets {
-            let (len, addr) = lpm_key(net);
+        for (len, addr) in keys {
             trie.insert(&Key::new(len, addr), Rule { id: 0 }, 0)
                 .map_err(|e| full_or(e, name, capacity, nets.len()))?;
         }
         self.enable_lists(if name == names::ALLOW { LIST_ALLOW } else { LIST_DENY })
     }
 
-    /// Takes prefixes out of the `allow` or `deny` trie.
+    /// Takes prefixes out of the `allow` or `deny` trie, then clears the /24 bits no prefix
+    /// left in it touches.
     pub fn remove_rules(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
         let mut trie = self.list(name)?;
         for net in nets {
             let (len, addr) = lpm_key(net);
             absent_ok(trie.remove(&Key::new(len, addr)), &format!("removing from {name}"))?;
         }
+        let left: Vec<(u32, Addr)> =
+            trie.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+        self.list_nets.settle(list_half(name), left.iter().map(|(len, addr)| (*len, addr)));
         Ok(())
+    }
+
+    /// Whether the kernel would look an IPv4 address up in the `allow` or `deny` trie.
+    pub fn list_net_marked(&self, name: &'static str, addr: std::net::Ipv4Addr) -> bool {
+        self.list_nets.contains(list_half(name), addr)
     }
 
     /// Makes `visitors_v6` hold exactly `want`: inserts first, then removes the rest.
@@ -492,6 +510,15 @@ fn absent_ok(result: Result<(), aya::maps::MapError>, what: &str) -> Result<()> 
             Err(kernel(what, e))
         }
         _ => Ok(()),
+    }
+}
+
+/// The half of `list_nets_v4` that holds a list's /24 bits.
+fn list_half(name: &str) -> u32 {
+    if name == names::ALLOW {
+        edge_common::keys::LIST_NETS_ALLOW
+    } else {
+        edge_common::keys::LIST_NETS_DENY
     }
 }
 

@@ -334,3 +334,33 @@ fn pins_of_a_deleted_interface_are_reported_and_replaced() {
     assert!(again.stderr.contains("already attached"), "{}", again.stderr);
     edge(&["detach", "--iface", &lab.server_if]).ok("detach");
 }
+
+#[test]
+fn pins_lacking_a_map_of_this_build_are_not_taken_over() {
+    if !privileged("pins_lacking_a_map_of_this_build_are_not_taken_over") {
+        return;
+    }
+    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.stop().unwrap();
+    // What an earlier build would have pinned: everything but a map this build added.
+    let pins = Path::new(PIN_ROOT).join(&iface);
+    std::fs::remove_file(pins.join(edge_common::maps::LIST_NETS_V4)).unwrap();
+    let (link, _) = pinned_link_ids(&iface).unwrap();
+    daemon.start().unwrap();
+    daemon
+        .wait_status("refusing the pins", |s| {
+            s["interfaces"][0]["state"]
+                .as_str()
+                .is_some_and(|state| state.contains("it has no `list_nets_v4` map"))
+        })
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["status", "--json"]).ok("status")).unwrap();
+    assert_eq!(status["ready"], false);
+    assert_eq!(pinned_link_ids(&iface).unwrap().0, link, "the running filter was left alone");
+    daemon.stop().unwrap();
+}

@@ -483,3 +483,61 @@ fn global_budget_exhaustion_creates_no_source_state() {
     // Known sources never touch the budget.
     s.passes("visitor unaffected", &frame("192.0.2.10", L4::Tcp(443)).build(), VISITOR);
 }
+
+/// The /24 bits in front of the allow and deny tries: every prefix length, IPv6 prefixes that
+/// cover IPv4 (v4-mapped), and removals that clear the bits no prefix touches any more while
+/// keeping those another prefix still does.
+#[test]
+fn list_prefixes_of_every_length_and_their_removal() {
+    if !privileged("list_prefixes_of_every_length_and_their_removal") {
+        return;
+    }
+    let mut s = shared();
+    let policy = r#"
+mode = "enforce"
+[unknown]
+rate_pps = 0
+[lists]
+deny = ["10.0.0.0/8", "172.16.5.0/24", "172.16.6.7/32", "100.64.0.0/23", "::ffff:198.18.0.0/111"]
+allow = ["192.0.2.128/25", "10.9.0.0/16"]
+"#;
+    s.setup(policy, "", TODAY);
+    let deny = edge_common::maps::DENY;
+    let allow = edge_common::maps::ALLOW;
+    let tcp = |ip: &str| frame(ip, L4::Tcp(443)).build();
+    for ip in ["10.0.0.1", "10.255.255.254", "172.16.5.9", "172.16.6.7", "100.64.1.200"] {
+        s.drops(ip, &tcp(ip), DENY);
+    }
+    // The IPv6 prefix ::ffff:198.18.0.0/111 is IPv4 198.18.0.0/15, written as IPv6.
+    s.drops("198.19.255.1 via an IPv6 rule", &tcp("198.19.255.1"), DENY);
+    for ip in ["11.0.0.1", "172.16.4.255", "172.16.6.8", "100.64.2.0", "198.20.0.1"] {
+        s.drops(ip, &tcp(ip), UNKNOWN_RATE);
+    }
+    // Deny is judged before allow: 10.9.0.0/16 is inside the denied 10/8.
+    s.drops("denied before allowed", &tcp("10.9.1.1"), DENY);
+    s.passes("allowed /25", &tcp("192.0.2.200"), ALLOW);
+    s.drops("the other /25", &tcp("192.0.2.100"), UNKNOWN_RATE);
+    let marked =
+        |s: &Shared, list, ip: &str| s.filter.maps.list_net_marked(list, ip.parse().unwrap());
+    assert!(marked(&s, deny, "10.200.3.4") && marked(&s, deny, "198.18.77.1"));
+    assert!(!marked(&s, deny, "11.0.0.1") && !marked(&s, allow, "10.0.0.1"));
+    assert!(marked(&s, allow, "192.0.2.1"), "a /25 marks its whole /24");
+
+    // Removing the /8 clears its bits, except where a prefix still in the list lives.
+    let net = |n: &str| n.parse::<ipnet::IpNet>().unwrap();
+    s.filter.maps.remove_rules(deny, &[net("10.0.0.0/8"), net("::ffff:198.18.0.0/111")]).unwrap();
+    assert!(!marked(&s, deny, "10.0.0.1") && !marked(&s, deny, "198.18.0.1"));
+    assert!(marked(&s, deny, "172.16.5.1") && marked(&s, deny, "100.64.1.1"));
+    s.drops("no longer denied", &tcp("10.0.0.1"), UNKNOWN_RATE);
+    s.passes("allowed once the /8 is gone", &tcp("10.9.1.1"), ALLOW);
+    s.drops("still denied", &tcp("172.16.6.7"), DENY);
+
+    // An IPv6 prefix covering all of IPv4 marks every /24; taking it out unmarks them.
+    s.filter.maps.insert_rules(deny, &[net("::/0")]).unwrap();
+    assert!(marked(&s, deny, "1.2.3.4") && marked(&s, deny, "223.255.255.1"));
+    s.drops("::/0 denies IPv4 too", &tcp("1.2.3.4"), DENY);
+    s.drops("::/0 denies IPv6", &frame("2001:db8:9::9", L4::Udp(443)).build(), DENY);
+    s.filter.maps.remove_rules(deny, &[net("::/0")]).unwrap();
+    assert!(!marked(&s, deny, "1.2.3.4") && marked(&s, deny, "172.16.5.1"));
+    s.drops("back to unknown", &tcp("1.2.3.4"), UNKNOWN_RATE);
+}

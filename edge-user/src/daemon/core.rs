@@ -957,16 +957,22 @@ fn shared_maps<'a>(
         interfaces.find_map(|name| pin_dir(name).ok().filter(|dir| dir.join("link").exists()));
     let mut maps = match running {
         Some(dir) => {
-            let maps = Maps::open_pinned(&dir)?;
-            if let Some(why) =
-                crate::filter::layout_mismatch(&crate::filter::defined_maps()?, &maps)?
-            {
-                return Err(Error::Load(format!(
+            let refuse = |why: String| {
+                Error::Load(format!(
                     "{}: the running filter was built with other map layouts ({why}); this \
                      binary cannot take it over in place. Stop the daemon, `edge detach` each \
                      interface, and start again (visitors and rules come back from the store)",
                     dir.display()
-                )));
+                ))
+            };
+            if let Some(name) = crate::filter::SHARED_MAPS.iter().find(|n| !dir.join(n).exists()) {
+                return Err(refuse(format!("it has no `{name}` map")));
+            }
+            let maps = Maps::open_pinned(&dir)?;
+            if let Some(why) =
+                crate::filter::layout_mismatch(&crate::filter::defined_maps()?, &maps)?
+            {
+                return Err(refuse(why));
             }
             maps
         }

@@ -35,6 +35,26 @@ allow = ["198.51.100.0/24", "2001:db8:a::/48"]
 deny = ["203.0.113.0/24", "2001:db8:dead::/48"]
 "#;
 
+/// Prefixes in each list for the large-lists cases.
+const LIST_RULES: u32 = 10_000;
+
+/// The bench policy with LIST_RULES more /24s in each list, spread over the IPv4 space.
+fn large_lists() -> Result<Policy> {
+    let spread = |i: u32, odd: u32| {
+        let net = std::net::Ipv4Addr::from(i.wrapping_mul(odd) & 0xffff_ff00 | 0x0100_0000);
+        format!("\"{net}/24\"")
+    };
+    let allow: Vec<String> = (0..LIST_RULES).map(|i| spread(i, 2_654_435_761)).collect();
+    let deny: Vec<String> = (0..LIST_RULES).map(|i| spread(i, 2_246_822_519)).collect();
+    let text = format!(
+        "mode = \"enforce\"\n[lists]\nallow = [\"198.51.100.0/24\", {}]\n\
+         deny = [\"203.0.113.0/24\", {}]\n",
+        allow.join(", "),
+        deny.join(", ")
+    );
+    Ok(Policy::parse(&text, "bench-large-lists.toml", Path::new("."))?)
+}
+
 /// Knocks on: the kernel then looks admissions up for every unknown source, so only the knock
 /// cases run with it.
 const KNOCK: &str = "[admission]\nkeys = \"set-directly-by-the-bench\"\nknock_port = 7000\n";
@@ -284,6 +304,23 @@ fn main() -> Result<()> {
     let ns = per_call(&mut anchor_prog, &flood)?;
     report.case("anchor_hash_random", ns, true);
     say(&format!("  flood_random_source / anchor_hash_random = {:.2}", flood_ns / ns));
+
+    // Large lists, as a threat feed makes them: every verdict looks in both tries first, and
+    // an IPv4 source goes into a trie only when a listed prefix touches its /24.
+    say(&format!(
+        "\nwith {LIST_RULES} deny and {LIST_RULES} allow /24 prefixes (same program, same frames):"
+    ));
+    filter.maps.apply(&large_lists()?, &history, today)?;
+    filter.maps.reset_budgets()?;
+    let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[0].1)?;
+    report.case("visitor_v4_big_lists", ns, false);
+    let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[4].1)?;
+    report.case("unknown_drop_big_lists", ns, false);
+    filter.maps.reset_budgets()?;
+    let ns = per_call(|f, r| Ok(filter.run(f, r)?.1), &flood)?;
+    report.case("flood_big_lists", ns, true);
+    say(&format!("  flood_big_lists / flood_random_source = {:.2}", ns / flood_ns));
+    filter.maps.apply(&policy, &history, today)?;
 
     let per_visitor = bitmap_bytes as f64 / f64::from(VISITORS);
     let anchor_per = anchor_bytes as f64 / f64::from(VISITORS);
