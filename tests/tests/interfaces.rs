@@ -19,6 +19,14 @@ fn probe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_edge-probe"))
 }
 
+/// STRICT in a policy file, for `edge attach` (the directory goes with the first value).
+fn strict_policy_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, STRICT).unwrap();
+    (dir, policy)
+}
+
 /// Packets counted for `reason` and `action` on one interface.
 fn packets(daemon: &Daemon, iface: &str, reason: &str, action: &str) -> u64 {
     let out = daemon.cli(&["stats", "--iface", iface, "--json"]).ok("stats");
@@ -186,9 +194,7 @@ fn an_attach_that_could_not_outlive_its_command_is_refused() {
         return;
     }
     let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, STRICT).unwrap();
+    let (_dir, policy) = strict_policy_file();
     // `ip netns exec` runs edge in a mount namespace of its own with a fresh /sys: pins made
     // there would die with it when edge exits, and the filter with them.
     let run = edge_tests::Run::of(
@@ -293,9 +299,7 @@ fn pins_of_a_deleted_interface_are_reported_and_replaced() {
         return;
     }
     let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, STRICT).unwrap();
+    let (_dir, policy) = strict_policy_file();
     let edge = |args: &[&str]| {
         let mut cmd = lab.in_server(edge_tests::edge_bin());
         cmd.args(["--socket", "/nonexistent/edge.sock"]).args(args);
