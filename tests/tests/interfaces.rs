@@ -268,6 +268,9 @@ fn an_interface_deleted_and_made_again_is_filtered_again() {
         })
         .unwrap();
     assert_eq!(daemon.cli(&["status"]).code, 0);
+    let body = lab.scrape_metrics();
+    let gone = format!("edge_interface_attached{{interface=\"{iface}\"}} 0");
+    assert!(body.lines().any(|l| l == gone) && body.lines().any(|l| l == "edge_ready 0"), "{body}");
 
     // A new device of the same name: the pinned link is defunct, and must not pass for a filter.
     lab.restore_link().unwrap();
@@ -277,6 +280,8 @@ fn an_interface_deleted_and_made_again_is_filtered_again() {
         })
         .unwrap();
     assert!(xdp_on(&lab), "no XDP program on the new {iface}");
+    let back = format!("edge_interface_attached{{interface=\"{iface}\"}} 1");
+    assert!(lab.scrape_metrics().lines().any(|l| l == back));
     assert!(lab.connects(probe(), VISITOR, 443, TIMEOUT_MS).unwrap(), "the visitor was kept");
     assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "unknown still dropped");
 

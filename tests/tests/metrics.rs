@@ -61,6 +61,8 @@ fn metrics_expose_counters_and_state_and_pass_promtool() {
     ] {
         assert!(body.lines().any(|l| l == line), "`{line}` not in:\n{body}");
     }
+    let attached = format!("edge_interface_attached{{interface=\"{iface}\"}} 1");
+    assert!(body.lines().any(|l| l == attached), "`{attached}` not in:\n{body}");
     for name in ["edge_unknown_packets_per_second ", "edge_map_entries{map=\"unknown_buckets\"} "] {
         assert!(body.lines().any(|l| l.starts_with(name)), "`{name}` not in:\n{body}");
     }

@@ -107,6 +107,16 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
             * 86_400,
     )?;
     gauge("ready", "1 when the filter is attached to every interface.", i64::from(core.ready()))?;
+    let attached = gauge_vec(
+        "interface_attached",
+        "1 while the filter is attached to the interface, 0 while it waits (the device is gone, \
+         the pins are another build's, ...; `edge status` says why).",
+        &["interface"],
+    )?;
+    for iface in &core.interfaces {
+        let up = matches!(iface.link, Link::Attached { .. });
+        attached.with_label_values(&[iface.name.as_str()]).set(i64::from(up));
+    }
     let mode = gauge_vec("mode", "The mode asked for (1) and the others (0).", &["mode"])?;
     let current = core.mode().to_string();
     for m in ["off", "monitor", "enforce", "auto"] {
