@@ -63,9 +63,10 @@ pub const VISITORS_V4_ADDR_WORDS: u32 = 1 << 26;
 pub const VISITORS_V4_NET_WORDS: u32 = 1 << 18;
 /// Words in `visitors_v4`.
 pub const VISITORS_V4_WORDS: u32 = VISITORS_V4_ADDR_WORDS + VISITORS_V4_NET_WORDS;
-/// Words of one list's half of `list_nets_v4`: one bit per /24 (2 MiB). A trie lookup walks
-/// one node per prefix length on the way down, each a likely cache miss once the list holds
-/// thousands of prefixes, and every IPv4 packet paid one per list before its verdict. A clear
+/// Words of one list's half of `list_nets_v4`: one bit per /24 (2 MiB). A trie lookup walks a
+/// chain of nodes (one per branch on the way to the longest match), each a likely cache miss
+/// once the list holds thousands of prefixes, and every IPv4 packet paid one walk per list
+/// before its verdict. A clear
 /// bit proves the source is not listed; a set bit sends it on to the trie, which decides.
 /// Writers set a prefix's bits before inserting it and clear them only after removing it.
 pub const LIST_NETS_V4_HALF_WORDS: u32 = 1 << 18;
