@@ -100,15 +100,28 @@ pub const fn visitor_v4_net_slot(addr: u32) -> (u32, u64) {
     (crate::maps::VISITORS_V4_ADDR_WORDS + (net >> 6), 1u64 << (net & 63))
 }
 
-/// Which half of `list_nets_v4` a list's /24 bits live in.
+/// Which list's regions of `list_nets` a lookup reads.
 pub const LIST_NETS_DENY: u32 = 0;
 pub const LIST_NETS_ALLOW: u32 = 1;
 
-/// Where the bit of `net` (an IPv4 /24: the address >> 8) lives in `half` of `list_nets_v4`:
-/// (word index in the map, bit in word).
+/// Where the bit of IPv4 /24 `net` (the address >> 8) lives in `list`'s IPv4 region of
+/// `list_nets`: (word index in the map, bit in word).
 #[inline(always)]
-pub const fn list_net_v4_slot(half: u32, net: u32) -> (u32, u64) {
-    (half * crate::maps::LIST_NETS_V4_HALF_WORDS + (net >> 6), 1u64 << (net & 63))
+pub const fn list_net_v4_slot(list: u32, net: u32) -> (u32, u64) {
+    list_net_slot(2 * list, net)
+}
+
+/// Where the bit of an IPv6 /32 (its first four bytes, big-endian) lives in `list`'s IPv6
+/// region: its 24-bit multiply-shift hash. /32 is what registries allocate, so a listed prefix
+/// marks one or a few bits, and a source in an unlisted /32 almost always finds its bit clear.
+#[inline(always)]
+pub const fn list_net_v6_slot(list: u32, prefix32: u32) -> (u32, u64) {
+    list_net_slot(2 * list + 1, prefix32.wrapping_mul(0x9e37_79b1) >> 8)
+}
+
+#[inline(always)]
+const fn list_net_slot(region: u32, index: u32) -> (u32, u64) {
+    (region * crate::maps::LIST_NETS_REGION_WORDS + (index >> 6), 1u64 << (index & 63))
 }
 
 /// Where an admission key lives in one generation of `admitted_hint`: a byte index in

@@ -10,9 +10,9 @@ pub const PROTECTED: &str = "protected";
 pub const DENY: &str = "deny";
 /// Allow list, LPM trie over v4-mapped 16-byte addresses.
 pub const ALLOW: &str = "allow";
-/// One bit per IPv4 /24 that some deny prefix touches, then the same for allow; mmap-able.
-/// See [`LIST_NETS_V4_WORDS`].
-pub const LIST_NETS_V4: &str = "list_nets_v4";
+/// Per list (deny, then allow): one bit per IPv4 /24 that a prefix touches, then one bit per
+/// hashed IPv6 /32; mmap-able. See [`LIST_NETS_REGION_WORDS`].
+pub const LIST_NETS: &str = "list_nets";
 /// IPv4 visitors: one bit per IPv4 address (the whole space), then one bit per /24 that holds
 /// any visitor; mmap-able. See [`VISITORS_V4_WORDS`].
 pub const VISITORS_V4: &str = "visitors_v4";
@@ -63,15 +63,15 @@ pub const VISITORS_V4_ADDR_WORDS: u32 = 1 << 26;
 pub const VISITORS_V4_NET_WORDS: u32 = 1 << 18;
 /// Words in `visitors_v4`.
 pub const VISITORS_V4_WORDS: u32 = VISITORS_V4_ADDR_WORDS + VISITORS_V4_NET_WORDS;
-/// Words of one list's half of `list_nets_v4`: one bit per /24 (2 MiB). A trie lookup walks a
-/// chain of nodes (one per branch on the way to the longest match), each a likely cache miss
-/// once the list holds thousands of prefixes, and every IPv4 packet paid one walk per list
-/// before its verdict. A clear
-/// bit proves the source is not listed; a set bit sends it on to the trie, which decides.
-/// Writers set a prefix's bits before inserting it and clear them only after removing it.
-pub const LIST_NETS_V4_HALF_WORDS: u32 = 1 << 18;
-/// Words in `list_nets_v4`: the deny half, then the allow half.
-pub const LIST_NETS_V4_WORDS: u32 = 2 * LIST_NETS_V4_HALF_WORDS;
+/// Words of one region of `list_nets` (2 MiB): a list's IPv4 bits (one per /24) or its IPv6
+/// bits (one per hash of a /32). A trie lookup walks a chain of nodes, one per branch on the
+/// way to the longest match, each a likely cache miss once the list holds thousands of
+/// prefixes, and every packet paid one walk per non-empty list before its verdict. A clear bit
+/// proves the source is not listed; a set bit sends it on to the trie, which decides. Writers
+/// set a prefix's bits before inserting it and clear them only after removing it.
+pub const LIST_NETS_REGION_WORDS: u32 = 1 << 18;
+/// Words in `list_nets`: deny IPv4, deny IPv6, allow IPv4, allow IPv6.
+pub const LIST_NETS_WORDS: u32 = 4 * LIST_NETS_REGION_WORDS;
 /// IPv6 visitor /64 prefixes.
 pub const VISITORS_V6_CAPACITY: u32 = 2_000_000;
 /// Admitted sources (IPv4 addresses and IPv6 /64 prefixes together).

@@ -37,9 +37,10 @@ pub static DENY_LIST: LpmTrie<Addr, Rule> =
 pub static ALLOW_LIST: LpmTrie<Addr, Rule> =
     LpmTrie::with_max_entries(ALLOW_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// The /24s the deny and allow prefixes touch: an IPv4 source in none skips the trie.
-#[map(name = "list_nets_v4")]
-pub static LIST_NETS_V4: Array<u64> = Array::with_max_entries(LIST_NETS_V4_WORDS, BPF_F_MMAPABLE);
+/// The IPv4 /24s and hashed IPv6 /32s the deny and allow prefixes touch: a source in none
+/// skips the trie.
+#[map(name = "list_nets")]
+pub static LIST_NETS: Array<u64> = Array::with_max_entries(LIST_NETS_WORDS, BPF_F_MMAPABLE);
 
 /// One bit per IPv4 address, behind one bit per /24: at most two memory accesses per lookup
 /// whatever the number of visitors, and userspace writes it through mmap (no per-entry

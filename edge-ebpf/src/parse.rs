@@ -85,6 +85,13 @@ impl Source {
         u32::from_be_bytes([b[4], b[5], b[6], b[7]])
     }
 
+    /// The first four bytes (an IPv6 /32), big-endian.
+    #[inline(always)]
+    pub fn prefix32(&self) -> u32 {
+        let b = self.words[0].to_ne_bytes();
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+
     /// The first eight bytes (an IPv6 /64 prefix), as a key.
     #[inline(always)]
     pub fn prefix64(&self) -> &[u8; 8] {

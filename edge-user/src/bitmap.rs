@@ -2,9 +2,9 @@
 //! (setting 20 million bits is memory writes, not 20 million syscalls, and the kernel sees each
 //! bit as soon as it is set), the admitted map's hint (single-byte stores, so the kernel's own
 //! stores are never overwritten by a read-modify-write), and the /24s the allow and deny
-//! prefixes touch.
+//! prefixes touch (IPv4 /24s, hashed IPv6 /32s).
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
     sync::atomic::{AtomicU64, AtomicU8, Ordering},
@@ -13,12 +13,12 @@ use std::{
 use aya::maps::MapData;
 use edge_common::{
     keys::{
-        admitted_hint_byte, admitted_hint_slot, list_net_v4_slot, visitor_v4_net_slot,
-        visitor_v4_slot, Addr,
+        admitted_hint_byte, admitted_hint_slot, list_net_v4_slot, list_net_v6_slot,
+        visitor_v4_net_slot, visitor_v4_slot, Addr,
     },
     maps::{
-        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS,
-        LIST_NETS_V4_HALF_WORDS, LIST_NETS_V4_WORDS, VISITORS_V4_ADDR_WORDS, VISITORS_V4_WORDS,
+        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, LIST_NETS_REGION_WORDS,
+        LIST_NETS_WORDS, VISITORS_V4_ADDR_WORDS, VISITORS_V4_WORDS,
     },
 };
 use roaring::RoaringBitmap;
@@ -261,62 +261,105 @@ impl AdmittedHint {
     }
 }
 
-/// A shared mapping of `list_nets_v4`: per list, one bit per IPv4 /24 that a prefix touches
-/// (see `edge_common::maps::LIST_NETS_V4_HALF_WORDS`). Only the control plane writes it.
+/// A shared mapping of `list_nets`: per list, one bit per IPv4 /24 and one per hashed IPv6 /32
+/// that a prefix touches (see `edge_common::maps::LIST_NETS_REGION_WORDS`). Only the control
+/// plane writes it.
 pub struct ListNets {
     words: Mapping,
 }
 
+/// Words of one list's two regions (IPv4, then IPv6), which are adjacent in the map.
+const LIST_WORDS: usize = 2 * LIST_NETS_REGION_WORDS as usize;
+
 impl ListNets {
     pub fn map(map: &MapData) -> Result<Self> {
-        Ok(Self { words: Mapping::new(map, LIST_NETS_V4_WORDS, "the list_nets_v4 map")? })
+        Ok(Self { words: Mapping::new(map, LIST_NETS_WORDS, "the list_nets map")? })
     }
 
-    fn word(&self, half: u32, index: u32) -> &AtomicU64 {
-        let (word, _) = list_net_v4_slot(half, index * 64);
-        self.words.word(word as usize)
+    /// Word `index` of `list`'s two regions.
+    fn word(&self, list: u32, index: usize) -> &AtomicU64 {
+        self.words.word(list_base(list) + index)
     }
 
     /// Sets the bits of `prefixes` (LPM keys: length over 128 bits, v4-mapped for IPv4) in
-    /// `half`. Call before inserting them: the kernel skips the trie while a bit is clear.
-    pub fn mark<'a>(&self, half: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) {
-        let bits = nets_bits(prefixes);
+    /// `list`'s regions. Call before inserting them: the kernel skips the trie while a bit is
+    /// clear.
+    pub fn mark<'a>(&self, list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) {
+        let bits = list_bits(list, prefixes);
         for (index, bits) in bits.iter().enumerate().filter(|(_, b)| **b != 0) {
-            self.word(half, index as u32).fetch_or(*bits, Ordering::SeqCst);
+            self.word(list, index).fetch_or(*bits, Ordering::SeqCst);
         }
     }
 
-    /// Makes `half` hold exactly the bits of `prefixes`, the list as it now is in the trie.
-    /// Call after removing prefixes from the trie, so a bit is cleared only once no prefix
-    /// behind it is left.
-    pub fn settle<'a>(&self, half: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) {
-        let bits = nets_bits(prefixes);
+    /// Makes `list`'s regions hold exactly the bits of `prefixes`, the list as it now is in the
+    /// trie. Call after removing prefixes from the trie, so a bit is cleared only once no
+    /// prefix behind it is left.
+    pub fn settle<'a>(&self, list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) {
+        let bits = list_bits(list, prefixes);
         for (index, bits) in bits.iter().enumerate() {
-            let word = self.word(half, index as u32);
+            let word = self.word(list, index);
             if word.load(Ordering::Relaxed) != *bits {
                 word.store(*bits, Ordering::SeqCst);
             }
         }
     }
 
-    pub fn contains(&self, half: u32, addr: Ipv4Addr) -> bool {
-        let net = u32::from(addr) >> 8;
-        let (_, bit) = list_net_v4_slot(half, net);
-        self.word(half, net / 64).load(Ordering::Acquire) & bit != 0
+    /// Whether the kernel would look `addr` up in `list`'s trie.
+    pub fn contains(&self, list: u32, addr: IpAddr) -> bool {
+        let (word, bit) = source_slot(list, addr);
+        self.words.word(word as usize).load(Ordering::Acquire) & bit != 0
     }
 }
 
-/// One half's words for `prefixes`: the bit of every /24 each prefix touches.
-fn nets_bits<'a>(prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) -> Vec<u64> {
-    let mut bits = vec![0u64; LIST_NETS_V4_HALF_WORDS as usize];
+/// The first word of `list`'s regions in the map.
+fn list_base(list: u32) -> usize {
+    list_net_v4_slot(list, 0).0 as usize
+}
+
+/// The slot the kernel reads for a source.
+fn source_slot(list: u32, addr: IpAddr) -> (u32, u64) {
+    match addr {
+        IpAddr::V4(v4) => list_net_v4_slot(list, u32::from(v4) >> 8),
+        IpAddr::V6(v6) => list_net_v6_slot(list, (u128::from(v6) >> 96) as u32),
+    }
+}
+
+/// `list`'s two regions for `prefixes`: the bit of every IPv4 /24 and every IPv6 /32 each
+/// prefix touches.
+fn list_bits<'a>(list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) -> Vec<u64> {
+    let base = list_base(list);
+    let mut bits = vec![0u64; LIST_WORDS];
+    let set = |bits: &mut [u64], (word, bit): (u32, u64)| bits[word as usize - base] |= bit;
     for (len, addr) in prefixes {
         if let Some((first, count)) = v4_nets(len, addr) {
-            for net in first..first + count {
-                bits[(net / 64) as usize] |= 1 << (net % 64);
-            }
+            (first..first + count).for_each(|net| set(&mut bits, list_net_v4_slot(list, net)));
+        }
+        let (first, count) = v6_nets(len, addr);
+        if count > WIDE_V6 {
+            // Wider than a /16: most of the region's bits would be set anyway. All of them is
+            // correct (a set bit only sends a source on to the trie) and quick to write.
+            bits[LIST_WORDS / 2..].fill(u64::MAX);
+            continue;
+        }
+        for i in 0..count {
+            set(&mut bits, list_net_v6_slot(list, first.wrapping_add(i as u32)));
         }
     }
     bits
+}
+
+/// IPv6 prefixes touching more /32s than this mark their list's whole IPv6 region.
+const WIDE_V6: u64 = 1 << 16;
+
+/// The IPv6 /32s an LPM key touches, as (first /32, how many). An IPv4 key is inside
+/// `::ffff:0:0/96`, in the /32 `::`; a prefix shorter than /32 touches every /32 under it.
+pub fn v6_nets(len: u32, addr: &Addr) -> (u32, u64) {
+    let first = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    if len >= 32 {
+        return (first, 1);
+    }
+    let count = 1u64 << (32 - len);
+    (first & !((count - 1) as u32), count)
 }
 
 /// The IPv4 /24s an LPM key touches, as (first /24, how many): a prefix of length `len` over
@@ -380,5 +423,19 @@ mod tests {
         assert_eq!(nets("::ffff:198.18.0.0/111"), Some((0xc6_1200, 1 << 9)));
         assert_eq!(nets("2001:db8::/32"), None);
         assert_eq!(nets("::198.18.0.0/112"), None, "IPv4-compatible, not mapped");
+    }
+
+    #[test]
+    fn prefixes_touch_their_ipv6_32s() {
+        let v6 = |prefix: &str| {
+            let (len, key) = key(prefix);
+            super::v6_nets(len, &key)
+        };
+        assert_eq!(v6("2001:db8:dead::/48"), (0x2001_0db8, 1));
+        assert_eq!(v6("2001:db8::/32"), (0x2001_0db8, 1));
+        assert_eq!(v6("2001:db8::/31"), (0x2001_0db8, 2));
+        assert_eq!(v6("2001:db9::/29"), (0x2001_0db8, 8));
+        assert_eq!(v6("::/0"), (0, 1 << 32));
+        assert_eq!(v6("10.0.0.0/8"), (0, 1), "IPv4 keys live in the /32 ::");
     }
 }

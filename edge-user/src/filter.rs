@@ -54,7 +54,7 @@ pub const SHARED_MAPS: [&str; 14] = [
     names::PROTECTED,
     names::DENY,
     names::ALLOW,
-    names::LIST_NETS_V4,
+    names::LIST_NETS,
     names::VISITORS_V4,
     names::VISITORS_V6,
     names::ADMITTED,
@@ -123,8 +123,8 @@ impl Maps {
             return Err(Error::Load("admitted_hint is not an array".into()));
         };
         let admitted_hint = AdmittedHint::map(hint)?;
-        let Some(Map::Array(nets)) = maps.get(names::LIST_NETS_V4) else {
-            return Err(Error::Load("list_nets_v4 is not an array".into()));
+        let Some(Map::Array(nets)) = maps.get(names::LIST_NETS) else {
+            return Err(Error::Load("list_nets is not an array".into()));
         };
         let list_nets = ListNets::map(nets)?;
         Ok(Self { maps, visitors_v4, admitted_hint, list_nets })
@@ -329,7 +329,7 @@ impl Maps {
         for key in stale {
             trie.remove(&key).map_err(|e| kernel(format!("removing from the {name} list"), e))?;
         }
-        self.list_nets.settle(list_half(name), wanted.iter().map(|(len, addr)| (*len, addr)));
+        self.list_nets.settle(list_nets_of(name), wanted.iter().map(|(len, addr)| (*len, addr)));
         Ok(())
     }
 
@@ -338,7 +338,7 @@ impl Maps {
         let capacity = list_capacity(name);
         let keys: Vec<(u32, Addr)> = nets.iter().map(lpm_key).collect();
         // Their /24 bits first: while a bit is clear the kernel does not look in the trie.
-        self.list_nets.mark(list_half(name), keys.iter().map(|(len, addr)| (*len, addr)));
+        self.list_nets.mark(list_nets_of(name), keys.iter().map(|(len, addr)| (*len, addr)));
         let mut trie = self.list(name)?;
         for (len, addr) in keys {
             trie.insert(&Key::new(len, addr), Rule { id: 0 }, 0)
@@ -357,13 +357,13 @@ impl Maps {
         }
         let left: Vec<(u32, Addr)> =
             trie.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
-        self.list_nets.settle(list_half(name), left.iter().map(|(len, addr)| (*len, addr)));
+        self.list_nets.settle(list_nets_of(name), left.iter().map(|(len, addr)| (*len, addr)));
         Ok(())
     }
 
-    /// Whether the kernel would look an IPv4 address up in the `allow` or `deny` trie.
-    pub fn list_net_marked(&self, name: &'static str, addr: std::net::Ipv4Addr) -> bool {
-        self.list_nets.contains(list_half(name), addr)
+    /// Whether the kernel would look `addr` up in the `allow` or `deny` trie.
+    pub fn list_net_marked(&self, name: &'static str, addr: IpAddr) -> bool {
+        self.list_nets.contains(list_nets_of(name), addr)
     }
 
     /// Makes `visitors_v6` hold exactly `want`: inserts first, then removes the rest.
@@ -513,8 +513,8 @@ fn absent_ok(result: Result<(), aya::maps::MapError>, what: &str) -> Result<()> 
     }
 }
 
-/// The half of `list_nets_v4` that holds a list's /24 bits.
-fn list_half(name: &str) -> u32 {
+/// Which list's regions of `list_nets` hold a list's bits.
+fn list_nets_of(name: &str) -> u32 {
     if name == names::ALLOW {
         edge_common::keys::LIST_NETS_ALLOW
     } else {

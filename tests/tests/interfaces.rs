@@ -357,14 +357,14 @@ fn pins_lacking_a_map_of_this_build_are_not_taken_over() {
     daemon.stop().unwrap();
     // What an earlier build would have pinned: everything but a map this build added.
     let pins = Path::new(PIN_ROOT).join(&iface);
-    std::fs::remove_file(pins.join(edge_common::maps::LIST_NETS_V4)).unwrap();
+    std::fs::remove_file(pins.join(edge_common::maps::LIST_NETS)).unwrap();
     let (link, _) = pinned_link_ids(&iface).unwrap();
     daemon.start().unwrap();
     daemon
         .wait_status("refusing the pins", |s| {
             s["interfaces"][0]["state"]
                 .as_str()
-                .is_some_and(|state| state.contains("it has no `list_nets_v4` map"))
+                .is_some_and(|state| state.contains("it has no `list_nets` map"))
         })
         .unwrap();
     let status: serde_json::Value =

@@ -498,8 +498,9 @@ mode = "enforce"
 [unknown]
 rate_pps = 0
 [lists]
-deny = ["10.0.0.0/8", "172.16.5.0/24", "172.16.6.7/32", "100.64.0.0/23", "::ffff:198.18.0.0/111"]
-allow = ["192.0.2.128/25", "10.9.0.0/16"]
+deny = ["10.0.0.0/8", "172.16.5.0/24", "172.16.6.7/32", "100.64.0.0/23", "::ffff:198.18.0.0/111",
+        "2001:db8:bad::/48", "2001:db8:cafe::/47"]
+allow = ["192.0.2.128/25", "10.9.0.0/16", "2001:db8:a::/48"]
 "#;
     s.setup(policy, "", TODAY);
     let deny = edge_common::maps::DENY;
@@ -522,6 +523,15 @@ allow = ["192.0.2.128/25", "10.9.0.0/16"]
     assert!(marked(&s, deny, "10.200.3.4") && marked(&s, deny, "198.18.77.1"));
     assert!(!marked(&s, deny, "11.0.0.1") && !marked(&s, allow, "10.0.0.1"));
     assert!(marked(&s, allow, "192.0.2.1"), "a /25 marks its whole /24");
+    // IPv6: a listed /48 marks its /32; a source in another /32 skips the trie.
+    let udp = |ip: &str| frame(ip, L4::Udp(443)).build();
+    s.drops("denied /48", &udp("2001:db8:bad:ffff::1"), DENY);
+    s.drops("denied /47, its second /48", &udp("2001:db8:caff::1"), DENY);
+    s.drops("same /32, not denied", &udp("2001:db8:bae::1"), UNKNOWN_RATE);
+    s.passes("allowed /48", &udp("2001:db8:a:1::1"), ALLOW);
+    s.drops("another /32", &udp("2a00:1450::1"), UNKNOWN_RATE);
+    assert!(marked(&s, deny, "2001:db8:ffff::1") && !marked(&s, deny, "2a00:1450::1"));
+    assert!(marked(&s, allow, "2001:db8::1") && !marked(&s, allow, "2001:db9::1"));
 
     // Removing the /8 clears its bits, except where a prefix still in the list lives.
     let net = |n: &str| n.parse::<ipnet::IpNet>().unwrap();
@@ -535,9 +545,13 @@ allow = ["192.0.2.128/25", "10.9.0.0/16"]
     // An IPv6 prefix covering all of IPv4 marks every /24; taking it out unmarks them.
     s.filter.maps.insert_rules(deny, &[net("::/0")]).unwrap();
     assert!(marked(&s, deny, "1.2.3.4") && marked(&s, deny, "223.255.255.1"));
+    assert!(marked(&s, deny, "2a00:1450::1"));
     s.drops("::/0 denies IPv4 too", &tcp("1.2.3.4"), DENY);
     s.drops("::/0 denies IPv6", &frame("2001:db8:9::9", L4::Udp(443)).build(), DENY);
     s.filter.maps.remove_rules(deny, &[net("::/0")]).unwrap();
     assert!(!marked(&s, deny, "1.2.3.4") && marked(&s, deny, "172.16.5.1"));
+    assert!(!marked(&s, deny, "2a00:1450::1") && marked(&s, deny, "2001:db8:bad::1"));
+    s.drops("v6 back to unknown", &udp("2a00:1450::1"), UNKNOWN_RATE);
+    s.drops("v6 still denied", &udp("2001:db8:bad::1"), DENY);
     s.drops("back to unknown", &tcp("1.2.3.4"), UNKNOWN_RATE);
 }

@@ -35,17 +35,25 @@ allow = ["198.51.100.0/24", "2001:db8:a::/48"]
 deny = ["203.0.113.0/24", "2001:db8:dead::/48"]
 "#;
 
-/// Prefixes in each list for the large-lists cases.
+/// Prefixes of each family in each list for the big-lists cases.
 const LIST_RULES: u32 = 10_000;
 
-/// The bench policy with LIST_RULES more /24s in each list, spread over the IPv4 space.
+/// The bench policy with LIST_RULES more IPv4 /24s and IPv6 /48s in each list, spread over the
+/// IPv4 space and over 2a00::/12.
 fn large_lists() -> Result<Policy> {
     let spread = |i: u32, odd: u32| {
         let net = std::net::Ipv4Addr::from(i.wrapping_mul(odd) & 0xffff_ff00 | 0x0100_0000);
         format!("\"{net}/24\"")
     };
-    let allow: Vec<String> = (0..LIST_RULES).map(|i| spread(i, 2_654_435_761)).collect();
-    let deny: Vec<String> = (0..LIST_RULES).map(|i| spread(i, 2_246_822_519)).collect();
+    let spread_v6 = |i: u32, odd: u32| {
+        let h = i.wrapping_mul(odd);
+        format!("\"2a0{:x}:{:x}:{:x}::/48\"", h >> 28, (h >> 12) & 0xffff, h & 0xfff)
+    };
+    let list = |odd: u32, odd_v6: u32| -> Vec<String> {
+        (0..LIST_RULES).flat_map(|i| [spread(i, odd), spread_v6(i, odd_v6)]).collect()
+    };
+    let allow = list(2_654_435_761, 3_266_489_917);
+    let deny = list(2_246_822_519, 668_265_263);
     let text = format!(
         "mode = \"enforce\"\n[lists]\nallow = [\"198.51.100.0/24\", {}]\n\
          deny = [\"203.0.113.0/24\", {}]\n",
@@ -308,12 +316,14 @@ fn main() -> Result<()> {
     // Large lists, as a threat feed makes them: every verdict looks in both tries first, and
     // an IPv4 source goes into a trie only when a listed prefix touches its /24.
     say(&format!(
-        "\nwith {LIST_RULES} deny and {LIST_RULES} allow /24 prefixes (same program, same frames):"
+        "\nwith {LIST_RULES} IPv4 /24s and {LIST_RULES} IPv6 /48s in each of deny and allow:"
     ));
     filter.maps.apply(&large_lists()?, &history, today)?;
     filter.maps.reset_budgets()?;
     let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[0].1)?;
     report.case("visitor_v4_big_lists", ns, false);
+    let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[1].1)?;
+    report.case("visitor_v6_big_lists", ns, false);
     let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[4].1)?;
     report.case("unknown_drop_big_lists", ns, false);
     filter.maps.reset_budgets()?;
