@@ -353,7 +353,7 @@ const WIDE_V6: u64 = 1 << 16;
 
 /// The IPv6 /32s an LPM key touches, as (first /32, how many). An IPv4 key is inside
 /// `::ffff:0:0/96`, in the /32 `::`; a prefix shorter than /32 touches every /32 under it.
-pub fn v6_nets(len: u32, addr: &Addr) -> (u32, u64) {
+fn v6_nets(len: u32, addr: &Addr) -> (u32, u64) {
     let first = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
     if len >= 32 {
         return (first, 1);
@@ -365,7 +365,7 @@ pub fn v6_nets(len: u32, addr: &Addr) -> (u32, u64) {
 /// The IPv4 /24s an LPM key touches, as (first /24, how many): a prefix of length `len` over
 /// 128 bits touches IPv4 only through `::ffff:0:0/96`. A short IPv6 prefix that covers all of
 /// it (`::/0`) touches every /24; an IPv4 prefix of 24 bits or more, one.
-pub fn v4_nets(len: u32, addr: &Addr) -> Option<(u32, u32)> {
+fn v4_nets(len: u32, addr: &Addr) -> Option<(u32, u32)> {
     const MAPPED: u128 = 0xffff << 32;
     let len = len.min(128);
     let key = u128::from_be_bytes(*addr);
@@ -387,17 +387,9 @@ pub fn v4_nets(len: u32, addr: &Addr) -> Option<(u32, u32)> {
 mod tests {
     use super::v4_nets;
 
+    /// The LPM key the control plane writes for a prefix.
     fn key(prefix: &str) -> (u32, [u8; 16]) {
-        let net: ipnet::IpNet = prefix.parse().unwrap();
-        match net {
-            ipnet::IpNet::V4(n) => {
-                let mut key = [0u8; 16];
-                key[10..12].copy_from_slice(&[0xff, 0xff]);
-                key[12..].copy_from_slice(&n.network().octets());
-                (96 + u32::from(n.prefix_len()), key)
-            }
-            ipnet::IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
-        }
+        crate::filter::lpm_key(&prefix.parse().unwrap())
     }
 
     fn nets(prefix: &str) -> Option<(u32, u32)> {

@@ -329,25 +329,25 @@ impl Maps {
         for key in stale {
             trie.remove(&key).map_err(|e| kernel(format!("removing from the {name} list"), e))?;
         }
-        self.list_nets.settle(list_nets_of(name), wanted.iter().map(|(len, addr)| (*len, addr)));
+        self.list_nets.settle(list_spec(name).nets, wanted.iter().map(|(len, addr)| (*len, addr)));
         Ok(())
     }
 
     /// Adds prefixes to the `allow` or `deny` trie (an existing prefix is left as it is).
     pub fn insert_rules(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
-        let capacity = list_capacity(name);
+        let spec = list_spec(name);
         let keys: Vec<(u32, Addr)> = nets.iter().map(lpm_key).collect();
-        // Their /24 bits first: while a bit is clear the kernel does not look in the trie.
-        self.list_nets.mark(list_nets_of(name), keys.iter().map(|(len, addr)| (*len, addr)));
+        // Their list bits first: while a bit is clear the kernel does not look in the trie.
+        self.list_nets.mark(spec.nets, keys.iter().map(|(len, addr)| (*len, addr)));
         let mut trie = self.list(name)?;
         for (len, addr) in keys {
             trie.insert(&Key::new(len, addr), Rule { id: 0 }, 0)
-                .map_err(|e| full_or(e, name, capacity, nets.len()))?;
+                .map_err(|e| full_or(e, name, spec.capacity, nets.len()))?;
         }
-        self.enable_lists(if name == names::ALLOW { LIST_ALLOW } else { LIST_DENY })
+        self.enable_lists(spec.config_bit)
     }
 
-    /// Takes prefixes out of the `allow` or `deny` trie, then clears the /24 bits no prefix
+    /// Takes prefixes out of the `allow` or `deny` trie, then clears the list bits no prefix
     /// left in it touches.
     pub fn remove_rules(&mut self, name: &'static str, nets: &[IpNet]) -> Result<()> {
         let mut trie = self.list(name)?;
@@ -357,13 +357,13 @@ impl Maps {
         }
         let left: Vec<(u32, Addr)> =
             trie.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
-        self.list_nets.settle(list_nets_of(name), left.iter().map(|(len, addr)| (*len, addr)));
+        self.list_nets.settle(list_spec(name).nets, left.iter().map(|(len, addr)| (*len, addr)));
         Ok(())
     }
 
     /// Whether the kernel would look `addr` up in the `allow` or `deny` trie.
     pub fn list_net_marked(&self, name: &'static str, addr: IpAddr) -> bool {
-        self.list_nets.contains(list_nets_of(name), addr)
+        self.list_nets.contains(list_spec(name).nets, addr)
     }
 
     /// Makes `visitors_v6` hold exactly `want`: inserts first, then removes the rest.
@@ -513,20 +513,28 @@ fn absent_ok(result: Result<(), aya::maps::MapError>, what: &str) -> Result<()> 
     }
 }
 
-/// Which list's regions of `list_nets` hold a list's bits.
-fn list_nets_of(name: &str) -> u32 {
-    if name == names::ALLOW {
-        edge_common::keys::LIST_NETS_ALLOW
-    } else {
-        edge_common::keys::LIST_NETS_DENY
-    }
+/// What tells the `allow` and `deny` lists apart besides their trie.
+struct ListSpec {
+    capacity: u32,
+    /// Its `LIST_*` bit in the config record.
+    config_bit: u32,
+    /// Its regions of `list_nets`.
+    nets: u32,
 }
 
-fn list_capacity(name: &str) -> u32 {
+fn list_spec(name: &str) -> ListSpec {
     if name == names::ALLOW {
-        names::ALLOW_CAPACITY
+        ListSpec {
+            capacity: names::ALLOW_CAPACITY,
+            config_bit: LIST_ALLOW,
+            nets: edge_common::keys::LIST_NETS_ALLOW,
+        }
     } else {
-        names::DENY_CAPACITY
+        ListSpec {
+            capacity: names::DENY_CAPACITY,
+            config_bit: LIST_DENY,
+            nets: edge_common::keys::LIST_NETS_DENY,
+        }
     }
 }
 
@@ -547,7 +555,7 @@ fn full_or(e: aya::maps::MapError, map: &'static str, capacity: u32, wanted: usi
 }
 
 /// The LPM key of a prefix: IPv4 in v4-mapped form.
-fn lpm_key(net: &IpNet) -> (u32, Addr) {
+pub(crate) fn lpm_key(net: &IpNet) -> (u32, Addr) {
     match net {
         IpNet::V4(n) => {
             (v4_mapped_prefix_len(u32::from(n.prefix_len())), v4_mapped(n.network().octets()))
