@@ -1,6 +1,7 @@
 //! Reference programs for `cargo xtask bench`, never attached by edge itself:
-//! `empty` (the BPF_PROG_TEST_RUN floor) and `anchor_hash` (a one-lookup whitelist on a plain
-//! preallocated hash map, the design edge's visitor bitmap is measured against); and the lab's
+//! `empty` (the BPF_PROG_TEST_RUN floor), `drop_all` (the lab's ceiling) and `anchor_hash` (a
+//! one-lookup whitelist on a plain preallocated hash map, the design edge's visitor bitmap is
+//! measured against); and the lab's
 //! packet generator (`generate_fixed`, `generate_random`), run with BPF_PROG_TEST_RUN in live
 //! frames mode: each run transmits its frame (XDP_TX) out of the generator's veth.
 #![no_std]
@@ -21,6 +22,13 @@ static ANCHOR_V4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(1, 0);
 #[xdp]
 pub fn empty(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// Drops every frame without reading it: the most any filter could drop in the lab, whatever
+/// it does per packet (the lab's ceiling).
+#[xdp]
+pub fn drop_all(_ctx: XdpContext) -> u32 {
+    XDP_DROP
 }
 
 #[xdp]

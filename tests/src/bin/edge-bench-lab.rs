@@ -7,9 +7,11 @@
 //! runs on CPU 1; the receiver's NAPI runs threaded, pinned to CPU 0; neither CPU halts when
 //! idle during the run (see `NoIdleSleep`).
 //!
-//! 1. Drop rate for unknown sources: edge (native XDP), a one-lookup XDP reference and an
-//!    nftables netdev-ingress rule with the same whitelist as a set; each with the generator's
-//!    offered rate beside it, the median of three rounds taken in turn. Beside each, the CPU
+//! 1. Drop rate for unknown sources: edge (native XDP), a one-lookup XDP reference, an
+//!    nftables netdev-ingress rule with the same whitelist as a set, and the ceiling: an XDP
+//!    program that drops every frame unread (no filter can drop more in this harness, so
+//!    ceiling / nftables bounds any filter's ratio); each with the generator's offered rate
+//!    beside it, the median of three rounds taken in turn. Beside each, the CPU
 //!    time of the receiver's NAPI thread: its share of the run (under 100 %, the generator set
 //!    the rate) and per dropped packet (what the filter costs the receiver at that load).
 //! 2. Under a random-source flood at the generator's full rate: the share of TCP connections
@@ -53,6 +55,7 @@ const GLOBAL_BUDGET_PPS: u32 = 20_000;
 /// Rounds of the drop-rate measurement (each filter in turn), the median reported.
 const ROUNDS: usize = 3;
 const ONE_LOOKUP: &str = "one-lookup XDP";
+const CEILING: &str = "drop-all XDP";
 const EDGE: &str = "edge";
 const NFTABLES: &str = "nftables";
 const GENERATOR_CPU: usize = 1;
@@ -155,9 +158,14 @@ fn run() -> Result<Report> {
     let mut rounds = Vec::new();
     for round in 1..=ROUNDS {
         say(&format!("drop rates, round {round} of {ROUNDS}"));
-        // The reference: a one-lookup XDP whitelist (a preallocated hash map), native.
+        // The ceiling: every frame dropped unread, native.
         {
-            let _anchor = Anchor::attach(&lab, &whitelist)?;
+            let _ceiling = Reference::attach(&lab, "drop_all", &[])?;
+            rounds.extend(measure(&gen, CEILING, || xdp_drops(&lab))?);
+        }
+        // The yardstick: a one-lookup XDP whitelist (a preallocated hash map), native.
+        {
+            let _anchor = Reference::attach(&lab, "anchor_hash", &whitelist)?;
             rounds.extend(measure(&gen, ONE_LOOKUP, || xdp_drops(&lab))?);
         }
         // edge, native XDP.
@@ -422,14 +430,15 @@ fn xdp_drops(lab: &Lab) -> Result<u64> {
         .sum())
 }
 
-/// The one-lookup reference program attached to the server's veth until dropped.
-struct Anchor {
+/// A program of the baseline object (`drop_all`, or `anchor_hash` with the whitelist in its
+/// hash map) attached to the server's veth until dropped.
+struct Reference {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
-impl Anchor {
-    fn attach(lab: &Lab, whitelist: &[String]) -> Result<Self> {
+impl Reference {
+    fn attach(lab: &Lab, program: &'static str, whitelist: &[String]) -> Result<Self> {
         let (ns, iface) = (netns(&lab.server_ns), lab.server_if.clone());
         let keys: Vec<[u8; 4]> = whitelist
             .iter()
@@ -441,15 +450,14 @@ impl Anchor {
             let attached = (|| -> Result<aya::Ebpf> {
                 enter(&ns)?;
                 let mut ebpf = EbpfLoader::new()
-                    .map_max_entries("anchor_v4", keys.len() as u32)
+                    .map_max_entries("anchor_v4", keys.len().max(1) as u32)
                     .load(BASELINE_OBJECT)?;
                 let mut map: aya::maps::HashMap<_, [u8; 4], u8> =
                     aya::maps::HashMap::try_from(ebpf.map_mut("anchor_v4").context("anchor_v4")?)?;
                 for k in &keys {
                     map.insert(k, 1, 0)?;
                 }
-                let prog: &mut Xdp =
-                    ebpf.program_mut("anchor_hash").context("anchor_hash")?.try_into()?;
+                let prog: &mut Xdp = ebpf.program_mut(program).context(program)?.try_into()?;
                 prog.load()?;
                 prog.attach(&iface, aya::programs::XdpMode::Driver)?;
                 Ok(ebpf)
@@ -472,7 +480,7 @@ impl Anchor {
     }
 }
 
-impl Drop for Anchor {
+impl Drop for Reference {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
@@ -803,10 +811,13 @@ fn print(r: &Report) {
         let target = if sources == "single" { 4.0 } else { 2.5 };
         let nft = rate(NFTABLES).max(1.0);
         println!(
-            "{sources}: edge / nftables {:.2}x (target >= {target}x); one-lookup / nftables \
-             {:.2}x; edge / one-lookup {:.2}",
+            "{sources}: edge / nftables {:.2}x (target >= {target}x); the ceiling, drop-all / \
+             nftables {:.2}x; one-lookup / nftables {:.2}x; edge / drop-all {:.2}; edge / \
+             one-lookup {:.2}",
             rate(EDGE) / nft,
+            rate(CEILING) / nft,
             rate(ONE_LOOKUP) / nft,
+            rate(EDGE) / rate(CEILING).max(1.0),
             rate(EDGE) / rate(ONE_LOOKUP).max(1.0)
         );
         println!(
