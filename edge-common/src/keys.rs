@@ -100,6 +100,16 @@ pub const fn visitor_v4_net_slot(addr: u32) -> (u32, u64) {
     (crate::maps::VISITORS_V4_ADDR_WORDS + (net >> 6), 1u64 << (net & 63))
 }
 
+/// Where the /16 of an IPv4 address (host order) lives in the block summary that follows the
+/// net summary in `visitors_v4`: (word index in the map, bit in word). A /16's 256 net bits
+/// are the four net words from `visitor_v4_net_slot(addr & 0xffff_0000)`.
+#[inline(always)]
+pub const fn visitor_v4_block_slot(addr: u32) -> (u32, u64) {
+    let block = addr >> 16;
+    let base = crate::maps::VISITORS_V4_ADDR_WORDS + crate::maps::VISITORS_V4_NET_WORDS;
+    (base + (block >> 6), 1u64 << (block & 63))
+}
+
 /// Which list's regions of `list_nets` a lookup reads.
 pub const LIST_NETS_DENY: u32 = 0;
 pub const LIST_NETS_ALLOW: u32 = 1;

@@ -61,8 +61,16 @@ pub const VISITORS_V4_ADDR_WORDS: u32 = 1 << 26;
 /// of a cache and TLB miss in the 512 MiB of address bits. A set bit with no visitor behind
 /// it (after removals) only costs that second read; a visitor's net bit is never clear.
 pub const VISITORS_V4_NET_WORDS: u32 = 1 << 18;
+/// Words of the block summary after the net summary: one bit per /16, set while the /16 may
+/// hold a visitor (8 KiB, resident in L1). Real visitor sets are concentrated (a national
+/// site's visitors live in its country's address blocks) while a spoofed flood spans the whole
+/// space: most of its sources fall in /16s with no visitor and are decided from this summary
+/// without touching the net summary, which L3 may not hold under a flood. A visitor's block
+/// bit is never clear.
+pub const VISITORS_V4_BLOCK_WORDS: u32 = 1 << 10;
 /// Words in `visitors_v4`.
-pub const VISITORS_V4_WORDS: u32 = VISITORS_V4_ADDR_WORDS + VISITORS_V4_NET_WORDS;
+pub const VISITORS_V4_WORDS: u32 =
+    VISITORS_V4_ADDR_WORDS + VISITORS_V4_NET_WORDS + VISITORS_V4_BLOCK_WORDS;
 /// Words of one region of `list_nets` (2 MiB): a list's IPv4 bits (one per /24) or its IPv6
 /// bits (one per hash of a /32). A trie lookup walks a chain of nodes, one per branch on the
 /// way to the longest match, each a likely cache miss once the list holds thousands of

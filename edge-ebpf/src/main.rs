@@ -29,8 +29,8 @@ use edge_common::{
     events::DropEvent,
     keys::{
         admitted_hint_byte, admitted_hint_slot_words, list_net_v4_slot, list_net_v6_slot,
-        protected_slot, visitor_v4_net_slot, visitor_v4_slot, Addr, Rule, IPPROTO_UDP,
-        LIST_NETS_ALLOW, LIST_NETS_DENY,
+        protected_slot, visitor_v4_block_slot, visitor_v4_net_slot, visitor_v4_slot, Addr, Rule,
+        IPPROTO_UDP, LIST_NETS_ALLOW, LIST_NETS_DENY,
     },
     maps::ADMITTED_HINT_GENERATION,
     reason::*,
@@ -123,13 +123,14 @@ pub fn protected(proto: u8, port: u16) -> bool {
 #[inline(always)]
 fn visitor(pkt: &Packet, cfg: &Config) -> bool {
     if pkt.is_v4 {
+        // The source's /16 bit, its /24 bit, then its own: each read only if the coarser one
+        // is set, so most of a spoofed flood is decided from the 8 KiB block summary.
         let addr = pkt.src.v4();
-        let (net_word, net_bit) = visitor_v4_net_slot(addr);
-        if !maps::VISITORS_V4.get(net_word).is_some_and(|w| w & net_bit != 0) {
-            return false;
-        }
-        let (word, bit) = visitor_v4_slot(addr);
-        maps::VISITORS_V4.get(word).is_some_and(|w| w & bit != 0)
+        let marked =
+            |(word, bit): (u32, u64)| maps::VISITORS_V4.get(word).is_some_and(|w| w & bit != 0);
+        marked(visitor_v4_block_slot(addr))
+            && marked(visitor_v4_net_slot(addr))
+            && marked(visitor_v4_slot(addr))
     } else if cfg.lists & LIST_VISITORS_V6 != 0 {
         maps::VISITORS_V6.get_ptr(pkt.src.prefix64()).is_some()
     } else {

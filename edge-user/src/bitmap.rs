@@ -14,7 +14,7 @@ use aya::maps::MapData;
 use edge_common::{
     keys::{
         admitted_hint_byte, admitted_hint_slot, list_net_v4_slot, list_net_v6_slot,
-        visitor_v4_net_slot, visitor_v4_slot, Addr,
+        visitor_v4_block_slot, visitor_v4_net_slot, visitor_v4_slot, Addr,
     },
     maps::{
         ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, LIST_NETS_REGION_WORDS,
@@ -102,15 +102,20 @@ impl VisitorBitmap {
         std::array::from_fn(|i| self.at(net * 4 + i as u32))
     }
 
-    /// Visitors are added address bit first, then net bit (SeqCst, like the net bit's clear
-    /// in `settle_net`): the kernel reads the net bit first, so it never trusts a net bit
-    /// with no address bit it should see.
+    /// The four words of net bits of `block` (a /16: the address >> 16).
+    fn block_words(&self, block: u32) -> [&AtomicU64; 4] {
+        let (first, _) = visitor_v4_net_slot(block << 16);
+        std::array::from_fn(|i| self.at(first + i as u32))
+    }
+
+    /// Visitors are added address bit first, then net bit, then block bit (SeqCst, like the
+    /// clears in `settle_net` and `settle_block`): the kernel reads the coarsest bit first, so
+    /// it never trusts a summary bit with no finer bit it should see.
     pub fn insert(&self, addr: Ipv4Addr) {
         let addr = u32::from(addr);
         let (index, bit) = visitor_v4_slot(addr);
         self.at(index).fetch_or(bit, Ordering::SeqCst);
-        let (index, bit) = visitor_v4_net_slot(addr);
-        self.at(index).fetch_or(bit, Ordering::SeqCst);
+        self.settle_net(addr >> 8, true);
     }
 
     pub fn remove(&self, addr: Ipv4Addr) {
@@ -123,21 +128,49 @@ impl VisitorBitmap {
         }
     }
 
-    /// Sets or clears the net bit of `net`. A clear is checked afterwards: an `insert` that
-    /// raced with it set its address bit before we looked (and the bit is restored here) or
-    /// sets its net bit after the clear. Either way a visitor's net bit ends up set.
+    /// Sets or clears the net bit of `net`, then its block's bit to match. A clear is checked
+    /// afterwards: an `insert` that raced with it set its address bit before we looked (and
+    /// the bits are restored here) or sets its net and block bits after the clear. Either way
+    /// a visitor's net and block bits end up set.
     fn settle_net(&self, net: u32, live: bool) {
         let (index, bit) = visitor_v4_net_slot(net << 8);
         let word = self.at(index);
-        if live {
-            word.fetch_or(bit, Ordering::SeqCst);
-            return;
+        if !live {
+            if word.load(Ordering::Relaxed) & bit == 0 {
+                return;
+            }
+            word.fetch_and(!bit, Ordering::SeqCst);
+            if self.net_words(net).iter().all(|w| w.load(Ordering::SeqCst) == 0) {
+                return self.settle_block(net >> 8);
+            }
         }
-        if word.load(Ordering::Relaxed) & bit == 0 {
+        self.mark((index, bit));
+        self.mark(visitor_v4_block_slot(net << 8));
+    }
+
+    /// Sets a summary bit, without writing when it is already set (a reconcile marks every
+    /// occupied /24 and /16 again). The load is SeqCst: it sees any clear ordered before this
+    /// thread's finer bit, so a clearing thread's recheck or this set always restores the bit.
+    fn mark(&self, (index, bit): (u32, u64)) {
+        let word = self.at(index);
+        if word.load(Ordering::SeqCst) & bit == 0 {
+            word.fetch_or(bit, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears the bit of `block` if none of its nets is marked, checked again after the clear
+    /// as in `settle_net`: a net marked meanwhile gets its block bit back (here, or from the
+    /// `settle_net` that marked it, which sets the block bit after the net bit).
+    fn settle_block(&self, block: u32) {
+        let (index, bit) = visitor_v4_block_slot(block << 16);
+        let word = self.at(index);
+        if word.load(Ordering::Relaxed) & bit == 0
+            || self.block_words(block).iter().any(|w| w.load(Ordering::SeqCst) != 0)
+        {
             return;
         }
         word.fetch_and(!bit, Ordering::SeqCst);
-        if self.net_words(net).iter().any(|w| w.load(Ordering::SeqCst) != 0) {
+        if self.block_words(block).iter().any(|w| w.load(Ordering::SeqCst) != 0) {
             word.fetch_or(bit, Ordering::SeqCst);
         }
     }
@@ -145,7 +178,7 @@ impl VisitorBitmap {
     /// Makes the bitmap hold exactly `want`, one word at a time: a word's new bits are set
     /// before its stale bits are cleared, so an address in both old and new sets never reads
     /// as absent. Each /24's net bit is settled once its four words are: set if it holds a
-    /// visitor, cleared if not. Returns (bits set, bits cleared), address bits only. Reads the
+    /// visitor, cleared if not, and its /16's block bit with it. Returns (bits set, bits cleared), address bits only. Reads the
     /// whole 512 MiB once; words with nothing wanted are only loaded, and written if they hold
     /// stale bits.
     pub fn reconcile(&self, want: &RoaringBitmap) -> (u64, u64) {
@@ -197,13 +230,20 @@ impl VisitorBitmap {
     }
 
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let (index, bit) = visitor_v4_slot(u32::from(addr));
-        self.at(index).load(Ordering::Relaxed) & bit != 0
+        self.marked(visitor_v4_slot(u32::from(addr)))
     }
 
-    /// Whether the net bit of `addr`'s /24 is set (what the kernel checks first).
+    /// Whether the net bit of `addr`'s /24 is set (what the kernel checks second).
     pub fn net_marked(&self, addr: Ipv4Addr) -> bool {
-        let (index, bit) = visitor_v4_net_slot(u32::from(addr));
+        self.marked(visitor_v4_net_slot(u32::from(addr)))
+    }
+
+    /// Whether the block bit of `addr`'s /16 is set (what the kernel checks first).
+    pub fn block_marked(&self, addr: Ipv4Addr) -> bool {
+        self.marked(visitor_v4_block_slot(u32::from(addr)))
+    }
+
+    fn marked(&self, (index, bit): (u32, u64)) -> bool {
         self.at(index).load(Ordering::Relaxed) & bit != 0
     }
 }

@@ -1,8 +1,9 @@
-//! Property: the IPv4 visitor bitmap and its /24 summary, written by inserts, removals and
-//! whole-window reconciles in any order, always give the verdict of a plain set: a visitor
-//! passes and nobody else does, through the real program. The summary is exact after every
-//! step: a /24's net bit is set exactly when the /24 holds a visitor (a clear net bit is what
-//! lets the kernel skip the address bits, so a visitor's must never be clear).
+//! Property: the IPv4 visitor bitmap and its /24 and /16 summaries, written by inserts,
+//! removals and whole-window reconciles in any order, always give the verdict of a plain set: a
+//! visitor passes and nobody else does, through the real program. The summaries are exact after
+//! every step: a /24's net bit is set exactly when the /24 holds a visitor, and a /16's block
+//! bit exactly when the /16 does (a clear summary bit is what lets the kernel skip the finer
+//! bits, so a visitor's must never be clear).
 use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, sync::Mutex, sync::OnceLock};
 
 use edge::{
@@ -17,9 +18,10 @@ use edge_tests::{
 };
 use proptest::prelude::*;
 
-/// Three /24s the operations draw from, and a neighbour none of them touches.
+/// Three /24s the operations draw from (two share a /16), a neighbour none of them touches,
+/// and a /24 in a /16 none of them touches.
 const NETS: [[u8; 3]; 3] = [[10, 1, 2], [10, 1, 3], [172, 16, 0]];
-const UNTOUCHED: [u8; 3] = [10, 1, 4];
+const UNTOUCHED: [[u8; 3]; 2] = [[10, 1, 4], [10, 2, 0]];
 
 const POLICY: &str =
     "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/443\"]\n[unknown]\nrate_pps = 0\n";
@@ -77,7 +79,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 reconcile(&mut f, &model);
             }
         }
-        for net in NETS.iter().chain([&UNTOUCHED]) {
+        for net in NETS.iter().chain(&UNTOUCHED) {
             let first = Ipv4Addr::new(net[0], net[1], net[2], 0);
             let occupied = model.iter().any(|a| a.octets()[..3] == net[..]);
             prop_assert_eq!(
@@ -87,10 +89,18 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 first,
                 op
             );
+            let occupied = model.iter().any(|a| a.octets()[..2] == net[..2]);
+            prop_assert_eq!(
+                f.maps.visitors_v4().block_marked(first),
+                occupied,
+                "block bit of {}/16 after {:?}",
+                Ipv4Addr::new(net[0], net[1], 0, 0),
+                op
+            );
         }
     }
     // Every address of the touched /24s and the untouched one, through the program.
-    for net in NETS.iter().chain([&UNTOUCHED]) {
+    for net in NETS.iter().chain(&UNTOUCHED) {
         for host in 0..=255u8 {
             let a = Ipv4Addr::new(net[0], net[1], net[2], host);
             let j = f.judge(&frame(&a.to_string(), L4::Tcp(443)).build()).unwrap();
@@ -107,8 +117,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn bitmap_and_net_summary_match_a_set(ops in proptest::collection::vec(op(), 1..40)) {
-        if privileged("bitmap_and_net_summary_match_a_set") {
+    fn bitmap_and_its_summaries_match_a_set(ops in proptest::collection::vec(op(), 1..40)) {
+        if privileged("bitmap_and_its_summaries_match_a_set") {
             run(&ops)?;
         }
     }
