@@ -1,4 +1,4 @@
-//! The maps userspace writes through mmap: the IPv4 visitor bitmap with its /24 summary
+//! The maps userspace writes through mmap: the IPv4 visitor bitmap with its /24 and /16 summaries
 //! (setting 20 million bits is memory writes, not 20 million syscalls, and the kernel sees each
 //! bit as soon as it is set), the admitted map's hint (single-byte stores, so the kernel's own
 //! stores are never overwritten by a read-modify-write), and the /24s the allow and deny
@@ -178,9 +178,9 @@ impl VisitorBitmap {
     /// Makes the bitmap hold exactly `want`, one word at a time: a word's new bits are set
     /// before its stale bits are cleared, so an address in both old and new sets never reads
     /// as absent. Each /24's net bit is settled once its four words are: set if it holds a
-    /// visitor, cleared if not, and its /16's block bit with it. Returns (bits set, bits cleared), address bits only. Reads the
-    /// whole 512 MiB once; words with nothing wanted are only loaded, and written if they hold
-    /// stale bits.
+    /// visitor, cleared if not, and its /16's block bit with it. Returns (bits set, bits
+    /// cleared), address bits only. Reads the whole 512 MiB once; words with nothing wanted are
+    /// only loaded, and written if they hold stale bits.
     pub fn reconcile(&self, want: &RoaringBitmap) -> (u64, u64) {
         let (mut set, mut cleared) = (0u64, 0u64);
         let mut net_live = false;

@@ -1,9 +1,9 @@
 //! Reference programs for `cargo xtask bench`, never attached by edge itself:
 //! `empty` (the BPF_PROG_TEST_RUN floor), `drop_all` (the lab's ceiling) and `anchor_hash` (a
 //! one-lookup whitelist on a plain preallocated hash map, the design edge's visitor bitmap is
-//! measured against); and the lab's
-//! packet generator (`generate_fixed`, `generate_random`), run with BPF_PROG_TEST_RUN in live
-//! frames mode: each run transmits its frame (XDP_TX) out of the generator's veth.
+//! measured against); and the lab's packet generator (`generate_fixed`, `generate_random`), run
+//! with BPF_PROG_TEST_RUN in live frames mode: each run transmits its frame (XDP_TX) out of the
+//! generator's veth.
 #![no_std]
 #![no_main]
 

@@ -11,9 +11,9 @@
 //!    nftables netdev-ingress rule with the same whitelist as a set, and the ceiling: an XDP
 //!    program that drops every frame unread (no filter can drop more in this harness, so
 //!    ceiling / nftables bounds any filter's ratio); each with the generator's offered rate
-//!    beside it, the median of three rounds taken in turn. Beside each, the CPU
-//!    time of the receiver's NAPI thread: its share of the run (under 100 %, the generator set
-//!    the rate) and per dropped packet (what the filter costs the receiver at that load).
+//!    beside it, the median of three rounds taken in turn. Beside each, the CPU time of the
+//!    receiver's NAPI thread: its share of the run (under 100 %, the generator set the rate)
+//!    and per dropped packet (what the filter costs the receiver at that load).
 //! 2. Under a random-source flood at the generator's full rate: the share of TCP connections
 //!    from a visitor and an admitted client that complete, and the unknown packets per second
 //!    that reach the origin against the configured global budget.
