@@ -118,7 +118,14 @@ pub const LIST_NETS_ALLOW: u32 = 1;
 /// `list_nets`: (word index in the map, bit in word).
 #[inline(always)]
 pub const fn list_net_v4_slot(list: u32, net: u32) -> (u32, u64) {
-    list_net_slot(2 * list, net)
+    list_net_slot(list, 0, net)
+}
+
+/// Where the bit of IPv4 /16 `block` (the address >> 16) lives in `list`'s block region of
+/// `list_nets`: (word index in the map, bit in word). Set for every /16 a prefix touches.
+#[inline(always)]
+pub const fn list_block_v4_slot(list: u32, block: u32) -> (u32, u64) {
+    list_net_slot(list, 2 * crate::maps::LIST_NETS_REGION_WORDS, block)
 }
 
 /// Where the bit of an IPv6 /32 (its first four bytes, big-endian) lives in `list`'s IPv6
@@ -126,12 +133,17 @@ pub const fn list_net_v4_slot(list: u32, net: u32) -> (u32, u64) {
 /// marks one or a few bits, and a source in an unlisted /32 almost always finds its bit clear.
 #[inline(always)]
 pub const fn list_net_v6_slot(list: u32, prefix32: u32) -> (u32, u64) {
-    list_net_slot(2 * list + 1, prefix32.wrapping_mul(0x9e37_79b1) >> 8)
+    list_net_slot(
+        list,
+        crate::maps::LIST_NETS_REGION_WORDS,
+        prefix32.wrapping_mul(0x9e37_79b1) >> 8,
+    )
 }
 
+/// Bit `index` of the region at word `offset` of `list`'s words.
 #[inline(always)]
-const fn list_net_slot(region: u32, index: u32) -> (u32, u64) {
-    (region * crate::maps::LIST_NETS_REGION_WORDS + (index >> 6), 1u64 << (index & 63))
+const fn list_net_slot(list: u32, offset: u32, index: u32) -> (u32, u64) {
+    (list * crate::maps::LIST_NETS_LIST_WORDS + offset + (index >> 6), 1u64 << (index & 63))
 }
 
 /// Where an admission key lives in one generation of `admitted_hint`: a byte index in

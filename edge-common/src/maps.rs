@@ -78,8 +78,14 @@ pub const VISITORS_V4_WORDS: u32 =
 /// proves the source is not listed; a set bit sends it on to the trie, which decides. Writers
 /// set a prefix's bits before inserting it and clear them only after removing it.
 pub const LIST_NETS_REGION_WORDS: u32 = 1 << 18;
-/// Words in `list_nets`: deny IPv4, deny IPv6, allow IPv4, allow IPv6.
-pub const LIST_NETS_WORDS: u32 = 4 * LIST_NETS_REGION_WORDS;
+/// Words of a list's IPv4 block region after its two regions: one bit per /16 that a prefix
+/// touches (8 KiB, resident in L1), read before the /24 bit. Under a whole-space flood most
+/// sources are in no listed /16, and the 2 MiB /24 region is more than L2 holds.
+pub const LIST_NETS_BLOCK_WORDS: u32 = 1 << 10;
+/// Words of one list in `list_nets`: its IPv4 /24 region, IPv6 region and IPv4 /16 blocks.
+pub const LIST_NETS_LIST_WORDS: u32 = 2 * LIST_NETS_REGION_WORDS + LIST_NETS_BLOCK_WORDS;
+/// Words in `list_nets`: the deny list's, then the allow list's.
+pub const LIST_NETS_WORDS: u32 = 2 * LIST_NETS_LIST_WORDS;
 /// IPv6 visitor /64 prefixes.
 pub const VISITORS_V6_CAPACITY: u32 = 2_000_000;
 /// Admitted sources (IPv4 addresses and IPv6 /64 prefixes together).

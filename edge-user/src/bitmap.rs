@@ -13,12 +13,12 @@ use std::{
 use aya::maps::MapData;
 use edge_common::{
     keys::{
-        admitted_hint_byte, admitted_hint_slot, list_net_v4_slot, list_net_v6_slot,
-        visitor_v4_block_slot, visitor_v4_net_slot, visitor_v4_slot, Addr,
+        admitted_hint_byte, admitted_hint_slot, list_block_v4_slot, list_net_v4_slot,
+        list_net_v6_slot, visitor_v4_block_slot, visitor_v4_net_slot, visitor_v4_slot, Addr,
     },
     maps::{
-        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, LIST_NETS_REGION_WORDS,
-        LIST_NETS_WORDS, VISITORS_V4_ADDR_WORDS, VISITORS_V4_WORDS,
+        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, LIST_NETS_LIST_WORDS,
+        LIST_NETS_REGION_WORDS, LIST_NETS_WORDS, VISITORS_V4_ADDR_WORDS, VISITORS_V4_WORDS,
     },
 };
 use roaring::RoaringBitmap;
@@ -301,22 +301,22 @@ impl AdmittedHint {
     }
 }
 
-/// A shared mapping of `list_nets`: per list, one bit per IPv4 /24 and one per hashed IPv6 /32
-/// that a prefix touches (see `edge_common::maps::LIST_NETS_REGION_WORDS`). Only the control
-/// plane writes it.
+/// A shared mapping of `list_nets`: per list, one bit per IPv4 /24, per hashed IPv6 /32 and
+/// per IPv4 /16 that a prefix touches (see `edge_common::maps::LIST_NETS_REGION_WORDS`). Only
+/// the control plane writes it.
 pub struct ListNets {
     words: Mapping,
 }
 
-/// Words of one list's two regions (IPv4, then IPv6), which are adjacent in the map.
-const LIST_WORDS: usize = 2 * LIST_NETS_REGION_WORDS as usize;
+/// Words of one list's regions (IPv4 /24s, IPv6, IPv4 /16s), which are adjacent in the map.
+const LIST_WORDS: usize = LIST_NETS_LIST_WORDS as usize;
 
 impl ListNets {
     pub fn map(map: &MapData) -> Result<Self> {
         Ok(Self { words: Mapping::new(map, LIST_NETS_WORDS, "the list_nets map")? })
     }
 
-    /// Word `index` of `list`'s two regions.
+    /// Word `index` of `list`'s regions.
     fn word(&self, list: u32, index: usize) -> &AtomicU64 {
         self.words.word(list_base(list) + index)
     }
@@ -344,10 +344,18 @@ impl ListNets {
         }
     }
 
-    /// Whether the kernel would look `addr` up in `list`'s trie.
+    /// Whether the kernel would look `addr` up in `list`'s trie (the bits it reads, in order).
     pub fn contains(&self, list: u32, addr: IpAddr) -> bool {
-        let (word, bit) = source_slot(list, addr);
-        self.words.word(word as usize).load(Ordering::Acquire) & bit != 0
+        let marked = |(word, bit): (u32, u64)| {
+            self.words.word(word as usize).load(Ordering::Acquire) & bit != 0
+        };
+        match addr {
+            IpAddr::V4(v4) => {
+                let a = u32::from(v4);
+                marked(list_block_v4_slot(list, a >> 16)) && marked(list_net_v4_slot(list, a >> 8))
+            }
+            IpAddr::V6(v6) => marked(list_net_v6_slot(list, (u128::from(v6) >> 96) as u32)),
+        }
     }
 }
 
@@ -356,15 +364,7 @@ fn list_base(list: u32) -> usize {
     list_net_v4_slot(list, 0).0 as usize
 }
 
-/// The slot the kernel reads for a source.
-fn source_slot(list: u32, addr: IpAddr) -> (u32, u64) {
-    match addr {
-        IpAddr::V4(v4) => list_net_v4_slot(list, u32::from(v4) >> 8),
-        IpAddr::V6(v6) => list_net_v6_slot(list, (u128::from(v6) >> 96) as u32),
-    }
-}
-
-/// `list`'s two regions for `prefixes`: the bit of every IPv4 /24 and every IPv6 /32 each
+/// `list`'s regions for `prefixes`: the bit of every IPv4 /24, IPv6 /32 and IPv4 /16 each
 /// prefix touches.
 fn list_bits<'a>(list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) -> Vec<u64> {
     let base = list_base(list);
@@ -373,12 +373,15 @@ fn list_bits<'a>(list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>)
     for (len, addr) in prefixes {
         if let Some((first, count)) = v4_nets(len, addr) {
             (first..first + count).for_each(|net| set(&mut bits, list_net_v4_slot(list, net)));
+            let blocks = first >> 8..=(first + count - 1) >> 8;
+            blocks.for_each(|block| set(&mut bits, list_block_v4_slot(list, block)));
         }
         let (first, count) = v6_nets(len, addr);
         if count > WIDE_V6 {
             // Wider than a /16: most of the region's bits would be set anyway. All of them is
             // correct (a set bit only sends a source on to the trie) and quick to write.
-            bits[LIST_WORDS / 2..].fill(u64::MAX);
+            let v6 = LIST_NETS_REGION_WORDS as usize;
+            bits[v6..2 * v6].fill(u64::MAX);
             continue;
         }
         for i in 0..count {
@@ -469,5 +472,37 @@ mod tests {
         assert_eq!(v6("2001:db9::/29"), (0x2001_0db8, 8));
         assert_eq!(v6("::/0"), (0, 1 << 32));
         assert_eq!(v6("10.0.0.0/8"), (0, 1), "IPv4 keys live in the /32 ::");
+    }
+
+    /// The /16 bits a list's prefixes set: those of every /16 a prefix touches, and only
+    /// those, whatever the prefix's length; a wide IPv6 prefix fills the IPv6 region only.
+    #[test]
+    fn list_prefixes_touch_their_16s() {
+        use edge_common::keys::{list_block_v4_slot, list_net_v4_slot, LIST_NETS_ALLOW};
+        let list = LIST_NETS_ALLOW;
+        let base = super::list_base(list);
+        let bits_of = |prefixes: &[&str]| {
+            let keys: Vec<_> = prefixes.iter().map(|p| key(p)).collect();
+            super::list_bits(list, keys.iter().map(|(len, addr)| (*len, addr)))
+        };
+        let blocks = |bits: &[u64]| -> Vec<u32> {
+            (0..1u32 << 16)
+                .filter(|b| {
+                    let (word, bit) = list_block_v4_slot(list, *b);
+                    bits[word as usize - base] & bit != 0
+                })
+                .collect()
+        };
+        let bits = bits_of(&["10.0.0.0/8", "172.16.5.0/24", "192.0.2.7/32", "100.64.0.0/15"]);
+        let mut want: Vec<u32> = (0x0a00..0x0b00).collect();
+        want.extend([0x6440, 0x6441, 0xac10, 0xc000]);
+        want.sort();
+        assert_eq!(blocks(&bits), want);
+        assert_eq!(blocks(&bits_of(&["0.0.0.0/0"])).len(), 1 << 16);
+        assert_eq!(blocks(&bits_of(&["2001:db8::/32"])), Vec::<u32>::new());
+        let wide = bits_of(&["2001::/8"]);
+        assert_eq!(blocks(&wide), Vec::<u32>::new(), "an IPv6 prefix marks no IPv4 /16");
+        let (net0, _) = list_net_v4_slot(list, 0);
+        assert!(wide[net0 as usize - base..][..1 << 18].iter().all(|w| *w == 0));
     }
 }
