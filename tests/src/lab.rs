@@ -139,6 +139,14 @@ impl Lab {
     }
 
     /// Starts a long-running process that is killed when the lab goes.
+    /// Starts `probe serve` in the server namespace, listening on each of `addrs`, until the
+    /// lab is dropped.
+    pub fn serve(&mut self, probe: &std::path::Path, addrs: &[&str]) -> Result<()> {
+        let mut serve = self.in_server(probe);
+        serve.arg("serve").args(addrs);
+        self.spawn(serve)
+    }
+
     pub fn spawn(&mut self, mut cmd: Command) -> Result<()> {
         let child = cmd
             .stdout(Stdio::null())

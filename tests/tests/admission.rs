@@ -64,9 +64,7 @@ fn knocks_and_queue_admissions_let_exactly_the_admitted_through() {
         return;
     }
     let mut lab = Lab::new(&[KNOCKER, QUEUED, LATE_KNOCKER, UNKNOWN]).expect("lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443"]).unwrap();
     let iface = lab.server_if.clone();
     let today = time_today();
     let mut daemon = Daemon::configure(&lab, &[&iface], POLICY, &today).unwrap();

@@ -19,9 +19,7 @@ fn probe() -> &'static Path {
 /// A lab with a TCP server on 443 and 22, and a daemon configured for its server interface.
 fn lab_with_daemon(today: &str) -> (Lab, Daemon) {
     let mut lab = Lab::new(&[VISITOR, UNKNOWN, DENIED]).expect("creating the namespace lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443", "192.0.2.1:22"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443", "192.0.2.1:22"]).unwrap();
     let iface = lab.server_if.clone();
     let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, today).unwrap();
     daemon.start().unwrap();

@@ -54,9 +54,7 @@ fn attach_enforces_on_real_traffic_and_detach_removes_it() {
     )
     .unwrap();
 
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443", "192.0.2.1:22"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443", "192.0.2.1:22"]).unwrap();
     wait_until("the server to listen", || lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap());
     // Without the filter everyone connects.
     for src in [VISITOR, ALLOWED, DENIED, UNKNOWN] {
@@ -300,9 +298,7 @@ fn attach_will_not_cut_the_operators_ssh_session_without_force() {
         return;
     }
     let mut lab = Lab::new(&[ALLOWED, UNKNOWN]).expect("creating the namespace lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:22"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:22"]).unwrap();
     wait_until("the server to listen", || lab.connects(probe(), UNKNOWN, 22, TIMEOUT_MS).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("ssh.toml");

@@ -72,9 +72,7 @@ fn the_redis_feed_survives_outages_and_applies_exactly_once() {
         return;
     }
     let mut lab = Lab::new(&[FIRST, BACKLOG, UNKNOWN]).expect("lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443"]).unwrap();
     let redis_dir = tempfile::tempdir().unwrap();
     let mut server = Some(redis(&lab, redis_dir.path()));
 
@@ -166,9 +164,7 @@ fn open_rate_limited_raises_the_unknown_budget_to_its_ceiling_and_no_further() {
         return;
     }
     let mut lab = Lab::new(&[UNKNOWN]).expect("lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443"]).unwrap();
     // No Redis yet: the feed fails from the start. Unknown sources normally get nothing (the
     // global budget is 0); during the outage they get the ceiling, and a small per-source one.
     let policy = format!(

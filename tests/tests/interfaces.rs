@@ -44,9 +44,7 @@ fn two_interfaces_share_one_set_of_maps_and_count_on_their_own() {
     }
     let mut lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
     let second = lab.add_link(SECOND_SERVER).unwrap();
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443", &format!("{SECOND_SERVER}:443")]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443", &format!("{SECOND_SERVER}:443")]).unwrap();
     let first = lab.server_if.clone();
     let mut daemon = Daemon::configure(&lab, &[&first, &second], STRICT, "2026-11-22").unwrap();
     daemon.start().unwrap();
@@ -239,9 +237,7 @@ fn an_interface_deleted_and_made_again_is_filtered_again() {
         return;
     }
     let mut lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443"]).unwrap();
     let iface = lab.server_if.clone();
     let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
     daemon.start().unwrap();

@@ -34,9 +34,7 @@ fn a_completed_handshake_makes_a_visitor_and_forged_segments_do_not() {
         return;
     }
     let mut lab = Lab::new(&[CLIENT, UNPROTECTED_CLIENT]).expect("creating the namespace lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443", "192.0.2.1:8080"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443", "192.0.2.1:8080"]).unwrap();
     let iface = lab.server_if.clone();
     // Monitor: every segment reaches the server's TCP, so only the handshake decides.
     let policy =

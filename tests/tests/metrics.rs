@@ -16,9 +16,7 @@ fn metrics_expose_counters_and_state_and_pass_promtool() {
         return;
     }
     let mut lab = Lab::new(&[VISITOR]).expect("lab");
-    let mut serve = lab.in_server(Path::new(env!("CARGO_BIN_EXE_edge-probe")));
-    serve.args(["serve", "192.0.2.1:443"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(Path::new(env!("CARGO_BIN_EXE_edge-probe")), &["192.0.2.1:443"]).unwrap();
     let iface = lab.server_if.clone();
     let mut daemon = Daemon::configure(
         &lab,

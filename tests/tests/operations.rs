@@ -19,9 +19,7 @@ fn probe() -> &'static Path {
 
 fn lab_with_server(clients: &[&str]) -> Lab {
     let mut lab = Lab::new(clients).expect("creating the namespace lab");
-    let mut serve = lab.in_server(probe());
-    serve.args(["serve", "192.0.2.1:443"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(probe(), &["192.0.2.1:443"]).unwrap();
     lab
 }
 

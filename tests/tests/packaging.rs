@@ -141,9 +141,7 @@ fn the_daemon_runs_as_nobody_with_only_the_units_capabilities() {
         .join(",");
 
     let mut lab = Lab::new(&["192.0.2.10", "192.0.2.99"]).expect("creating the namespace lab");
-    let mut serve = lab.in_server(env!("CARGO_BIN_EXE_edge-probe"));
-    serve.args(["serve", "192.0.2.1:443"]);
-    lab.spawn(serve).unwrap();
+    lab.serve(Path::new(env!("CARGO_BIN_EXE_edge-probe")), &["192.0.2.1:443"]).unwrap();
     let iface = lab.server_if.clone();
     // Learning too: the handshake tracepoint is what needs CAP_PERFMON.
     let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n\
