@@ -10,7 +10,9 @@ pub type Reason = u32;
 pub const OFF: Reason = 0;
 /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
 pub const NON_IP: Reason = 1;
-/// ICMPv6 neighbour/router discovery: passed, or the host loses its neighbours.
+/// ICMPv6 neighbour/router discovery from the link itself (hop limit 255, RFC 4861): passed,
+/// or the host loses its neighbours. With a lower hop limit it crossed a router and is judged
+/// like any other packet.
 pub const NEIGHBOR_DISCOVERY: Reason = 2;
 /// Source on the deny list: dropped, whatever the port.
 pub const DENY: Reason = 3;

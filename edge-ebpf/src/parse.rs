@@ -31,6 +31,10 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// ICMPv6 router solicitation .. redirect (RFC 4861): neighbour discovery.
 const ND_FIRST_TYPE: u8 = 133;
 const ND_LAST_TYPE: u8 = 137;
+/// The hop limit RFC 4861 requires on every neighbour discovery message: a router on the way
+/// lowers it, so only a message from the link itself arrives with 255. Anything lower is
+/// judged like any other packet (deny, scope, budgets).
+const ND_HOP_LIMIT: u8 = 255;
 
 pub struct Malformed;
 
@@ -220,7 +224,7 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
     let fragment =
         if u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 { Fragment::Later } else { Fragment::No };
     let src = Source::v4_mapped(ip.saddr);
-    transport(ctx, src, true, ip.protocol, offset + ihl, fragment)
+    transport(ctx, src, None, ip.protocol, offset + ihl, fragment)
 }
 
 #[inline(always)]
@@ -264,7 +268,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
         // Still inside the chain after the limit: we cannot see the transport header.
         return Err(Malformed);
     }
-    transport(ctx, src, false, next, offset, fragment)
+    transport(ctx, src, Some(ip.hop_limit), next, offset, fragment)
 }
 
 #[inline(always)]
@@ -275,16 +279,18 @@ fn is_extension(next: u8) -> bool {
     )
 }
 
-/// Reads the destination port (TCP/UDP) or recognises neighbour discovery.
+/// Reads the destination port (TCP/UDP) or recognises neighbour discovery. `hop_limit` is the
+/// IPv6 header's (`None` for IPv4).
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
     src: Source,
-    is_v4: bool,
+    hop_limit: Option<u8>,
     proto: u8,
     offset: usize,
     fragment: Fragment,
 ) -> Result<Parsed, Malformed> {
+    let is_v4 = hop_limit.is_none();
     let mut dport = 0;
     let mut udp_len = 0;
     if fragment == Fragment::No {
@@ -301,7 +307,7 @@ fn transport(
                 dport = u16::from_be_bytes(udp.dport);
                 udp_len = u16::from_be_bytes(udp.len);
             }
-            IPPROTO_ICMPV6 if !is_v4 => {
+            IPPROTO_ICMPV6 if hop_limit == Some(ND_HOP_LIMIT) => {
                 // Type, code, checksum: read all four (the verifier cannot bound a 1-byte
                 // read that LLVM turns into `p >= end`).
                 let icmp = unsafe { *header::<[u8; 4]>(ctx, offset)? };

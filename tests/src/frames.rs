@@ -45,6 +45,8 @@ pub struct Frame {
     pub payload: usize,
     /// Exact payload bytes (overrides `payload`).
     pub payload_bytes: Option<Vec<u8>>,
+    /// IPv4 TTL or IPv6 hop limit: 64, or 255 for neighbour discovery (RFC 4861 requires it).
+    pub hop_limit: u8,
 }
 
 pub fn frame(src: &str, l4: L4) -> Frame {
@@ -57,6 +59,7 @@ pub fn frame(src: &str, l4: L4) -> Frame {
         fragment: Fragment::None,
         payload: 8,
         payload_bytes: None,
+        hop_limit: if l4 == L4::NeighborSolicitation { 255 } else { 64 },
     }
 }
 
@@ -75,6 +78,10 @@ impl Frame {
     }
     pub fn fragment(mut self, f: Fragment) -> Self {
         self.fragment = f;
+        self
+    }
+    pub fn hop_limit(mut self, hops: u8) -> Self {
+        self.hop_limit = hops;
         self
     }
     pub fn payload_bytes(mut self, bytes: &[u8]) -> Self {
@@ -144,7 +151,8 @@ impl Frame {
         };
         match self.src {
             IpAddr::V4(src) => {
-                let mut h = Ipv4Header::new(0, 64, IpNumber::TCP, src.octets(), DST_V4).unwrap();
+                let mut h = Ipv4Header::new(0, self.hop_limit, IpNumber::TCP, src.octets(), DST_V4)
+                    .unwrap();
                 h.options = Ipv4Options::try_from(&vec![1u8; self.ipv4_options][..]).unwrap();
                 h.more_fragments = more;
                 h.fragment_offset = IpFragOffset::try_new(offset).unwrap();
@@ -156,7 +164,7 @@ impl Frame {
                     flow_label: Default::default(),
                     payload_length: 0,
                     next_header: IpNumber::TCP,
-                    hop_limit: 64,
+                    hop_limit: self.hop_limit,
                     source: src.octets(),
                     destination: DST_V6,
                 };

@@ -133,6 +133,25 @@ fn every_stage_in_both_families() {
         &frame("2001:db8:dead::1", L4::NeighborSolicitation).build(),
         NEIGHBOR_DISCOVERY,
     );
+    s.passes(
+        "ND with hop limit 255 behind an extension header and a VLAN tag",
+        &frame("2001:db8:dead::1", L4::NeighborSolicitation).ipv6_ext(&[60]).vlans(1).build(),
+        NEIGHBOR_DISCOVERY,
+    );
+    // RFC 4861: a router on the way lowers the hop limit, so anything below 255 came from off
+    // the link and is judged like any other packet.
+    for hops in [254, 64, 1] {
+        let nd = frame("2001:db8:dead::1", L4::NeighborSolicitation).hop_limit(hops);
+        s.drops(&format!("ND from a denied prefix, hop limit {hops}"), &nd.build(), DENY);
+        let tagged = nd.clone().ipv6_ext(&[60]).vlans(1).build();
+        s.drops(&format!("the same behind an extension header and a tag ({hops})"), &tagged, DENY);
+        let unknown = frame("2001:db8:99::1", L4::NeighborSolicitation).hop_limit(hops);
+        s.passes(
+            &format!("off-link ND from an unknown source ({hops})"),
+            &unknown.build(),
+            PASS_UNPROTECTED,
+        );
+    }
 
     s.drops("deny v4, protected port", &frame("203.0.113.5", L4::Tcp(443)).build(), DENY);
     s.drops("deny v4, any port", &frame("203.0.113.5", L4::Tcp(22)).build(), DENY);
