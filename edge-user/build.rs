@@ -8,11 +8,24 @@ fn main() -> anyhow::Result<()> {
     git_revision();
     compile_api()?;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-ebpf");
+    let toolchain = ebpf_toolchain(&root.join("rust-toolchain.toml"))?;
     let root = root.to_str().context("non-UTF-8 path to edge-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "edge-ebpf", root_dir: root, ..Default::default() }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&toolchain),
     )
+}
+
+/// The pinned nightly the eBPF crate is built with: `channel` in its rust-toolchain.toml.
+fn ebpf_toolchain(file: &std::path::Path) -> anyhow::Result<String> {
+    println!("cargo:rerun-if-changed={}", file.display());
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("channel"))
+        .and_then(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .with_context(|| format!("{}: no `channel = \"...\"` line", file.display()))
 }
 
 /// protox compiles the .proto in Rust, so building needs no protoc; the descriptor set is also

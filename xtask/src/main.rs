@@ -12,9 +12,17 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tests and demo use: ip (netns, veth), nsenter, a real Redis for the
 /// admission feed's tests, and promtool (in `prometheus`) to check the metrics exposition.
 /// nftables is the baseline the lab benchmark compares against; systemd's `systemd-analyze`
-/// checks the unit file.
-const APT_PACKAGES: [&str; 7] =
-    ["iproute2", "util-linux", "redis-server", "prometheus", "nftables", "ethtool", "systemd"];
+/// checks the unit file; tcpdump makes the captures `edge replay` is tested on.
+const APT_PACKAGES: [&str; 8] = [
+    "iproute2",
+    "util-linux",
+    "redis-server",
+    "prometheus",
+    "nftables",
+    "ethtool",
+    "systemd",
+    "tcpdump",
+];
 
 #[derive(Parser)]
 struct Cli {
@@ -216,6 +224,18 @@ fn quiet_ok(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
+/// The eBPF crate's pinned nightly: `channel` in edge-ebpf/rust-toolchain.toml, the one place
+/// it is named (edge-user's build.rs reads it too).
+fn ebpf_toolchain() -> Result<String> {
+    let file = "edge-ebpf/rust-toolchain.toml";
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("channel"))
+        .and_then(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .with_context(|| format!("{file}: no `channel = \"...\"` line"))
+}
+
 fn setup() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
@@ -230,22 +250,37 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    // Nightly with rust-src: the eBPF crate is built with -Z build-std=core.
+    // The pinned nightly with rust-src: the eBPF crate is built with -Z build-std=core.
+    let nightly = ebpf_toolchain()?;
     let installed = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", &nightly])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: installing nightly with rust-src");
+        eprintln!("setup: installing {nightly} with rust-src");
         run(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &nightly,
             "--profile",
             "minimal",
             "--component",
             "rust-src",
+        ]))?;
+    }
+    // The other side's real tools for interop tests (grpcio and its health and reflection
+    // clients), pinned in the repo.
+    let imports = "import grpc, grpc_health.v1.health_pb2, grpc_reflection.v1alpha.reflection_pb2";
+    if !quiet_ok(Command::new("python3").args(["-c", imports])) {
+        eprintln!("setup: installing the Python interop clients (tests/python/requirements.txt)");
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--requirement",
+            "tests/python/requirements.txt",
         ]))?;
     }
     let linker = Command::new("bpf-linker").arg("--version").output();
