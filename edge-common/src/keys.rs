@@ -45,10 +45,10 @@ assert_size!(VisitorDay, 4);
 /// `Config::tai_offset_s`, which the control plane writes whenever it applies a policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Admission {
+pub struct AdmittedUntil {
     pub admitted_until: u64,
 }
-assert_size!(Admission, 8);
+assert_size!(AdmittedUntil, 8);
 
 /// A token bucket kept as a GCRA "theoretical arrival time" (monotonic ns): one word, no
 /// division on the packet path.
@@ -186,7 +186,7 @@ mod pod {
     // SAFETY: all are repr(C) structs of integers with no padding (sizes asserted above).
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for VisitorDay {}
-    unsafe impl aya::Pod for Admission {}
+    unsafe impl aya::Pod for AdmittedUntil {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for Counter {}
 }

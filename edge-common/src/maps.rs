@@ -47,6 +47,9 @@ pub const ADMITTED_HINT_GENERATION: u32 = ADMITTED_HINT_WORDS - 1;
 pub const DROP_EVENTS: &str = "drop_events";
 /// Completed TCP handshakes on protected ports, for visitor learning (ring buffer).
 pub const HANDSHAKES: &str = "handshakes";
+/// The handshake program's scope (one `LearnScope`): its own, made fresh by each daemon that
+/// learns, never pinned.
+pub const LEARN_SCOPE: &str = "learn_scope";
 
 /// The XDP program's name in the object file.
 pub const PROGRAM: &str = "edge";

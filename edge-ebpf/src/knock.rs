@@ -6,7 +6,7 @@
 use aya_ebpf::programs::XdpContext;
 use edge_common::{
     config::Config,
-    keys::{addr_words, Admission},
+    keys::{addr_words, AdmittedUntil},
     reason::*,
     ticket::{TicketBytes, TicketKey, TICKET_LEN},
 };
@@ -50,7 +50,7 @@ pub fn knock(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
             return KNOCK_OK;
         }
     }
-    match maps::ADMITTED.insert(source.addr(), &Admission { admitted_until: until }, 0) {
+    match maps::ADMITTED.insert(source.addr(), &AdmittedUntil { admitted_until: until }, 0) {
         Ok(()) => {
             crate::hint_admitted(&source);
             KNOCK_OK

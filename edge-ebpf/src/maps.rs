@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use edge_common::{
     config::Config,
-    events::{DROP_EVENTS_BYTES, HANDSHAKES_BYTES},
-    keys::{Addr, Admission, Bucket, Counter, Rule, V6Prefix, VisitorDay},
+    events::{LearnScope, DROP_EVENTS_BYTES, HANDSHAKES_BYTES},
+    keys::{Addr, AdmittedUntil, Bucket, Counter, Rule, V6Prefix, VisitorDay},
     maps::*,
     reason::STATS_SLOTS,
     ticket::{TicketKey, TICKET_KEY_SLOTS},
@@ -55,7 +55,7 @@ pub static VISITORS_V6: HashMap<V6Prefix, VisitorDay> =
 
 /// Sources admitted by the queue service (IPv4 v4-mapped, IPv6 /64 with the host half zeroed).
 #[map(name = "admitted")]
-pub static ADMITTED: HashMap<Addr, Admission> =
+pub static ADMITTED: HashMap<Addr, AdmittedUntil> =
     HashMap::with_max_entries(ADMITTED_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// The gate in front of `admitted` (see `edge_common::maps::ADMITTED_HINT`); mmap-able so
@@ -88,3 +88,7 @@ pub static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(DROP_EVENTS_BYTES, 0);
 /// Completed handshakes on protected ports, for visitor learning.
 #[map(name = "handshakes")]
 pub static HANDSHAKES: RingBuf = RingBuf::with_byte_size(HANDSHAKES_BYTES, 0);
+
+/// Which namespace's handshakes are reported (see `edge_common::events::LearnScope`).
+#[map(name = "learn_scope")]
+pub static LEARN_SCOPE: Array<LearnScope> = Array::with_max_entries(1, 0);

@@ -17,7 +17,7 @@ use aya::{
 use edge_common::{
     config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6},
     keys::{
-        v4_mapped, v4_mapped_prefix_len, Addr, Admission, Bucket, Counter, Rule, V6Prefix,
+        v4_mapped, v4_mapped_prefix_len, Addr, AdmittedUntil, Bucket, Counter, Rule, V6Prefix,
         VisitorDay,
     },
     maps as names,
@@ -31,7 +31,7 @@ use crate::{
     history::{window_start, VisitorHistory},
     policy::{Policy, Protected},
     stats::Stats,
-    visitors::{Day, VisitorKey},
+    visitors::{admission_key, Day},
 };
 use edge_common::ticket::{TicketKey, TICKET_KEY_SLOTS};
 use roaring::RoaringTreemap;
@@ -234,7 +234,7 @@ impl Maps {
         view(&mut self.maps, names::VISITORS_V6)
     }
 
-    pub fn admitted(&mut self) -> Result<HashMap<&mut MapData, Addr, Admission>> {
+    pub fn admitted(&mut self) -> Result<HashMap<&mut MapData, Addr, AdmittedUntil>> {
         view(&mut self.maps, names::ADMITTED)
     }
 
@@ -443,7 +443,7 @@ impl Maps {
         let mut admitted = self.admitted()?;
         if !admitted.get(&key, 0).is_ok_and(|a| a.admitted_until >= until) {
             admitted
-                .insert(key, Admission { admitted_until: until }, 0)
+                .insert(key, AdmittedUntil { admitted_until: until }, 0)
                 .map_err(|e| full_or(e, names::ADMITTED, names::ADMITTED_CAPACITY, 1))?;
         }
         // After the insert: the hint gates the kernel's lookup.
@@ -457,7 +457,7 @@ impl Maps {
         let (maps, hint) = (&mut self.maps, &self.admitted_hint);
         // The keys are read inside `rebuild`, after it cleared the spare generation.
         hint.rebuild(|| {
-            let admitted: HashMap<&mut MapData, Addr, Admission> = view(maps, names::ADMITTED)?;
+            let admitted: HashMap<&mut MapData, Addr, AdmittedUntil> = view(maps, names::ADMITTED)?;
             Ok(admitted.keys().filter_map(|k| k.ok()).collect())
         })
     }
@@ -561,18 +561,6 @@ pub(crate) fn lpm_key(net: &IpNet) -> (u32, Addr) {
             (v4_mapped_prefix_len(u32::from(n.prefix_len())), v4_mapped(n.network().octets()))
         }
         IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
-    }
-}
-
-/// The `admitted` key of a source: v4-mapped IPv4, or the IPv6 /64 with the host half zeroed.
-pub fn admission_key(ip: IpAddr) -> Addr {
-    match VisitorKey::from(ip) {
-        VisitorKey::V4(v4) => v4_mapped(v4.octets()),
-        VisitorKey::V6(prefix) => {
-            let mut key = [0; 16];
-            key[..8].copy_from_slice(&prefix);
-            key
-        }
     }
 }
 
@@ -727,28 +715,55 @@ impl Filter {
 /// attached and the link pinned. Returns the counters and whether a running filter was
 /// replaced. The maps must be filled before: the program never runs with empty maps.
 pub fn attach_shared(maps: &Maps, iface: &str, mode: XdpMode) -> Result<(Counters, bool)> {
-    let if_index = if_index(iface)?;
+    attach_loaded(maps, load_for(maps, iface)?, iface, mode)
+}
+
+/// The program loaded (verified) for `iface` against `maps` and the interface's counters, not
+/// attached: what [`attach_loaded`] attaches in a few system calls. The daemon keeps one ready
+/// per interface, so an interface that is deleted and made again is filtered again as soon as
+/// the kernel says it exists, not a program load (tens of milliseconds) later.
+pub struct Loaded {
+    ebpf: Ebpf,
+}
+
+/// Loads the program for `iface` (see [`Loaded`]); pins the shared maps in its directory.
+pub fn load_for(maps: &Maps, iface: &str) -> Result<Loaded> {
     let dir = pin_dir(iface)?;
-    let running = dir.join("link").exists() && pinned_link_live(iface)?;
-    if !running && dir.exists() {
-        // Pins without a live link enforce nothing: the leftovers of a failed attach, or of
-        // an interface that was deleted (its link went with it).
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::Kernel {
-            what: format!("removing stale pins in {}", dir.display()),
-            source: e,
-        })?;
-    }
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Kernel { what: format!("creating {}", dir.display()), source: e })?;
+    maps.pin_shared(&dir)?;
+    let mut loader = EbpfLoader::new();
+    for name in SHARED_MAPS.iter().chain([&names::STATS]) {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
+    program(&mut ebpf)?.load().map_err(|e| load_error(&e))?;
+    Ok(Loaded { ebpf })
+}
+
+/// Attaches a loaded program to `iface` (see [`attach_shared`]). On a failed first attach,
+/// nothing is left behind.
+pub fn attach_loaded(
+    maps: &Maps,
+    mut loaded: Loaded,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<(Counters, bool)> {
+    let if_index = if_index(iface)?;
+    let dir = pin_dir(iface)?;
+    let had_link = dir.join("link").exists();
+    let running = had_link && pinned_link_live(iface)?;
+    if !running {
+        // A link pin without a live link enforces nothing: the leftover of an interface that
+        // was deleted (its link went with it), or of a failed attach. Its counters stay: the
+        // interface made again counts on from where it was (and `auto` sees no drop to zero).
+        for stale in ["link", "prog"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+    }
     let attached = (|| {
         maps.pin_shared(&dir)?;
-        let mut loader = EbpfLoader::new();
-        for name in SHARED_MAPS.iter().chain([&names::STATS]) {
-            loader.map_pin_path(name, dir.join(name));
-        }
-        let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
-        let prog = program(&mut ebpf)?;
-        prog.load().map_err(|e| load_error(&e))?;
+        let prog = program(&mut loaded.ebpf)?;
         if running {
             let link = PinnedLink::from_pin(dir.join("link"))
                 .map_err(|e| kernel("opening the pinned link", e))?;
@@ -766,7 +781,8 @@ pub fn attach_shared(maps: &Maps, iface: &str, mode: XdpMode) -> Result<(Counter
         }
         let _ = std::fs::remove_file(dir.join("prog"));
         prog.pin(dir.join("prog")).map_err(|e| kernel("pinning the program", e))?;
-        let stats = ebpf
+        let stats = loaded
+            .ebpf
             .take_map(names::STATS)
             .ok_or_else(|| Error::Load("the program has no `stats` map".into()))?;
         let stats = PerCpuArray::try_from(stats).map_err(|e| kernel("the stats map", e))?;
@@ -775,7 +791,8 @@ pub fn attach_shared(maps: &Maps, iface: &str, mode: XdpMode) -> Result<(Counter
     match attached {
         Ok(counters) => Ok((counters, running)),
         Err(e) => {
-            if !running {
+            // A first attach leaves nothing behind; an interface made again keeps its counters.
+            if !had_link {
                 let _ = std::fs::remove_dir_all(&dir);
             }
             Err(e)
@@ -784,16 +801,36 @@ pub fn attach_shared(maps: &Maps, iface: &str, mode: XdpMode) -> Result<(Counter
 }
 
 /// Loads and attaches the handshake tracepoint (visitor learning) against the shared maps
-/// pinned under `iface`. It lives as long as the returned object: learning is the daemon's
-/// job, so it stops with the daemon (the filter does not).
+/// pinned under `iface`, scoped to this process's network namespace (its cookie, and where the
+/// kernel's BTF says a socket keeps its namespace). It lives as long as the returned object:
+/// learning is the daemon's job, so it stops with the daemon (the filter does not).
 pub fn attach_handshakes(iface: &str) -> Result<Ebpf> {
     use aya::programs::TracePoint;
+    use edge_common::events::LearnScope;
     let dir = attached_dir(iface)?;
+    let (sock_net, net_cookie) = crate::btf::Btf::kernel()
+        .and_then(|btf| crate::btf::netns_cookie_offsets(&btf))
+        .map_err(|e| Error::Kernel {
+            what: "finding where a socket keeps its network namespace".into(),
+            source: std::io::Error::other(e),
+        })?;
+    let netns_cookie = crate::ifaddrs::netns_cookie().map_err(|e| Error::Kernel {
+        what: "reading this network namespace's cookie".into(),
+        source: e,
+    })?;
     let mut loader = EbpfLoader::new();
     for name in SHARED_MAPS.iter().chain([&names::STATS]) {
         loader.map_pin_path(name, dir.join(name));
     }
     let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
+    let scope = ebpf
+        .map_mut(names::LEARN_SCOPE)
+        .ok_or_else(|| Error::Load(format!("the program has no `{}` map", names::LEARN_SCOPE)))?;
+    let mut scope: Array<&mut MapData, LearnScope> =
+        Array::try_from(scope).map_err(|e| kernel("the learn_scope map", e))?;
+    scope
+        .set(0, LearnScope { netns_cookie, sock_net, net_cookie }, 0)
+        .map_err(|e| kernel("writing the learn_scope map", e))?;
     let prog: &mut TracePoint = ebpf
         .program_mut(names::HANDSHAKE_PROGRAM)
         .ok_or_else(|| Error::Load("the object has no `handshake` program".into()))?
@@ -872,7 +909,8 @@ fn load_error(e: &(dyn std::error::Error + 'static)) -> Error {
     }
 }
 
-fn if_index(iface: &str) -> Result<u32> {
+/// The interface's index in this network namespace, or why there is none.
+pub fn if_index(iface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(iface).map_err(|_| Error::NoInterface(iface.into()))?;
     // SAFETY: NUL-terminated string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
@@ -1099,14 +1137,5 @@ mod tests {
         policy.unknown.rate_pps = 0;
         assert_eq!(kernel_config(&policy).source_interval_ns, 0, "0 pps is strict");
         assert_eq!(c.lists, 0, "empty lists cost no lookups");
-    }
-
-    #[test]
-    fn admissions_key_ipv6_by_its_64() {
-        let a = admission_key("2001:db8:1:2::1".parse().unwrap());
-        let b = admission_key("2001:db8:1:2:ffff::9".parse().unwrap());
-        assert_eq!(a, b);
-        assert_eq!(admission_key("192.0.2.1".parse().unwrap()), v4_mapped([192, 0, 2, 1]));
-        assert_eq!(admission_key("::ffff:192.0.2.1".parse().unwrap()), v4_mapped([192, 0, 2, 1]));
     }
 }

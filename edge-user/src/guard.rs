@@ -85,45 +85,9 @@ fn v6(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-/// The interface that holds `ip`, from getifaddrs(3).
+/// The interface that holds `ip`.
 fn interface_of(ip: IpAddr) -> Option<String> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() && found.is_none() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr points at a sockaddr of the family it names.
-        let addr = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    IpAddr::from(sin6.sin6_addr.s6_addr)
-                }
-                _ => continue,
-            }
-        };
-        if addr == ip {
-            // SAFETY: a NUL-terminated interface name.
-            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-            found = Some(name.to_string_lossy().into_owned());
-        }
-    }
-    // SAFETY: the list from getifaddrs above.
-    unsafe { libc::freeifaddrs(head) };
-    found
+    crate::ifaddrs::all().into_iter().find(|(_, addr)| *addr == ip).map(|(name, _)| name)
 }
 
 impl From<etherparse::err::packet::BuildWriteError> for Error {

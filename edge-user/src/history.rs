@@ -229,14 +229,15 @@ impl HistoryBuilder {
     }
 }
 
-/// Keys that left the history in a roll.
+/// Visitors no longer in the history at all (removed, or rolled out of the window): what the
+/// kernel maps must drop.
 #[derive(Debug, Default)]
-pub struct Expired {
+pub struct Departed {
     pub v4: RoaringBitmap,
     pub v6: RoaringTreemap,
 }
 
-impl Expired {
+impl Departed {
     pub fn len(&self) -> u64 {
         self.v4.len() + self.v6.len()
     }
@@ -290,9 +291,29 @@ impl VisitorHistory {
     }
 
     /// Drops the days that are outside a window of `window_days` ending on `today`.
-    pub fn roll(&mut self, today: Day, window_days: u16) -> Expired {
-        let first = window_start(today, window_days);
-        Expired { v4: self.v4.drop_before(first), v6: self.v6.drop_before(first) }
+    pub fn roll(&mut self, today: Day, window_days: u16) -> Departed {
+        self.drop_before(window_start(today, window_days))
+    }
+
+    /// Drops the days before `first`; returns the visitors seen on no day kept.
+    pub fn drop_before(&mut self, first: Day) -> Departed {
+        Departed { v4: self.v4.drop_before(first), v6: self.v6.drop_before(first) }
+    }
+
+    /// Forgets visitors on every day; returns those that were there.
+    pub fn remove_all(&mut self, v4: &[u32], v6: &[u64]) -> Departed {
+        let mut gone = Departed::default();
+        for addr in v4 {
+            if self.v4.remove(*addr) {
+                gone.v4.insert(*addr);
+            }
+        }
+        for prefix in v6 {
+            if self.v6.remove(*prefix) {
+                gone.v6.insert(*prefix);
+            }
+        }
+        gone
     }
 
     /// Visitors in order (IPv4 first), starting at `from`, with the day each was last seen.
@@ -357,6 +378,15 @@ mod tests {
         assert!(h.roll(day0.plus(25), 21).is_empty());
         assert_eq!(h.roll(day0.plus(26), 21).v4.len(), 1);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_window_of_21_days_ending_on_d_plus_20_starts_on_d() {
+        let day = d("2026-11-01");
+        assert_eq!(window_start(day.plus(20), 21), day, "D+20 still holds D");
+        assert_eq!(window_start(day.plus(21), 21), day.plus(1), "D+21 does not");
+        assert_eq!(window_start(day, 1), day);
+        assert_eq!(window_start(Day(3), 21), Day(0), "no day before 1970");
     }
 
     #[test]

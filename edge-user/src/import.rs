@@ -77,6 +77,10 @@ impl Importer {
 
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImportError> {
         let mut rest = chunk;
+        // A byte-order mark (some editors and exports write one) is not part of line 1.
+        if self.lines == 0 && self.partial.is_empty() {
+            rest = rest.strip_prefix("\u{feff}".as_bytes()).unwrap_or(rest);
+        }
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             let (line, tail) = rest.split_at(nl);
             rest = &tail[1..];
@@ -305,6 +309,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.reason.contains("client IP"), "{e}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let h = parse("\u{feff}192.0.2.1,2026-11-01\n192.0.2.2\n", "v.csv", Format::Auto, today())
+            .unwrap();
+        assert!(h.contains(v4("192.0.2.1")) && h.contains(v4("192.0.2.2")));
+        // Only at the very start: one in the middle of a file is an error on its line.
+        let e = parse("192.0.2.1\n\u{feff}192.0.2.2\n", "v", Format::Plain, today()).unwrap_err();
+        assert_eq!(e.line, 2);
     }
 
     #[test]

@@ -2,17 +2,21 @@
 //! it, attach it to interfaces, and read its counters. The `edge` command is a thin front end.
 pub mod api;
 pub mod bitmap;
+pub mod btf;
+pub mod capture;
 pub mod client;
 pub mod daemon;
 pub mod error;
 pub mod filter;
 pub mod guard;
 pub mod history;
+pub mod ifaddrs;
 pub mod import;
 pub mod policy;
 pub mod replay;
 pub mod stats;
 pub mod store;
+pub mod text;
 pub mod ticket;
 pub mod visitors;
 

@@ -98,8 +98,9 @@ impl Stats {
         }
     }
 
-    /// Every reason in pipeline order (zero rows left out unless `all`), then monitor-mode
-    /// would-drops where there are any.
+    /// Every reason in pipeline order, each followed by its monitor-mode would-drops. Rows that
+    /// counted nothing are left out unless `all` (then every reason has its row, and every drop
+    /// reason its would-drop row, so readers find each one before any traffic).
     pub fn rows(&self, all: bool) -> Vec<Row> {
         let mut rows = Vec::new();
         for reason in 0..REASON_COUNT {
@@ -119,7 +120,7 @@ impl Stats {
                 });
             }
             let would = self.would_drop(reason);
-            if would.packets > 0 {
+            if would.packets > 0 || (all && is_drop(reason)) {
                 rows.push(Row {
                     reason: name.into(),
                     action: "would_drop".into(),

@@ -10,7 +10,7 @@ use std::{
 use base64::Engine as _;
 use edge_common::ticket::{TicketBytes, TicketKey, TICKET_LEN, TICKET_VERSION};
 
-use crate::filter::admission_key;
+use crate::visitors::admission_key;
 
 /// A 128-bit SipHash key and the id tickets name it by.
 #[derive(Clone, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Rejected {
 
 /// What a valid ticket says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Admission {
+pub struct Verified {
     pub key_id: u8,
     /// The admitted source: an IPv4 address, or an IPv6 address standing for its /64.
     pub ip: IpAddr,
@@ -128,7 +128,7 @@ pub fn verify(
     ring: &Keyring,
     now: u64,
     presented: Option<IpAddr>,
-) -> Result<Admission, Rejected> {
+) -> Result<Verified, Rejected> {
     if !ticket.well_formed() {
         return Err(Rejected::Malformed(format!(
             "version {}, family {}, key id {}: not a version-{TICKET_VERSION} ticket",
@@ -156,7 +156,7 @@ pub fn verify(
             return Err(Rejected::WrongIp { ticket, presented });
         }
     }
-    Ok(Admission {
+    Ok(Verified {
         key_id: ticket.key_id(),
         ip,
         not_after: ticket.not_after(),
@@ -186,6 +186,9 @@ pub enum KeyError {
     Exposed { path: String, mode: u32 },
     #[error("{path}:{line}: {reason}")]
     Format { path: String, line: usize, reason: String },
+    /// The file as a whole is wrong (it holds no key).
+    #[error("{path}: {reason}")]
+    Content { path: String, reason: String },
     #[error("{0} already exists; not overwriting a key file")]
     Exists(String),
 }
@@ -236,6 +239,8 @@ impl Keyring {
 
     pub fn parse(text: &str, name: &str) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
+        // A byte-order mark (some editors write one) is not part of the first line.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw) in text.lines().enumerate() {
             let fail =
                 |reason: String| KeyError::Format { path: name.into(), line: index + 1, reason };
@@ -262,17 +267,18 @@ impl Keyring {
             if keys.iter().any(|k: &Key| k.id == id) {
                 return Err(fail(format!("key id {id} appears twice")));
             }
+            if keys.len() == 2 {
+                return Err(fail("a third key; a ring holds two (current, previous)".into()));
+            }
             keys.push(Key::new(id, bytes));
         }
-        match keys.len() {
-            0 => Err(KeyError::Format { path: name.into(), line: 0, reason: "no key".into() }),
-            1 | 2 => Ok(Self { keys }),
-            n => Err(KeyError::Format {
+        if keys.is_empty() {
+            return Err(KeyError::Content {
                 path: name.into(),
-                line: 0,
-                reason: format!("{n} keys; at most 2 (current, previous)"),
-            }),
+                reason: "no key (want lines of `<id> <32 hex digits>`)".into(),
+            });
         }
+        Ok(Self { keys })
     }
 
     fn text(&self) -> String {
@@ -403,7 +409,18 @@ mod tests {
         assert_eq!(rotated.keys().iter().map(|k| k.id).collect::<Vec<_>>(), [3, 2]);
         assert!(Keyring::parse("1 0011\n", "k").unwrap_err().to_string().starts_with("k:1: "));
         assert!(Keyring::parse("0 000102030405060708090a0b0c0d0e0f\n", "k").is_err());
-        assert!(Keyring::parse("", "k").is_err());
+        assert_eq!(
+            Keyring::parse("", "k").unwrap_err().to_string(),
+            "k: no key (want lines of `<id> <32 hex digits>`)"
+        );
+        let three = "1 000102030405060708090a0b0c0d0e0f\n2 000102030405060708090a0b0c0d0e0f\n\
+                     # the third\n3 000102030405060708090a0b0c0d0e0f\n";
+        assert!(Keyring::parse(three, "k")
+            .unwrap_err()
+            .to_string()
+            .starts_with("k:4: a third key"));
+        let bom = format!("\u{feff}{}", ring.text());
+        assert_eq!(Keyring::parse(&bom, "k").unwrap(), ring, "a byte-order mark is not a key");
         assert!(!format!("{:?}", ring.current()).contains("0001"), "keys never print");
 
         let dir = tempfile::tempdir().unwrap();

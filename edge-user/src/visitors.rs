@@ -8,6 +8,8 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use edge_common::keys::{v4_mapped, Addr};
+
 /// A UTC calendar day, counted from 1970-01-01.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Day(pub u32);
@@ -44,11 +46,6 @@ impl fmt::Display for Day {
     }
 }
 
-/// Whether a visitor last seen on `last_seen` passes on `today` with a window of `days`.
-pub fn in_window(last_seen: Day, today: Day, days: u16) -> bool {
-    last_seen <= today && today.0 - last_seen.0 < u32::from(days)
-}
-
 /// The key a visitor is stored under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum VisitorKey {
@@ -74,18 +71,61 @@ impl From<IpAddr> for VisitorKey {
     }
 }
 
+impl VisitorKey {
+    /// The key of the `admitted` map: the v4-mapped IPv4 address, or the IPv6 /64 followed by
+    /// eight zero bytes.
+    pub fn admission_key(self) -> Addr {
+        match self {
+            Self::V4(v4) => v4_mapped(v4.octets()),
+            Self::V6(prefix) => {
+                let mut key = [0; 16];
+                key[..8].copy_from_slice(&prefix);
+                key
+            }
+        }
+    }
+}
+
+/// The `admitted` key of a source: its IPv4 address, or its IPv6 /64.
+pub fn admission_key(ip: IpAddr) -> Addr {
+    VisitorKey::from(ip).admission_key()
+}
+
+/// How a visitor key is written in answers: `192.0.2.1` or `2001:db8::/64`.
+pub fn display_key(key: VisitorKey) -> String {
+    match key {
+        VisitorKey::V4(a) => a.to_string(),
+        VisitorKey::V6(p) => {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&p);
+            format!("{}/64", IpAddr::from(bytes))
+        }
+    }
+}
+
+/// A 16-byte address as users write it: IPv4 for a v4-mapped one.
+pub fn plain_ip(addr: &Addr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// The visitor an admission key stands for (an IPv4 address or an IPv6 /64).
+pub fn admission_visitor(key: &Addr) -> VisitorKey {
+    VisitorKey::from(IpAddr::from(*key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn window_boundary_is_d_plus_20_for_21_days() {
-        let d = Day::parse("2026-11-01").unwrap();
-        assert!(in_window(d, d, 21));
-        assert!(in_window(d, d.plus(20), 21));
-        assert!(!in_window(d, d.plus(21), 21));
-        assert!(!in_window(d.plus(1), d, 21), "a day in the future is not in the window");
-        assert!(in_window(d, d, 1) && !in_window(d, d.plus(1), 1));
+    fn admissions_key_ipv6_by_its_64() {
+        let a = admission_key("2001:db8:1:2::1".parse().unwrap());
+        let b = admission_key("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(admission_key("192.0.2.1".parse().unwrap()), v4_mapped([192, 0, 2, 1]));
+        assert_eq!(admission_key("::ffff:192.0.2.1".parse().unwrap()), v4_mapped([192, 0, 2, 1]));
+        assert_eq!(admission_visitor(&a), VisitorKey::V6([0x20, 1, 0xd, 0xb8, 0, 1, 0, 2]));
     }
 
     #[test]

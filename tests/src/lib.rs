@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod frames;
 pub mod lab;
+pub mod tls;
 
 /// Set to `1` to skip tests that need BPF and network namespaces (they print SKIPPED).
 pub const SKIP_ENV: &str = "EDGE_SKIP_PRIVILEGED";

@@ -6,8 +6,9 @@ use std::{path::Path, time::Duration};
 
 use edge::{
     api::{self, admissions_client::AdmissionsClient, control_client::ControlClient},
-    filter::{admission_key, Maps, PIN_ROOT},
+    filter::{Maps, PIN_ROOT},
     ticket::{self, Keyring},
+    visitors::admission_key,
 };
 use edge_tests::{daemon::Daemon, lab::Lab, privileged};
 use tonic::Code;

@@ -7,14 +7,18 @@ use std::{path::Path, time::Duration};
 use edge::api::{
     self, control_client::ControlClient, rules_client::RulesClient, visitors_client::VisitorsClient,
 };
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
-use tonic::{transport::Channel, Code};
+use edge::client::ApiChannel;
+use edge_tests::{daemon::Daemon, lab::Lab, privileged, tls::Pki};
+use tonic::{
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
+    Code,
+};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 const TOKEN: &str = "0123456789abcdef-test-token";
 const TCP: &str = "127.0.0.1:7707";
 
-async fn channel(socket: &Path) -> Channel {
+async fn channel(socket: &Path) -> ApiChannel {
     for _ in 0..100 {
         if let Ok(channel) = edge::client::connect(socket).await {
             return channel;
@@ -24,7 +28,7 @@ async fn channel(socket: &Path) -> Channel {
     panic!("the daemon never listened on {}", socket.display());
 }
 
-async fn health(channel: &Channel) -> ServingStatus {
+async fn health(channel: &ApiChannel) -> ServingStatus {
     let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
     let answer = HealthClient::new(channel.clone()).check(request).await.unwrap().into_inner();
     answer.status()
@@ -69,9 +73,13 @@ fn the_api_contract() {
         &[&late],
         "mode = \"monitor\"\n[lists]\ndeny = [\"203.0.113.0/24\"]\n",
         "2026-11-22",
-        &format!("tcp_listen = \"{TCP}\"\ntoken_file = \"token\""),
+        &format!(
+            "tcp_listen = \"{TCP}\"\ntoken_file = \"token\"\ntls_cert = \"server.pem\"\n\
+             tls_key = \"server.key\"\ntls_client_ca = \"ca.pem\""
+        ),
     )
     .unwrap();
+    let pki = Pki::new(daemon.config_dir());
     let token_file = daemon.config_dir().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -325,9 +333,11 @@ fn the_api_contract() {
         }
     });
 
-    // TCP: only with the bearer token. The listener is inside the server namespace, so the
-    // client runs on a thread that joined it.
+    // TCP: TLS with a client certificate, and then only with the bearer token. The listener
+    // is inside the server namespace, so the clients run on a thread that joined it.
     let netns = format!("/run/netns/{}", lab.server_ns);
+    let (ca, cert, key, other_ca) =
+        (pki.ca.clone(), pki.client_cert.clone(), pki.client_key.clone(), pki.other_ca.clone());
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&netns).unwrap();
         // SAFETY: valid fd; only this thread changes namespace.
@@ -335,13 +345,44 @@ fn the_api_contract() {
             unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
             0
         );
+        let pem = |path: &std::path::PathBuf| std::fs::read(path).unwrap();
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(
             async {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{TCP}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
+                let tls = |ca: &std::path::PathBuf, client: bool| {
+                    let mut tls = ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(pem(ca)))
+                        .domain_name("localhost");
+                    if client {
+                        tls = tls.identity(Identity::from_pem(pem(&cert), pem(&key)));
+                    }
+                    tls
+                };
+                let endpoint = |scheme: &str| {
+                    Endpoint::from_shared(format!("{scheme}://{TCP}"))
+                        .unwrap()
+                        .connect_timeout(Duration::from_secs(3))
+                };
+                // Plaintext gets no gRPC answer from a TLS listener.
+                if let Ok(plain) = endpoint("http").connect().await {
+                    let status =
+                        ControlClient::new(plain).get_status(api::GetStatusRequest {}).await;
+                    assert!(status.is_err(), "plaintext was answered: {status:?}");
+                }
+                // A server certificate from a CA the client does not trust is refused, and so
+                // is a client without a certificate.
+                let untrusted = endpoint("https").tls_config(tls(&other_ca, true)).unwrap();
+                assert!(untrusted.connect().await.is_err(), "an untrusted server certificate");
+                let anonymous_tls = endpoint("https").tls_config(tls(&ca, false)).unwrap();
+                let no_cert = match anonymous_tls.connect().await {
+                    Ok(channel) => {
+                        ControlClient::new(channel).get_status(api::GetStatusRequest {}).await.err()
+                    }
+                    Err(e) => Some(tonic::Status::unavailable(e.to_string())),
+                };
+                assert!(no_cert.is_some(), "a client without a certificate was answered");
+
+                let channel =
+                    endpoint("https").tls_config(tls(&ca, true)).unwrap().connect().await.unwrap();
                 let mut anonymous = ControlClient::new(channel.clone());
                 fails(
                     anonymous.get_status(api::GetStatusRequest {}).await,
@@ -363,6 +404,84 @@ fn the_api_contract() {
     .join()
     .expect("the TCP checks");
 
+    // The `edge` command over TLS, from inside the namespace.
+    let cli = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", lab.server_ns))
+            .arg("--")
+            .arg(edge_tests::edge_bin())
+            .args(["--connect", &format!("https://{TCP}"), "--server-name", "localhost"])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--ca-file")
+            .arg(&pki.ca)
+            .args(extra)
+            .env_remove("EDGE_SOCKET");
+        edge_tests::Run::of(&mut cmd)
+    };
+    let client = [
+        "--client-cert",
+        pki.client_cert.to_str().unwrap(),
+        "--client-key",
+        pki.client_key.to_str().unwrap(),
+    ];
+    let status = cli(&[&client[..], &["status", "--json"]].concat()).ok("edge status over TLS");
+    assert!(status.contains("\"ready\": true"), "{status}");
+    cli(&[&client[..], &["deny", "add", "198.18.0.0/15", "--comment", "over tls"]].concat())
+        .ok("deny add over TLS");
+    let refused = cli(&["status"]);
+    assert_eq!(refused.code, 1, "no client certificate: {}{}", refused.stdout, refused.stderr);
+
+    // Plaintext only when asked for by name, and the daemon says so when it starts.
+    daemon.stop().unwrap();
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    let plain = config.replace(
+        "tls_cert = \"server.pem\"\ntls_key = \"server.key\"\ntls_client_ca = \"ca.pem\"",
+        "tcp_plaintext = true",
+    );
+    assert_ne!(plain, config);
+    std::fs::write(&daemon.config, plain).unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    assert!(daemon.log().contains("PLAINTEXT"), "{}", daemon.log());
     daemon.stop().unwrap();
     daemon.cli(&["detach", "--iface", &late]).ok("detach");
+}
+
+/// The contract is only a contract if ordinary clients can call it with their defaults:
+/// grpcio (the C core under Python, C++ and Ruby) sends the socket's path as `:authority`,
+/// which the daemon must accept. Health, reflection's service list (v1alpha, what grpcio's
+/// reflection client speaks) and an edge.v1 call built from reflected descriptors.
+#[test]
+fn stock_grpcio_clients_call_the_unix_socket_with_their_defaults() {
+    if !privileged("stock_grpcio_clients_call_the_unix_socket_with_their_defaults") {
+        return;
+    }
+    let lab = Lab::new(&[]).expect("creating the namespace lab");
+    let mut daemon =
+        Daemon::configure(&lab, &[&lab.server_if], "mode = \"monitor\"\n", "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/grpc_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("unix:{}", daemon.socket.display()))
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["health"], "SERVING", "{answer}");
+    let services = answer["services"].as_array().unwrap();
+    for name in [
+        "edge.v1.Control",
+        "edge.v1.Visitors",
+        "edge.v1.Rules",
+        "edge.v1.Admissions",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.iter().any(|s| s == name), "{name} not in {answer}");
+    }
+    assert_eq!(answer["status"]["ready"], true, "{answer}");
+    assert_eq!(answer["status"]["interfaces"][0], lab.server_if.as_str(), "{answer}");
+    daemon.stop().unwrap();
 }

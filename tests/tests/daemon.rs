@@ -55,8 +55,20 @@ fn a_recorded_visitor_passes_until_the_window_rolls_past_it() {
     assert!(connects(&lab, VISITOR, 443), "recorded on D");
     assert!(!connects(&lab, UNKNOWN, 443), "an unknown source is still dropped");
 
-    // D+20 is the last day inside a 21-day window.
-    daemon.set_today("2026-11-21").unwrap();
+    // D+20 is the last day inside a 21-day window. A clock 20 days on in one step is more
+    // than window.max_jump_days (7): the daemon holds the window there until told.
+    std::fs::write(&daemon.clock, "2026-11-21").unwrap();
+    daemon
+        .wait_status("held", |s| {
+            s["window_hold"].as_str().is_some_and(|h| h.contains("2026-11-21"))
+        })
+        .unwrap();
+    let held = daemon.cli(&["status", "--json"]).ok("status");
+    assert!(held.contains("\"rolled_to\": \"2026-11-01\""), "{held}");
+    daemon.cli(&["window", "roll"]).ok("window roll");
+    daemon
+        .wait_status("rolled", |s| s["rolled_to"] == "2026-11-21" && s["window_hold"] == "")
+        .unwrap();
     assert!(connects(&lab, VISITOR, 443), "D+20 still passes");
     assert_eq!(count(&daemon), 1);
 
@@ -119,7 +131,7 @@ fn kill_9_during_a_big_import_loses_nothing_acknowledged_and_never_stops_enforci
             .arg(&file)
             .env("EDGE_SOCKET", &daemon.socket)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         (first, file, child)
@@ -178,13 +190,51 @@ fn kill_9_during_a_big_import_loses_nothing_acknowledged_and_never_stops_enforci
     assert_eq!(count(&daemon), before + u64::from(N));
     assert!(in_kernel_bitmap(&lab.server_if, &first.to_string()));
 
-    // 3. Killed at points through the import (streaming, parsing, committing).
+    // 3. Killed the moment the import's record reaches the log, before the daemon answers:
+    //    applied (it is on disk) but not acknowledged, and the client says the outcome is not
+    //    known and how to check.
+    let state = daemon.state_dir();
+    let log_bytes = |state: &Path| -> u64 {
+        std::fs::read_dir(state)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("wal-")))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    let before = count(&daemon);
+    let logged = log_bytes(&state);
+    let (first, _, child) = import(&daemon, false);
+    // The record is several MB: wait until the log grew by that much and stopped growing
+    // (the write is whole; fsync, the kernel maps and the answer are still to come).
+    let mut last = logged;
+    loop {
+        std::thread::sleep(Duration::from_micros(300));
+        let now = log_bytes(&state);
+        if now > logged + u64::from(N) && now == last {
+            break;
+        }
+        last = now;
+    }
+    daemon.kill9().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "killed before it answered");
+    assert!(stderr.contains("may or may not have been applied"), "{stderr}");
+    // Right after a kill -9 the socket file is still there: status reads the pins.
+    let offline = daemon.cli(&["status"]);
+    assert_eq!(offline.code, 0, "{}{}", offline.stdout, offline.stderr);
+    assert!(offline.stdout.contains("attached (pinned)"), "{}", offline.stdout);
+    assert!(check(&mut daemon, before, first, false), "written before the kill: applied");
+
+    // 4. Killed at points through the import (streaming, parsing, committing).
     for percent in [10u32, 30, 50, 70, 90] {
         let before = count(&daemon);
-        let (first, _, mut child) = import(&daemon, false);
+        let (first, _, child) = import(&daemon, false);
         std::thread::sleep(took * percent / 100);
         daemon.kill9().unwrap();
-        let acknowledged = child.wait().unwrap().success();
+        let out = child.wait_with_output().unwrap();
+        let acknowledged = out.status.success();
         let applied = check(&mut daemon, before, first, acknowledged);
         eprintln!(
             "killed at {percent}% of {took:?}: acknowledged {acknowledged}, applied {applied}"
@@ -230,6 +280,13 @@ fn the_cli_reads_in_json_round_trips_exports_and_exits_with_the_right_codes() {
     }
     let (lab, daemon) = lab_with_daemon("2026-11-22");
     let dir = daemon.config_dir();
+    // Before any traffic, stats in JSON already name every reason (with zeros).
+    let stats: Vec<serde_json::Value> =
+        serde_json::from_str(&daemon.cli(&["stats", "--json"]).ok("stats")).unwrap();
+    for reason in edge_common::reason::REASON_NAMES {
+        assert!(stats.iter().any(|r| r["reason"] == reason), "{reason} missing: {stats:?}");
+    }
+    assert!(stats.iter().all(|r| r["packets"] == 0), "{stats:?}");
     daemon.cli(&["visitors", "add", "192.0.2.10", "--day", "2026-11-20"]).ok("add");
     daemon.cli(&["visitors", "add", "2001:db8:1:2::10", "198.18.0.1"]).ok("add");
     let log = dir.join("access.log");
@@ -279,10 +336,22 @@ fn the_cli_reads_in_json_round_trips_exports_and_exits_with_the_right_codes() {
         serde_json::from_str::<serde_json::Value>(&out)
             .unwrap_or_else(|e| panic!("edge {}: not JSON ({e}): {out}", args.join(" ")));
     }
-    // The effective config is a valid config file.
+    // The shown config is a valid config file, meaning what the file means: a temporary API
+    // rule is listed apart, as a comment, never folded into [lists] where saving the output
+    // would make it permanent.
     let shown = daemon.cli(&["mode", "enforce"]).ok("mode");
     assert!(shown.contains("enforce"));
+    daemon
+        .cli(&["allow", "add", "198.51.100.0/24", "--expires", "1h", "--comment", "temporary"])
+        .ok("allow add");
     let toml = daemon.cli(&["config", "show"]).ok("config show");
+    let lists: Vec<&str> = toml.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(!lists.iter().any(|l| l.contains("198.51.100.0/24")), "{toml}");
+    assert!(
+        toml.lines()
+            .any(|l| l.starts_with('#') && l.contains("198.51.100.0/24") && l.contains("expires")),
+        "{toml}"
+    );
     let copy = dir.join("shown.toml");
     std::fs::write(&copy, &toml).unwrap();
     let check = daemon.cli(&["check", "--policy", copy.to_str().unwrap()]).ok("check");
@@ -312,4 +381,163 @@ fn the_cli_reads_in_json_round_trips_exports_and_exits_with_the_right_codes() {
         .unwrap();
     assert!(in_kernel_bitmap(&lab.server_if, "192.0.2.10"));
     assert!(daemon.log().contains("detached from outside"), "{}", daemon.log());
+}
+
+/// One flipped bit in the middle of the log is damage, not a torn write: the daemon refuses to
+/// start, names the file and byte, and changes nothing on disk; `edge store salvage` keeps every
+/// valid record, and the daemon starts on what it kept.
+#[test]
+fn a_damaged_log_is_refused_unchanged_and_salvaged_on_request() {
+    if !privileged("a_damaged_log_is_refused_unchanged_and_salvaged_on_request") {
+        return;
+    }
+    let (lab, mut daemon) = lab_with_daemon("2026-11-22");
+    for i in 0..300u32 {
+        let ip = Ipv4Addr::from(0x0a63_0000 + i).to_string();
+        daemon.cli(&["visitors", "add", &ip]).ok("visitors add");
+    }
+    assert_eq!(count(&daemon), 300);
+    daemon.kill9().unwrap();
+    let state = daemon.state_dir();
+    let wal = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("wal-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&wal, &bytes).unwrap();
+    let before: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().path()).collect();
+
+    daemon.start().unwrap();
+    let log = || daemon.log();
+    let start = std::time::Instant::now();
+    while !log().contains("damaged") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = log();
+    assert!(
+        refused.contains(&wal.display().to_string()) && refused.contains("edge store salvage"),
+        "{refused}"
+    );
+    assert!(refused.contains("the record at byte"), "{refused}");
+    daemon.kill9().unwrap();
+    assert_eq!(std::fs::read(&wal).unwrap(), bytes, "the log was not touched");
+    let after: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(before, after);
+
+    let out =
+        daemon.cli(&["store", "salvage", "--state-dir", state.to_str().unwrap()]).ok("salvage");
+    // 301 records (the first day's roll, then the visits): all but the damaged one are kept.
+    assert!(out.contains("kept 300 records") && out.contains("records lost: 1 "), "{out}");
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    assert_eq!(count(&daemon), 299);
+    // The kernel follows the salvaged store: the first and the last visit are there.
+    assert!(in_kernel_bitmap(&lab.server_if, "10.99.0.0"));
+    assert!(in_kernel_bitmap(&lab.server_if, &Ipv4Addr::from(0x0a63_0000 + 299).to_string()));
+    daemon.stop().unwrap();
+}
+
+/// A clock that jumps months ahead and back must not empty the whitelist: the roll is held,
+/// shown, and undone by the clock coming back; it survives a restart; and an operator can
+/// accept a jump with `edge window roll`.
+#[test]
+fn a_clock_that_jumps_forward_holds_the_window_instead_of_emptying_it() {
+    if !privileged("a_clock_that_jumps_forward_holds_the_window_instead_of_emptying_it") {
+        return;
+    }
+    let (lab, mut daemon) = lab_with_daemon("2026-11-22");
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    std::fs::write(&daemon.clock, "2027-03-01").unwrap();
+    daemon
+        .wait_status("held", |s| {
+            s["window_hold"].as_str().is_some_and(|h| h.contains("2027-03-01"))
+                && s["failing_jobs"][0]["name"] == "window_roll"
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(count(&daemon), 1, "nobody left the window");
+    assert!(connects(&lab, VISITOR, 443), "the visitor still passes");
+    let text = daemon.cli(&["status"]).ok("status");
+    assert!(text.contains("WINDOW HELD") && text.contains("edge window roll"), "{text}");
+    assert!(daemon.log().contains("the clock jumped forward"), "{}", daemon.log());
+    let health = daemon.cli(&["status", "--json"]).ok("status");
+    assert!(health.contains("\"today\": \"2026-11-22\""), "the daemon's day stays: {health}");
+
+    // The clock comes back: the hold ends on its own; a restart keeps everyone.
+    std::fs::write(&daemon.clock, "2026-11-22").unwrap();
+    daemon.wait_status("no longer held", |s| s["window_hold"] == "").unwrap();
+    daemon.stop().unwrap();
+    std::fs::write(&daemon.clock, "2027-03-01").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.wait_status("held after a restart", |s| s["window_hold"] != "").unwrap();
+    assert_eq!(count(&daemon), 1, "a restart on a wrong clock forgets nobody");
+    std::fs::write(&daemon.clock, "2026-11-23").unwrap();
+    daemon.wait_status("rolled one day", |s| s["rolled_to"] == "2026-11-23").unwrap();
+    assert_eq!(count(&daemon), 1);
+
+    // A jump the operator accepts rolls the window.
+    std::fs::write(&daemon.clock, "2026-12-30").unwrap();
+    daemon.wait_status("held", |s| s["window_hold"] != "").unwrap();
+    let out = daemon.cli(&["window", "roll"]).ok("window roll");
+    assert!(out.contains("from 2026-11-23 to 2026-12-30: 1 visitors left it"), "{out}");
+    assert_eq!(count(&daemon), 0);
+    assert!(!connects(&lab, VISITOR, 443));
+    daemon.stop().unwrap();
+}
+
+/// The CLI as a pipeline's first stage: a reader that stops early (`| head -1`) ends it quietly,
+/// with exit 0, not a panic; and exports, each holding a copy of the history until its reader
+/// is done, are bounded like imports.
+#[test]
+fn the_cli_in_a_pipeline_and_exports_at_once() {
+    if !privileged("the_cli_in_a_pipeline_and_exports_at_once") {
+        return;
+    }
+    let (_lab, daemon) = lab_with_daemon("2026-11-22");
+    let file = daemon.config_dir().join("many.txt");
+    // Enough that an export does not fit in the buffers between the daemon and a reader.
+    big_list(&file, Ipv4Addr::new(10, 1, 0, 0), 500_000);
+    daemon.cli(&["visitors", "import", file.to_str().unwrap()]).ok("import");
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "\"{}\" visitors list --limit 10000 | head -1; exit ${{PIPESTATUS[0]}}",
+            edge_tests::edge_bin().display()
+        ))
+        .env("EDGE_SOCKET", &daemon.socket)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(piped.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "10.1.0.0,2026-11-22\n");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Two exports whose readers do not read hold their copies; a third is refused.
+    let stalled: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(edge_tests::edge_bin())
+                .args(["visitors", "export"])
+                .env("EDGE_SOCKET", &daemon.socket)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let third = daemon.cli(&["visitors", "export"]);
+    assert_eq!(third.code, 1, "{}", third.stderr);
+    assert!(
+        third.stderr.contains("RESOURCE_EXHAUSTED") && third.stderr.contains("exports"),
+        "{}",
+        third.stderr
+    );
+    for mut child in stalled {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

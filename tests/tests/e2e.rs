@@ -352,3 +352,90 @@ fn attach_will_not_cut_the_operators_ssh_session_without_force() {
     assert!(lab.connects(probe(), ALLOWED, 22, TIMEOUT_MS).unwrap());
     detach();
 }
+
+/// Captures as tcpdump writes them: a snap length cuts frames (each is judged on what was
+/// captured, and the output says so), a file cut off mid-frame is judged up to the cut and
+/// then reported, a text file is named for what it is not, and a reader that stops early
+/// (`| head`) ends the command quietly.
+#[test]
+fn replay_reads_tcpdump_captures_cut_by_a_snap_length_or_cut_short() {
+    if !privileged("replay_reads_tcpdump_captures_cut_by_a_snap_length_or_cut_short") {
+        return;
+    }
+    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("snap96.pcap");
+    let mut tcpdump = lab
+        .in_server("tcpdump")
+        .args(["-i", &lab.server_if, "-s", "96", "-U", "-Z", "root", "-c", "20", "-w"])
+        .arg(&pcap)
+        .args(["udp", "and", "dst", "port", "443"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let sent = lab
+        .in_client(probe())
+        .args(["flood", "--from", UNKNOWN, "--to", "192.0.2.1:443", "--pps", "100"])
+        .args(["--secs", "0.4", "--size", "400"])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert!(tcpdump.wait().unwrap().success(), "tcpdump captured its 20 frames");
+
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n").unwrap();
+    let lines = replay_json(&pcap, &policy);
+    assert_eq!(lines.len(), 21, "20 frames and the summary");
+    for frame in &lines[..20] {
+        assert_eq!(frame["reason"], "unknown_rate", "{frame}");
+        assert_eq!(
+            (frame["captured"].as_u64(), frame["captured_of"].as_u64()),
+            (Some(96), Some(442))
+        );
+    }
+    assert_eq!(lines[20]["summary"]["cut"], 20);
+    let text = edge(Command::new(edge_bin()).arg("replay").arg(&pcap).arg("--policy").arg(&policy));
+    assert!(
+        text.stdout.contains("(cut by the snap length: judged on 96 of 442 bytes)"),
+        "{}",
+        text.stdout
+    );
+
+    // Cut short inside the last frame: the frames before are judged, then the cut is named.
+    let bytes = std::fs::read(&pcap).unwrap();
+    let short = dir.path().join("short.pcap");
+    std::fs::write(&short, &bytes[..bytes.len() - 30]).unwrap();
+    let run = edge(
+        Command::new(edge_bin())
+            .arg("replay")
+            .arg(&short)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--json"),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 20, "19 frames and the summary: {}", run.stdout);
+    assert!(run.stderr.contains("ends inside frame 19"), "{}", run.stderr);
+
+    // Not a capture at all.
+    let text_file = dir.path().join("notes.txt");
+    std::fs::write(&text_file, "these are notes, not packets\n").unwrap();
+    let run =
+        edge(Command::new(edge_bin()).arg("replay").arg(&text_file).arg("--policy").arg(&policy));
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("not a pcap or pcapng file"), "{}", run.stderr);
+
+    // `| head -3`: exit 0, no panic.
+    let piped = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "\"{}\" replay {} --policy {} | head -3 >/dev/null; exit ${{PIPESTATUS[0]}}",
+            edge_bin().display(),
+            pcap.display(),
+            policy.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(piped.status.code(), Some(0), "{}", String::from_utf8_lossy(&piped.stderr));
+}

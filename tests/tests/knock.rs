@@ -8,7 +8,7 @@ use edge::{
     ticket::{self, Key, Keyring},
     Day, Filter, Policy, VisitorHistory,
 };
-use edge_common::{keys::Admission, reason::*, ticket::TicketBytes};
+use edge_common::{keys::AdmittedUntil, reason::*, ticket::TicketBytes};
 use edge_tests::{
     frames::{frame, L4},
     privileged,
@@ -44,8 +44,14 @@ impl Lab {
     }
 
     fn admitted_until(&mut self, ip: &str) -> Option<u64> {
-        let key = edge::filter::admission_key(ip.parse().unwrap());
-        self.filter.maps.admitted().unwrap().get(&key, 0).ok().map(|a: Admission| a.admitted_until)
+        let key = edge::visitors::admission_key(ip.parse().unwrap());
+        self.filter
+            .maps
+            .admitted()
+            .unwrap()
+            .get(&key, 0)
+            .ok()
+            .map(|a: AdmittedUntil| a.admitted_until)
     }
 }
 
@@ -71,7 +77,7 @@ fn knocks_are_verified_in_the_kernel() {
     let ring = Keyring::new(vec![current.clone(), previous.clone()]);
     ring.create(&dir.path().join("keys")).unwrap();
     let policy = knock_policy(dir.path(), true);
-    let loaded = policy.admission.keyring().unwrap().unwrap();
+    let loaded = edge::ticket::Keyring::load(policy.admission.keys.as_deref().unwrap()).unwrap();
     assert_eq!(loaded, ring);
 
     let mut lab = Lab { filter: Filter::load().expect("loading the XDP program") };
@@ -153,7 +159,7 @@ fn knocks_are_verified_in_the_kernel() {
     lab.judge("no keys", &knock_frame("192.0.2.80", &fresh.0), XDP_DROP, KNOCK_UNKNOWN_KEY);
 
     // Purging drops what expired (the expired knock admitted nothing) and keeps the rest.
-    let stale = edge::filter::admission_key("192.0.2.90".parse().unwrap());
+    let stale = edge::visitors::admission_key("192.0.2.90".parse().unwrap());
     lab.filter.maps.admit_key(stale, now() - 1).unwrap();
     assert_eq!(lab.filter.maps.purge_admissions(now()).unwrap(), 1);
     assert_eq!(lab.admitted_until("192.0.2.90"), None);
@@ -175,7 +181,7 @@ fn the_admitted_hint_gates_the_lookup_and_rebuilds_without_losing_admissions() {
     let mut lab = Lab { filter: Filter::load().expect("loading the XDP program") };
     lab.filter.maps.apply(&policy, &VisitorHistory::default(), Day::today_utc()).unwrap();
     let (a, b) = ("192.0.2.61", "192.0.2.62");
-    let key = |ip: &str| edge::filter::admission_key(ip.parse().unwrap());
+    let key = |ip: &str| edge::visitors::admission_key(ip.parse().unwrap());
 
     // Never admitted: the hint is closed, so the admitted map is not even looked up.
     assert!(!lab.filter.maps.admitted_hinted(&key(b)));

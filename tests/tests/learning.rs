@@ -1,6 +1,7 @@
 //! Visitor learning from completed TCP handshakes: a client that really connects to a
 //! protected port is recorded as today's visitor; forged SYNs and ACKs from addresses that
-//! cannot answer the SYN-ACK are not, and neither is a handshake on an unprotected port.
+//! cannot answer the SYN-ACK are not, and neither is a handshake on an unprotected port, one a
+//! local user completes in a network namespace of their own, or one to loopback.
 use std::{
     path::Path,
     time::{Duration, Instant},
@@ -13,6 +14,8 @@ const CLIENT: &str = "192.0.2.177";
 const UNPROTECTED_CLIENT: &str = "192.0.2.176";
 const SPOOFED_SYN: &str = "192.0.2.178";
 const SPOOFED_ACK: &str = "192.0.2.179";
+/// What a local user puts on a namespace of their own.
+const FORGED: &str = "198.51.100.77";
 
 fn probe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_edge-probe"))
@@ -61,6 +64,37 @@ fn a_completed_handshake_makes_a_visitor_and_forged_segments_do_not() {
     assert!(packets(&daemon, "unknown_pass") >= unknown_before + 2, "the forged segments arrived");
     // A real handshake on an unprotected port.
     assert!(lab.connects_to(probe(), UNPROTECTED_CLIENT, "192.0.2.1:8080", 700).unwrap());
+    // A local user's handshake in a network namespace of their own, with an address of their
+    // choosing, on a protected port: the tracepoint sees it, and it must not count.
+    let probe_path = probe().display().to_string();
+    let own_namespace = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+        .args(["unshare", "-Urn", "sh", "-c"])
+        .arg(format!(
+            "ip addr add {FORGED}/32 dev lo && ip link set lo up && \
+             ({probe_path} serve {FORGED}:443 & p=$!; sleep 0.3; \
+              {probe_path} connect --from {FORGED} --to {FORGED}:443; r=$?; kill $p; exit $r)"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        own_namespace.status.success(),
+        "the unprivileged handshake: {}{}",
+        String::from_utf8_lossy(&own_namespace.stdout),
+        String::from_utf8_lossy(&own_namespace.stderr)
+    );
+    // A handshake in the daemon's namespace, to a local address that is not the protected
+    // interface's (loopback): it did not come through the filter.
+    let server_ns = format!("--net=/run/netns/{}", lab.server_ns);
+    let looped = std::process::Command::new("nsenter")
+        .args([server_ns.as_str(), "--", "sh", "-c"])
+        .arg(format!(
+            "ip link set lo up; ({probe_path} serve 127.0.0.1:443 & p=$!; sleep 0.3; \
+             {probe_path} connect --from 127.0.0.1 --to 127.0.0.1:443; r=$?; kill $p; exit $r)"
+        ))
+        .status()
+        .unwrap();
+    assert!(looped.success(), "the loopback handshake");
     // A real handshake on a protected port.
     assert!(lab.connects(probe(), CLIENT, 443, 700).unwrap());
 
@@ -72,7 +106,7 @@ fn a_completed_handshake_makes_a_visitor_and_forged_segments_do_not() {
     // The readers drain every 200 ms: anything the forged segments caused is in by now.
     std::thread::sleep(Duration::from_millis(600));
     let list = visitors(&daemon);
-    for never in [SPOOFED_SYN, SPOOFED_ACK, UNPROTECTED_CLIENT] {
+    for never in [SPOOFED_SYN, SPOOFED_ACK, UNPROTECTED_CLIENT, FORGED, "127.0.0.1"] {
         assert!(!list.contains(never), "{never} was learned: {list}");
     }
     let status: serde_json::Value =

@@ -204,3 +204,51 @@ fn edge_top_names_the_heaviest_dropped_source_and_prefix_with_its_rate() {
     assert!(run.stderr.contains("INVALID_ARGUMENT: limit"), "{}", run.stderr);
     daemon.stop().unwrap();
 }
+
+/// A rule's expiry is its own operation: a prefix the config file gained after an API rule for
+/// it was added leaves that API rule to expire (the prefix stays allowed for the config file),
+/// and no other rule's expiry waits on it. Allow and deny alike.
+#[test]
+fn api_rules_expire_on_time_even_when_the_config_file_lists_the_same_prefix() {
+    if !privileged("api_rules_expire_on_time_even_when_the_config_file_lists_the_same_prefix") {
+        return;
+    }
+    const KEPT: &str = "9.9.5.7"; // 9.9.5.0/24: an API rule, then the config file's too
+    const EXPIRING: &str = "9.9.3.7"; // 9.9.3.0/24: an API rule only
+    let lab = lab_with_server(&[KEPT, EXPIRING]);
+    let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n[lists]\nallow = []\ndeny = []\n";
+    // Expiries are wall-clock times: the daemon's day is the real one here.
+    let today = edge::Day::today_utc().to_string();
+    let mut daemon = Daemon::configure(&lab, &[&lab.server_if], policy, &today).unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.cli(&["allow", "add", "9.9.5.0/24", "--expires", "6s"]).ok("allow add");
+    daemon.cli(&["deny", "add", "9.9.6.0/24", "--expires", "6s"]).ok("deny add");
+    let with_config = std::fs::read_to_string(&daemon.config)
+        .unwrap()
+        .replace("allow = []", "allow = [\"9.9.5.0/24\"]")
+        .replace("deny = []", "deny = [\"9.9.6.0/24\"]");
+    std::fs::write(&daemon.config, with_config).unwrap();
+    daemon.cli(&["config", "reload"]).ok("config reload");
+    daemon.cli(&["allow", "add", "9.9.3.0/24", "--expires", "3s"]).ok("allow add");
+    daemon.cli(&["deny", "add", "9.9.7.0/24", "--expires", "3s"]).ok("deny add");
+    assert!(lab.connects(probe(), EXPIRING, 443, TIMEOUT_MS).unwrap(), "allowed by its API rule");
+
+    // Both API rules of each list expire on time; the config file's prefixes stay in force.
+    daemon
+        .wait_status("the API rules expired", |_| {
+            let allow = daemon.cli(&["allow", "list", "--json"]).ok("allow list");
+            let deny = daemon.cli(&["deny", "list", "--json"]).ok("deny list");
+            !allow.contains("\"source\": \"api\"") && !deny.contains("\"source\": \"api\"")
+        })
+        .unwrap();
+    let allow = daemon.cli(&["allow", "list"]).ok("allow list");
+    assert!(allow.contains("9.9.5.0/24") && allow.contains("config"), "{allow}");
+    assert!(!allow.contains("9.9.3.0/24"), "{allow}");
+    assert!(!lab.connects(probe(), EXPIRING, 443, TIMEOUT_MS).unwrap(), "expired: dropped again");
+    assert!(lab.connects(probe(), KEPT, 443, TIMEOUT_MS).unwrap(), "the config file's allow stays");
+    let s = status(&daemon);
+    assert_eq!(s["failing_jobs"], serde_json::json!([]), "{s}");
+    assert!(!daemon.log().contains("background job failed"), "{}", daemon.log());
+    daemon.stop().unwrap();
+}

@@ -1,12 +1,18 @@
 //! `mode = "auto"`: the daemon watches how many packets per second come from unknown sources
 //! and switches the kernel between monitor (calm) and enforce (attack), with hysteresis in
-//! both level (enter above `enter_pps`, leave below `exit_pps`) and time (`sustain_s` to
-//! switch on, `cool_down_s` to switch off), so a flood that pulses does not flap the mode.
+//! both level (enter above `enter_pps`, leave below `exit_pps`) and time.
+//!
+//! Entering is judged over a window, not a run: the attack phase starts once the rate was at
+//! or above `enter_pps` for `sustain_s` seconds in all within the last `2 × sustain_s`. A
+//! flood that pauses now and then (2 s on, 1.5 s off) cannot keep itself under the radar by
+//! breaking a run of seconds, while one short spike (less than `sustain_s` seconds) still does
+//! not switch. Leaving takes `cool_down_s` consecutive seconds below `exit_pps`: a pulsing
+//! flood keeps the filter enforcing, and the mode does not flap.
 //!
 //! The rate is the sum of the kernel's counters for unknown sources (passed within budget,
 //! over budget, fragments), read once a second: counting happens in the data plane anyway,
 //! so watching costs the packet path nothing.
-use std::time::Instant;
+use std::{collections::VecDeque, time::Instant};
 
 use crate::policy::AutoMode;
 
@@ -38,8 +44,11 @@ pub struct Watch {
     /// The last measured rate of unknown-source packets.
     pub unknown_pps: f64,
     last: Option<(u64, Instant)>,
-    /// Since when the rate has been on the far side of the threshold that would switch.
-    beyond_since: Option<Instant>,
+    /// Calm: the measured intervals of the entry window, (end, seconds, at or above
+    /// `enter_pps`), oldest first.
+    recent: VecDeque<(Instant, f64, bool)>,
+    /// Attack: since when the rate has been below `exit_pps` without a break.
+    calm_since: Option<Instant>,
 }
 
 impl Watch {
@@ -51,7 +60,8 @@ impl Watch {
             to_monitor: 0,
             unknown_pps: 0.0,
             last: None,
-            beyond_since: None,
+            recent: VecDeque::new(),
+            calm_since: None,
         }
     }
 
@@ -73,40 +83,56 @@ impl Watch {
         }
         // A counter that went back (a filter re-attached from scratch) restarts the rate.
         self.unknown_pps = unknown_packets.saturating_sub(packets) as f64 / secs;
-        match cfg {
-            Some(cfg) => self.step(cfg, at, now_unix),
-            None => {
-                self.beyond_since = None;
-                None
-            }
-        }
-    }
-
-    fn step(&mut self, cfg: &AutoMode, at: Instant, now_unix: u64) -> Option<Phase> {
-        let (beyond, hold_s, next) = match self.phase {
-            Phase::Calm => {
-                (self.unknown_pps >= f64::from(cfg.enter_pps), cfg.sustain_s, Phase::Attack)
-            }
-            Phase::Attack => {
-                (self.unknown_pps < f64::from(cfg.exit_pps), cfg.cool_down_s, Phase::Calm)
-            }
+        let Some(cfg) = cfg else {
+            self.recent.clear();
+            self.calm_since = None;
+            return None;
         };
-        if !beyond {
-            self.beyond_since = None;
+        let switch = match self.phase {
+            Phase::Calm => self.flooded(cfg, at, secs),
+            Phase::Attack => self.calmed(cfg, at),
+        };
+        if !switch {
             return None;
         }
-        let since = *self.beyond_since.get_or_insert(at);
-        if at.duration_since(since).as_secs_f64() + 1e-9 < f64::from(hold_s) {
-            return None;
-        }
-        self.phase = next;
+        self.phase = match self.phase {
+            Phase::Calm => Phase::Attack,
+            Phase::Attack => Phase::Calm,
+        };
         self.since = now_unix;
-        self.beyond_since = None;
-        match next {
+        self.recent.clear();
+        self.calm_since = None;
+        match self.phase {
             Phase::Attack => self.to_enforce += 1,
             Phase::Calm => self.to_monitor += 1,
         }
-        Some(next)
+        Some(self.phase)
+    }
+
+    /// Calm: whether the rate was at or above `enter_pps` for `sustain_s` seconds of the last
+    /// `2 × sustain_s` (the interval just measured included).
+    fn flooded(&mut self, cfg: &AutoMode, at: Instant, secs: f64) -> bool {
+        let window = 2.0 * f64::from(cfg.sustain_s);
+        self.recent.push_back((at, secs, self.unknown_pps >= f64::from(cfg.enter_pps)));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(end, _, _)| at.duration_since(*end).as_secs_f64() >= window)
+        {
+            self.recent.pop_front();
+        }
+        let above: f64 = self.recent.iter().filter(|(_, _, above)| *above).map(|(_, s, _)| s).sum();
+        above + 1e-9 >= f64::from(cfg.sustain_s)
+    }
+
+    /// Attack: whether the rate has stayed below `exit_pps` for `cool_down_s` seconds.
+    fn calmed(&mut self, cfg: &AutoMode, at: Instant) -> bool {
+        if self.unknown_pps >= f64::from(cfg.exit_pps) {
+            self.calm_since = None;
+            return false;
+        }
+        let since = *self.calm_since.get_or_insert(at);
+        at.duration_since(since).as_secs_f64() + 1e-9 >= f64::from(cfg.cool_down_s)
     }
 }
 
@@ -143,21 +169,38 @@ mod tests {
     fn a_sustained_flood_switches_on_and_a_long_calm_switches_off() {
         let mut w = Watch::new(Phase::Calm, 0);
         use Phase::*;
-        // Above for 3 s: the first second starts the clock, the switch comes after 3 s more.
+        // Three measured seconds above enter_pps switch on; then calm is timed from its first
+        // second below exit_pps, and the switch back comes after cool_down_s (5) more.
         let phases = run(&mut w, &[2000, 2000, 2000, 2000, 100, 100, 100, 100, 100, 100, 100]);
         assert_eq!(
             phases,
-            [Calm, Calm, Calm, Attack, Attack, Attack, Attack, Attack, Attack, Calm, Calm]
+            [Calm, Calm, Attack, Attack, Attack, Attack, Attack, Attack, Attack, Calm, Calm]
         );
         assert_eq!((w.to_enforce, w.to_monitor), (1, 1));
+    }
+
+    #[test]
+    fn a_flood_that_pauses_is_still_a_flood() {
+        use Phase::*;
+        let mut w = Watch::new(Phase::Calm, 0);
+        // Two seconds on, one off, over and over: no run of three seconds above enter_pps,
+        // but four of every six seconds are.
+        let phases = run(&mut w, &[5000, 5000, 0, 5000, 5000, 0, 5000, 5000, 0, 5000, 5000, 0]);
+        assert_eq!(phases[..4], [Calm, Calm, Calm, Attack], "{phases:?}");
+        assert!(phases[4..].iter().all(|p| *p == Attack), "the pauses do not end it: {phases:?}");
+        // Two on, a second and a half off (measured each second: on, on, half, off).
+        let mut w = Watch::new(Phase::Calm, 0);
+        let phases = run(&mut w, &[3000, 3000, 1500, 0, 3000, 3000, 1500, 0]);
+        assert!(phases.contains(&Attack), "{phases:?}");
     }
 
     #[test]
     fn short_spikes_and_the_band_between_thresholds_do_not_flap() {
         use Phase::*;
         let mut w = Watch::new(Phase::Calm, 0);
-        // Spikes of 2 s, broken by a calm second, never switch on.
-        let phases = run(&mut w, &[5000, 5000, 0, 5000, 5000, 0, 5000, 5000]);
+        // One spike of 2 s, shorter than sustain_s, does not switch on; nor do two spikes
+        // further apart than the window.
+        let phases = run(&mut w, &[5000, 5000, 0, 0, 0, 0, 0, 5000, 5000, 0, 0]);
         assert!(phases.iter().all(|p| *p == Calm), "{phases:?}");
         // Under attack, a rate between exit (500) and enter (1000) keeps enforcing; a dip
         // below exit shorter than the cool-down does too.

@@ -12,7 +12,7 @@ use redis::{
 
 use tracing::{error, warn};
 
-use super::service::Handle;
+use super::handle::Handle;
 use crate::{policy::Feed, ticket};
 
 /// Entries read per round trip, and how long a read waits for new ones.

@@ -7,10 +7,7 @@ use prometheus::{
     Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::{
-    core::{Core, Link},
-    service::Handle,
-};
+use super::{core::Core, handle::Handle, interfaces::Link, jobs::JOBS};
 
 /// The exposition of the daemon's state now. `buckets` is the token-bucket table's occupancy,
 /// walked from the pins before the core was locked.
@@ -146,16 +143,16 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
     for s in ["off", "ok", "degraded"] {
         feed.with_label_values(&[s]).set(i64::from(state == s));
     }
-    if let Some(feed) = core.feed_timing() {
+    if core.feed_configured() {
         gauge(
             "admission_feed_last_contact_timestamp_seconds",
             "When the admission feed last answered (unix seconds).",
-            feed.last_contact as i64,
+            core.feed.ok_at as i64,
         )?;
         float_gauge(
             "admission_feed_lag_seconds",
             "Age of the newest applied feed entry when it was applied (from its stream id).",
-            feed.lag_s,
+            core.feed.lag_s,
         )?;
     }
     counter(
@@ -166,7 +163,7 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
     counter(
         "tickets_verified_total",
         "Tickets verified by the daemon since it started.",
-        core.verified,
+        core.tickets.verified,
     )?;
     let refused = counter_vec(
         "tickets_refused_total",
@@ -176,8 +173,29 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
     for reason in ["malformed", "unknown_key", "bad_hash", "expired", "wrong_ip"] {
         refused
             .with_label_values(&[reason])
-            .inc_by(core.rejections.get(reason).copied().unwrap_or(0));
+            .inc_by(core.tickets.rejections.get(reason).copied().unwrap_or(0));
     }
+    let failing = gauge_vec(
+        "background_job_failing",
+        "1 while the periodic job fails (`edge status` says why), 0 while it works.",
+        &["job"],
+    )?;
+    let failures = counter_vec(
+        "background_job_failures_total",
+        "Failed runs of each periodic job since the daemon started.",
+        &["job"],
+    )?;
+    for job in JOBS {
+        let state = core.jobs.get(job);
+        failing.with_label_values(&[job]).set(i64::from(state.failing_since.is_some()));
+        failures.with_label_values(&[job]).inc_by(state.failures);
+    }
+    gauge(
+        "window_held",
+        "1 while the visitor window is held back from a clock that jumped forward (roll it \
+         with `edge window roll` if the clock is right).",
+        i64::from(core.window_hold.is_some()),
+    )?;
     Ok(registry)
 }
 

@@ -6,107 +6,41 @@
 //! Every second: roll the window at a UTC day boundary, expire rules, retry interfaces that
 //! are not attached yet, compact the log when it grows. SIGTERM/SIGINT: snapshot and exit,
 //! leaving the filter attached.
+pub mod admissions;
 pub mod auto;
 pub mod clock;
 pub mod core;
 pub mod events;
+pub mod fault;
 pub mod feed;
+pub mod feed_health;
+pub mod handle;
+pub mod interfaces;
+pub mod jobs;
+pub mod listen;
 pub mod metrics;
+pub mod mode;
+pub mod netlink;
+pub mod reload;
+pub mod rules;
 pub mod service;
+pub mod top;
+pub mod unix_relay;
+pub mod visits;
+pub mod window;
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::{service::Routes, transport::Server, Status};
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
-use self::{clock::Clock, core::Core, service::Handle};
-use crate::{
-    api::{
-        admissions_server::AdmissionsServer, control_server::ControlServer,
-        rules_server::RulesServer, visitors_server::VisitorsServer,
-    },
-    store::StoreError,
-    Error, Policy,
-};
+pub use self::fault::Fault;
+use self::{clock::Clock, core::Core, handle::Handle};
+use crate::Policy;
 
-/// Why a verb failed, in gRPC's terms.
-#[derive(Debug)]
-pub enum Fault {
-    /// A ticket refused: the `index`-th of the request.
-    Refused {
-        index: usize,
-        refused: crate::ticket::Rejected,
-    },
-    NotFound(String),
-    FailedPrecondition(String),
-    ResourceExhausted(String),
-    Unavailable(String),
-    Internal(String),
-}
-
-impl Fault {
-    pub fn store(e: StoreError) -> Self {
-        match &e {
-            StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-                Self::ResourceExhausted(format!(
-                    "the state directory is full; nothing was changed ({e})"
-                ))
-            }
-            _ => Self::Internal(format!("the store failed; nothing was changed ({e})")),
-        }
-    }
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Refused { index, refused } => {
-                write!(f, "admissions[{index}]: {} ({refused})", refused.reason())
-            }
-            Self::NotFound(m)
-            | Self::FailedPrecondition(m)
-            | Self::ResourceExhausted(m)
-            | Self::Unavailable(m)
-            | Self::Internal(m) => f.write_str(m),
-        }
-    }
-}
-
-impl From<Error> for Fault {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::MapFull { .. } => Self::ResourceExhausted(e.to_string()),
-            _ => Self::Internal(e.to_string()),
-        }
-    }
-}
-
-impl From<Fault> for Status {
-    fn from(f: Fault) -> Self {
-        match f {
-            Fault::Refused { ref refused, .. } => match refused {
-                crate::ticket::Rejected::Malformed(_) => Status::invalid_argument(f.to_string()),
-                _ => Status::permission_denied(f.to_string()),
-            },
-            Fault::NotFound(m) => Status::not_found(m),
-            Fault::FailedPrecondition(m) => Status::failed_precondition(m),
-            Fault::ResourceExhausted(m) => Status::resource_exhausted(m),
-            Fault::Unavailable(m) => Status::unavailable(m),
-            Fault::Internal(m) => Status::internal(m),
-        }
-    }
-}
-
-/// Largest request message: a full batch of visits with room to spare.
-const MAX_MESSAGE: usize = 16 << 20;
+/// The health service name that is NOT_SERVING while a periodic job fails.
+pub const BACKGROUND_HEALTH: &str = "edge.v1.Background";
 
 /// How the daemon writes its log (stderr; journald adds nothing but the unit's name).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -175,46 +109,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-    let routes = Routes::new(health_service)
-        .add_service(reflection)
-        .add_service(ControlServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(VisitorsServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(RulesServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(AdmissionsServer::new(handle.clone()).max_decoding_message_size(MAX_MESSAGE));
-
-    let uds = bind_socket(&settings.socket)?;
-    info!(socket = %settings.socket.display(), "listening");
-    let unix_server = Server::builder()
-        .concurrency_limit_per_connection(64)
-        .add_routes(routes.clone())
-        .serve_with_incoming(UnixListenerStream::new(uds));
-    let mut servers = vec![tokio::spawn(unix_server)];
-    if let (Some(addr), Some(token_file)) = (settings.tcp_listen, &settings.token_file) {
-        let token = read_token(token_file)?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr} (daemon.tcp_listen)"))?;
-        info!(%addr, token_file = %token_file.display(), "listening (bearer token)");
-        let expected = format!("Bearer {token}");
-        let auth = move |request: tonic::Request<()>| {
-            let given = request.metadata().get("authorization").map(|v| v.as_bytes());
-            match given {
-                Some(given) if constant_time_eq(given, expected.as_bytes()) => Ok(request),
-                Some(_) => Err(Status::unauthenticated("wrong bearer token")),
-                None => Err(Status::unauthenticated("missing `authorization: Bearer <token>`")),
-            }
-        };
-        let tcp_server = Server::builder()
-            .concurrency_limit_per_connection(64)
-            .layer(tonic::service::InterceptorLayer::new(auth))
-            .add_routes(routes)
-            .serve_with_incoming(TcpListenerStream::new(listener));
-        servers.push(tokio::spawn(tcp_server));
+    let routes = listen::routes(&handle, health_service)?;
+    let mut servers = vec![listen::serve_unix(&settings.socket, routes.clone())?];
+    if let Some(tcp) = &settings.tcp {
+        servers.push(listen::serve_tcp(tcp, routes).await?);
     }
 
     let metrics_task = match settings.metrics_listen {
@@ -248,9 +146,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    // An interface deleted or made again is attached again as soon as the kernel says so.
+    let mut links = match self::netlink::watch(settings.interfaces.clone()) {
+        Ok(links) => Some(links),
+        Err(e) => {
+            warn!("no link notifications ({e}); interfaces are checked every second");
+            None
+        }
+    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            Some(iface) = async { links.as_mut()?.recv().await }, if links.is_some() => {
+                let followed = handle.with(|core| {
+                    core.follow_links();
+                    Ok(())
+                });
+                if let Err(status) = followed.await {
+                    warn!(%iface, "link change not followed yet: {}", status.message());
+                }
+                continue;
+            }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = hangup.recv() => {
@@ -264,10 +180,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let tick = handle
             .with(|core| {
                 core.tick();
-                Ok((core.ready(), core.feed_degraded()))
+                Ok((core.ready(), core.feed.degraded, core.jobs.failing().next().is_none()))
             })
             .await;
-        let (ready, degraded) = match tick {
+        let (ready, degraded, jobs_ok) = match tick {
             Ok(result) => result,
             Err(status) => {
                 warn!("periodic work postponed: {}", status.message());
@@ -287,9 +203,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     Ok(ebpf) => {
                         _handshakes = Some(ebpf);
                         let runtime = tokio::runtime::Handle::current();
-                        if let Err(e) =
-                            self::events::learn_handshakes(&iface, handle.clone(), runtime)
-                        {
+                        if let Err(e) = self::events::learn_handshakes(
+                            &iface,
+                            settings.interfaces.clone(),
+                            handle.clone(),
+                            runtime,
+                        ) {
                             error!("visitor learning is off: {e}");
                         } else {
                             info!("learning visitors from completed handshakes on protected ports");
@@ -303,6 +222,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let admissions =
             if ready && !degraded { ServingStatus::Serving } else { ServingStatus::NotServing };
         health.set_service_status("edge.v1.Admissions", admissions).await;
+        // A background job failing (a roll held, rules not expiring, ...) does not stop the
+        // filter; it is its own health entry, for monitors and `edge status`.
+        let background = if jobs_ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+        health.set_service_status(BACKGROUND_HEALTH, background).await;
         if ready != serving {
             serving = ready;
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -331,49 +254,4 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&settings.socket);
     Ok(())
-}
-
-/// Binds the API socket (mode 0600). A socket file nobody answers on is a leftover and is
-/// replaced; one a daemon answers on is an error.
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another edge daemon is listening on {}", path.display());
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale {}", path.display()))?;
-    }
-    // Created with no access for anyone but the owner, before anyone can connect.
-    let old = unsafe { libc::umask(0o177) };
-    let listener = UnixListener::bind(path);
-    unsafe { libc::umask(old) };
-    let listener = listener.with_context(|| format!("listening on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// The bearer token: the file's first line. The file must not be readable by group or others.
-fn read_token(path: &PathBuf) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        anyhow::bail!(
-            "{}: the token file is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.len() < 16 {
-        anyhow::bail!("{}: the token is shorter than 16 characters", path.display());
-    }
-    Ok(token)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,16 +1,16 @@
 //! The gRPC services: parse and bound each request, call the core, translate the answer.
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, time::Duration};
 
 use edge_common::ticket::TicketBytes;
 use ipnet::IpNet;
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    clock::Clock,
-    core::{display_key, Core, Link},
-    Fault,
+    core::Origin,
+    handle::{Handle, MAX_EXPORTS, MAX_IMPORTS},
+    interfaces::Link,
 };
 use crate::{
     api::{
@@ -22,60 +22,18 @@ use crate::{
     policy::{parse_cidr, Mode},
     store::{List, StoredRule},
     ticket,
-    visitors::{Day, VisitorKey},
+    visitors::{display_key, Day, VisitorKey},
 };
 
-/// Longest a request waits for the core before it is refused (fail fast: a client retries,
-/// it does not queue behind a stuck change).
-const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Largest batch of a unary call.
 pub const MAX_BATCH: usize = 100_000;
 /// Longest gap between two messages of an import stream.
 const IMPORT_IDLE: Duration = Duration::from_secs(30);
-/// Imports buffered at once (each holds its parsed visitors in memory until it commits).
-const MAX_IMPORTS: usize = 2;
 const MAX_PAGE: u32 = 10_000;
 const DEFAULT_PAGE: u32 = 1_000;
-
-/// What every service shares.
-#[derive(Clone)]
-pub struct Handle {
-    core: Arc<Mutex<Core>>,
-    clock: Clock,
-    imports: Arc<Semaphore>,
-}
-
-impl Handle {
-    pub fn new(core: Core, clock: Clock) -> Self {
-        Self {
-            core: Arc::new(Mutex::new(core)),
-            clock,
-            imports: Arc::new(Semaphore::new(MAX_IMPORTS)),
-        }
-    }
-
-    /// Runs `f` on the locked core on a blocking thread (the verbs write files and maps).
-    pub async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Core) -> Result<T, Fault> + Send + 'static,
-    ) -> Result<T, Status> {
-        let guard = tokio::time::timeout(LOCK_WAIT, self.core.clone().lock_owned()).await.map_err(
-            |_| {
-                Status::unavailable(format!(
-                    "the daemon is busy: another change held it for over {} s; retry",
-                    LOCK_WAIT.as_secs()
-                ))
-            },
-        )?;
-        tokio::task::spawn_blocking(move || {
-            let mut core = guard;
-            f(&mut core)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the daemon task failed: {e}")))?
-        .map_err(Status::from)
-    }
-}
+/// Longest comment on a rule, and the furthest expiry a rule may be given (ten years).
+const MAX_COMMENT: usize = 256;
+pub const MAX_EXPIRY_S: u64 = 3650 * 86_400;
 
 fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
@@ -153,6 +111,7 @@ impl Control for Handle {
                     kernel_mode: core.kernel_mode().to_string(),
                     learned_visitors: core.learned,
                     admission_rejections: core
+                        .tickets
                         .rejections
                         .iter()
                         .map(|(reason, count)| api::RejectionCount {
@@ -160,6 +119,18 @@ impl Control for Handle {
                             count: *count,
                         })
                         .collect(),
+                    tickets_verified: core.tickets.verified,
+                    failing_jobs: core
+                        .jobs
+                        .failing()
+                        .map(|(name, job)| api::JobStatus {
+                            name: name.into(),
+                            failing_since: job.failing_since.unwrap_or_default(),
+                            failures: job.failures,
+                            error: job.last_error.clone(),
+                        })
+                        .collect(),
+                    window_hold: core.hold_message().unwrap_or_default(),
                 })
             })
             .await?;
@@ -186,11 +157,28 @@ impl Control for Handle {
             .with(|core| {
                 Ok(api::GetConfigResponse {
                     path: core.config_path.display().to_string(),
-                    toml: core.effective_policy().to_toml(),
+                    toml: core.config_toml(),
                     mode_source: if core.state().mode.is_some() { "api" } else { "config" }.into(),
                 })
             })
             .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn roll_window(
+        &self,
+        _: Request<api::RollWindowRequest>,
+    ) -> Result<Response<api::RollWindowResponse>, Status> {
+        let rolled = self.with(|core| core.roll_window(true)).await?;
+        let answer = match rolled {
+            Some(r) => api::RollWindowResponse {
+                from: r.from.map(|d| d.to_string()).unwrap_or_default(),
+                to: r.to.to_string(),
+                left: r.left,
+                rolled: true,
+            },
+            None => api::RollWindowResponse { rolled: false, ..Default::default() },
+        };
         Ok(Response::new(answer))
     }
 
@@ -227,7 +215,7 @@ impl Control for Handle {
                     sample_every,
                     limit,
                 );
-                let entries = |talkers: Vec<super::events::Talker>| {
+                let entries = |talkers: Vec<super::top::Talker>| {
                     talkers
                         .into_iter()
                         .map(|t| api::TopEntry {
@@ -257,7 +245,7 @@ impl Control for Handle {
         let interface = request.into_inner().interface;
         let stats = self.with(move |core| core.stats(&interface)).await?;
         let rows = stats
-            .rows(false)
+            .rows(true)
             .into_iter()
             .map(|r| api::StatsRow {
                 reason: r.reason,
@@ -304,7 +292,7 @@ impl Visitors for Handle {
             history.push(key, day);
         }
         let history = history.finish();
-        let counts = self.with(move |core| core.record(history)).await?;
+        let counts = self.with(move |core| core.record(history, Origin::Api)).await?;
         Ok(Response::new(api::RecordVisitsResponse {
             recorded: counts.recorded,
             outside_window: counts.outside_window,
@@ -409,7 +397,7 @@ impl Visitors for Handle {
         let importer = importer.ok_or_else(|| invalid("chunk", "the stream was empty"))?;
         let (history, lines) =
             importer.finish().map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let counts = self.with(move |core| core.record(history)).await?;
+        let counts = self.with(move |core| core.record(history, Origin::Api)).await?;
         Ok(Response::new(api::ImportVisitorsResponse {
             lines: lines as u64,
             recorded: counts.recorded,
@@ -423,10 +411,18 @@ impl Visitors for Handle {
         &self,
         _: Request<api::ExportVisitorsRequest>,
     ) -> Result<Response<Self::ExportVisitorsStream>, Status> {
+        // Each export holds a copy of the history until its reader is done: bounded, like
+        // imports, so many readers at once cannot take the host's memory.
+        let permit = self.exports.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_EXPORTS} exports are already running; retry when one finishes"
+            ))
+        })?;
         // A copy (compact: the per-day bitmaps) so a slow reader never holds the core.
         let history = self.with(|core| Ok(core.history().clone())).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut entries = history
                 .iter()
                 .map(|(k, d)| api::VisitorEntry { ip: display_key(k), last_seen: d.to_string() });
@@ -510,10 +506,28 @@ fn parse_rule(index: usize, rule: &api::Rule, now: u64) -> Result<StoredRule, St
     let list = parse_list(&field("list"), &rule.list)?;
     let net: IpNet = parse_cidr(rule.cidr.trim()).map_err(|r| invalid(field("cidr"), r))?;
     if rule.expires_at != 0 && rule.expires_at <= now {
-        return Err(invalid(field("expires_at"), format!("{} is in the past", rule.expires_at)));
+        return Err(invalid(
+            field("expires_at"),
+            format!("{} ({}) is in the past", rule.expires_at, crate::text::utc(rule.expires_at)),
+        ));
     }
-    if rule.comment.len() > 256 {
-        return Err(invalid(field("comment"), "longer than 256 bytes"));
+    if rule.expires_at > now.saturating_add(MAX_EXPIRY_S) {
+        return Err(invalid(
+            field("expires_at"),
+            format!("{} is more than 3650 days from now (unix seconds)", rule.expires_at),
+        ));
+    }
+    if rule.comment.len() > MAX_COMMENT {
+        return Err(invalid(field("comment"), format!("longer than {MAX_COMMENT} bytes")));
+    }
+    if let Some((at, c)) = rule.comment.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(invalid(
+            field("comment"),
+            format!(
+                "control character U+{:04X} at byte {at}: comments are one line of text",
+                c as u32
+            ),
+        ));
     }
     Ok(StoredRule {
         list,

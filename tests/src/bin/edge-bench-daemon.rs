@@ -313,8 +313,8 @@ fn api_throughput(out: &Out, daemon: &Daemon, iface: &str) -> Result<()> {
 fn admission_bench(out: &Out) -> Result<()> {
     use edge::{
         api::admissions_client::AdmissionsClient,
-        filter::admission_key,
         ticket::{self, Key, Keyring},
+        visitors::admission_key,
     };
     out.say("\nadmissions (tickets):");
     let ring = Keyring::new(vec![Key::new(1, [7; 16])]);

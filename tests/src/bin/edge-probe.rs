@@ -17,7 +17,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: edge-probe serve ADDR:PORT... | connect --from IP --to ADDR:PORT [--timeout-ms N] \
          | knock --from IP --to ADDR:PORT --ticket TEXT \
-         | flood --from IP --to ADDR:PORT --pps N --secs S | count --listen ADDR:PORT --secs S \
+         | flood --from IP --to ADDR:PORT --pps N --secs S [--size BYTES] \
+         | count --listen ADDR:PORT --secs S \
          | spoof --from IP --to ADDR:PORT --flag syn|ack"
     );
     ExitCode::from(2)
@@ -119,6 +120,7 @@ fn knock(args: &[String]) -> ExitCode {
 /// Paced in 10 ms slices: each slice sends its share, then sleeps to the slice's end.
 fn flood(args: &[String]) -> ExitCode {
     let (mut from, mut to, mut pps, mut secs) = (None, None, None, None);
+    let mut payload = b"flood".to_vec();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match (flag.as_str(), it.next()) {
@@ -126,6 +128,7 @@ fn flood(args: &[String]) -> ExitCode {
             ("--to", Some(v)) => to = v.parse::<SocketAddr>().ok(),
             ("--pps", Some(v)) => pps = v.parse::<u64>().ok(),
             ("--secs", Some(v)) => secs = v.parse::<f64>().ok(),
+            ("--size", Some(v)) => payload = vec![b'x'; v.parse().unwrap_or(5)],
             _ => return usage(),
         }
     }
@@ -145,7 +148,7 @@ fn flood(args: &[String]) -> ExitCode {
     while start.elapsed().as_secs_f64() < secs {
         let due = (start.elapsed().as_secs_f64() * pps as f64) as u64 + pps / 100;
         while sent < due {
-            let _ = socket.send_to(b"flood", to);
+            let _ = socket.send_to(&payload, to);
             sent += 1;
         }
         std::thread::sleep(slice);

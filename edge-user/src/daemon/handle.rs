@@ -1,0 +1,58 @@
+//! The core, shared: every API call, the feed, learning and the periodic jobs take it through a
+//! `Handle`, which waits a bounded time for the lock and runs the verb on a blocking thread.
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{Mutex, Semaphore};
+use tonic::Status;
+
+use super::{clock::Clock, core::Core, fault::Fault};
+
+/// Longest a request waits for the core before it is refused (fail fast: a client retries,
+/// it does not queue behind a stuck change).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Imports buffered at once (each holds its parsed visitors in memory until it commits), and
+/// exports streamed at once (each holds a copy of the history until its reader is done).
+pub const MAX_IMPORTS: usize = 2;
+pub const MAX_EXPORTS: usize = 2;
+
+/// What every service and task shares.
+#[derive(Clone)]
+pub struct Handle {
+    core: Arc<Mutex<Core>>,
+    pub clock: Clock,
+    pub imports: Arc<Semaphore>,
+    pub exports: Arc<Semaphore>,
+}
+
+impl Handle {
+    pub fn new(core: Core, clock: Clock) -> Self {
+        Self {
+            core: Arc::new(Mutex::new(core)),
+            clock,
+            imports: Arc::new(Semaphore::new(MAX_IMPORTS)),
+            exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
+        }
+    }
+
+    /// Runs `f` on the locked core on a blocking thread (the verbs write files and maps).
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<T, Fault> + Send + 'static,
+    ) -> Result<T, Status> {
+        let guard = tokio::time::timeout(LOCK_WAIT, self.core.clone().lock_owned()).await.map_err(
+            |_| {
+                Status::unavailable(format!(
+                    "the daemon is busy: another change held it for over {} s; retry",
+                    LOCK_WAIT.as_secs()
+                ))
+            },
+        )?;
+        tokio::task::spawn_blocking(move || {
+            let mut core = guard;
+            f(&mut core)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the daemon task failed: {e}")))?
+        .map_err(Status::from)
+    }
+}
