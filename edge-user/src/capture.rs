@@ -38,13 +38,19 @@ const LINKTYPE_ETHERNET: u32 = 1;
 
 /// Reads every Ethernet frame of a pcap or pcapng file.
 pub fn read(path: &Path) -> Result<Capture> {
-    let fail = |what: String| Error::Pcap(format!("{}: {what}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Pcap(format!("{}: cannot read: {e}", path.display())))?;
+    parse(&bytes, &path.display().to_string())
+}
+
+/// Every Ethernet frame of a capture's bytes (named `name` in errors).
+pub fn parse(bytes: &[u8], name: &str) -> Result<Capture> {
+    let fail = |what: String| Error::Pcap(format!("{name}: {what}"));
     let magic = bytes.get(..4).ok_or_else(|| fail("too short to be a capture".into()))?;
     match magic {
-        [0x0a, 0x0d, 0x0d, 0x0a] => pcapng(&bytes).map_err(fail),
+        [0x0a, 0x0d, 0x0d, 0x0a] => pcapng(bytes).map_err(fail),
         _ => match pcap_byte_order(magic) {
-            Some(little) => pcap(&bytes, little).map_err(fail),
+            Some(little) => pcap(bytes, little).map_err(fail),
             None => Err(fail(format!(
                 "not a pcap or pcapng file (it starts with {:02x} {:02x} {:02x} {:02x})",
                 magic[0], magic[1], magic[2], magic[3]
@@ -148,9 +154,7 @@ mod tests {
     /// lengths), each cut to the snap length.
     fn pcap_file(snap: u32, frames: &[usize]) -> Vec<u8> {
         let mut out = Vec::new();
-        for word in [0xa1b2_c3d4u32] {
-            out.extend(word.to_le_bytes());
-        }
+        out.extend(0xa1b2_c3d4u32.to_le_bytes());
         out.extend(2u16.to_le_bytes());
         out.extend(4u16.to_le_bytes());
         out.extend([0u8; 8]);

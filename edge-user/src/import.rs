@@ -77,10 +77,6 @@ impl Importer {
 
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ImportError> {
         let mut rest = chunk;
-        // A byte-order mark (some editors and exports write one) is not part of line 1.
-        if self.lines == 0 && self.partial.is_empty() {
-            rest = rest.strip_prefix("\u{feff}".as_bytes()).unwrap_or(rest);
-        }
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
             let (line, tail) = rest.split_at(nl);
             rest = &tail[1..];
@@ -117,9 +113,18 @@ impl Importer {
     fn line(&mut self, bytes: &[u8]) -> Result<(), ImportError> {
         self.lines += 1;
         let number = self.lines;
-        let text = std::str::from_utf8(bytes)
+        // The same refusal whether the line arrived whole or in chunks.
+        if bytes.len() > Self::MAX_LINE {
+            return Err(self.error(number, format!("line longer than {} bytes", Self::MAX_LINE)));
+        }
+        let mut text = std::str::from_utf8(bytes)
             .map_err(|_| self.error(number, "not UTF-8 text".into()))?
             .trim_end_matches('\r');
+        if number == 1 {
+            // A byte-order mark (some editors and exports write one) is not part of line 1,
+            // however the file was cut into chunks.
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        }
         let text = match self.format {
             Format::Combined => text.trim(),
             _ => text.split('#').next().unwrap_or("").trim(),
@@ -316,6 +321,14 @@ mod tests {
         let h = parse("\u{feff}192.0.2.1,2026-11-01\n192.0.2.2\n", "v.csv", Format::Auto, today())
             .unwrap();
         assert!(h.contains(v4("192.0.2.1")) && h.contains(v4("192.0.2.2")));
+        // Found by fuzzing: a mark split across chunks is the same mark.
+        let text = "\u{feff} [2.1\n0020\n\n";
+        let mut importer = Importer::new("v", Format::Auto, today());
+        importer.feed(&text.as_bytes()[..1]).unwrap();
+        let e = importer.feed(&text.as_bytes()[1..]).unwrap_err();
+        assert_eq!(e.reason, "`[2.1` is not an IP address");
+        let mut whole = Importer::new("v", Format::Auto, today());
+        assert_eq!(whole.feed(text.as_bytes()).unwrap_err().reason, "`[2.1` is not an IP address");
         // Only at the very start: one in the middle of a file is an error on its line.
         let e = parse("192.0.2.1\n\u{feff}192.0.2.2\n", "v", Format::Plain, today()).unwrap_err();
         assert_eq!(e.line, 2);

@@ -7,6 +7,12 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+/// The fuzz targets in fuzz/fuzz_targets, and how long `cargo xtask test` runs each.
+const FUZZ_TARGETS: [&str; 5] = ["config", "import", "ticket", "store", "pcap"];
+const FUZZ_SECS_IN_TEST: u64 = 20;
+/// cargo-fuzz, installed by `cargo xtask fuzz` and `test`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// The bpf-linker release that links with nightly's LLVM on these machines (see README).
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tests and demo use: ip (netns, veth), nsenter, a real Redis for the
@@ -48,6 +54,14 @@ enum Task {
         #[arg(long)]
         lab: bool,
     },
+    /// Run the fuzz targets (fuzz/: config, import, ticket, store, pcap) with cargo-fuzz, each
+    /// for SECS seconds, from the corpus in the repository. Findings land in fuzz/artifacts/.
+    Fuzz {
+        /// One target; all of them if left out.
+        target: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
     /// Build optimized and install the binary, man pages, shell completions, the systemd unit
     /// and (if there is none) an example config, under ROOT (default /). On /, also create the
     /// system user `edge` the unit runs as.
@@ -69,7 +83,19 @@ fn main() -> Result<()> {
             setup()?;
             run(cargo().args(["build", "--package", "edge-user", "--bins"]))?;
             let edge = root.join("target/debug/edge");
-            test(cargo().args(["test", "--no-fail-fast"]).env("EDGE_BIN", &edge))
+            let tested = test(cargo().args(["test", "--no-fail-fast"]).env("EDGE_BIN", &edge));
+            // Every fuzz target for a bounded time: what the corpus and a few seconds of
+            // mutation find, every run.
+            let fuzzed = fuzz(&FUZZ_TARGETS, FUZZ_SECS_IN_TEST);
+            tested.and(fuzzed)
+        }
+        Task::Fuzz { target, secs } => {
+            setup()?;
+            match target {
+                Some(t) if FUZZ_TARGETS.contains(&t.as_str()) => fuzz(&[t.as_str()], secs),
+                Some(t) => bail!("no fuzz target `{t}`; they are {FUZZ_TARGETS:?}"),
+                None => fuzz(&FUZZ_TARGETS, secs),
+            }
         }
         Task::Demo => {
             setup()?;
@@ -216,6 +242,57 @@ fn test(cmd: &mut Command) -> Result<()> {
     println!("{passed} passed, {failed} failed");
     if !status.success() {
         bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs each fuzz target for `secs` seconds from its corpus (new inputs go to a scratch
+/// directory, so the repository's corpus changes only by hand), printing executions and
+/// findings. Fails if any target finds a crash, a panic, a leak or a timeout.
+fn fuzz(targets: &[&str], secs: u64) -> Result<()> {
+    let have = Command::new("cargo").args(["fuzz", "--version"]).output();
+    if !have.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)) {
+        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        run(cargo().args(["install", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"), "--locked"]))?;
+    }
+    let nightly = format!("+{}", ebpf_toolchain()?);
+    // One build of every target first, so a build error is reported as one.
+    run(Command::new("cargo")
+        .args([nightly.as_str(), "fuzz", "build", "--fuzz-dir", "fuzz"])
+        .env("AYA_BUILD_SKIP", "1"))
+    .context("building the fuzz targets")?;
+    let mut failed = Vec::new();
+    for target in targets {
+        let scratch =
+            std::env::temp_dir().join(format!("edge-fuzz-{target}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let corpus = format!("fuzz/corpus/{target}");
+        let out = Command::new("cargo")
+            .args([nightly.as_str(), "fuzz", "run", "--fuzz-dir", "fuzz", target])
+            .arg(&scratch)
+            .arg(&corpus)
+            .args(["--", &format!("-max_total_time={secs}"), "-timeout=10", "-print_final_stats=1"])
+            // The program objects are not needed to parse: the library builds without them.
+            .env("AYA_BUILD_SKIP", "1")
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .with_context(|| format!("running cargo fuzz for {target}"))?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        let log = String::from_utf8_lossy(&out.stderr);
+        let runs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .map_or("?".to_string(), |n| n.trim().to_string());
+        if out.status.success() {
+            println!("fuzz {target}: {runs} executions in {secs} s, no findings");
+        } else {
+            eprintln!("{log}");
+            println!("fuzz {target}: FINDING after {runs} executions (see above and fuzz/artifacts/{target}/)");
+            failed.push(*target);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("fuzz targets with findings: {failed:?}");
     }
     Ok(())
 }

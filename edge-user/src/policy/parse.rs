@@ -169,15 +169,20 @@ impl Policy {
             field: String::new(),
             reason: format!("cannot read: {e}"),
         })?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Self::from_bytes(&bytes, &file, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Validates a policy file's bytes: UTF-8 first (a byte that is not is named by line and
+    /// column), then [`Policy::parse`].
+    pub fn from_bytes(bytes: &[u8], file: &str, base: &Path) -> Result<Self, PolicyError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
             let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid prefix");
             let (line, column) = line_col(valid, valid.len());
             let byte = bytes[e.valid_up_to()];
             let reason = format!("not UTF-8 text (byte 0x{byte:02x}); a config file is UTF-8");
-            PolicyError { file: file.clone(), line, column, field: String::new(), reason }
+            PolicyError { file: file.into(), line, column, field: String::new(), reason }
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(text, &file, base)
+        Self::parse(text, file, base)
     }
 
     /// Validates policy text. `file` names it in errors; relative paths resolve against `base`.

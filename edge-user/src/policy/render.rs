@@ -119,8 +119,6 @@ impl Policy {
     }
 }
 
-/// A policy error: where, which field, why.
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -95,6 +95,12 @@ fn put_section(out: &mut Vec<u8>, bytes: &[u8]) {
 pub(super) fn read(path: &Path, state: &mut State) -> Result<u64, StoreError> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_at(path))?;
+    decode(path, &bytes, state)
+}
+
+/// Reads snapshot bytes (named `path` in errors) into `state`; returns the last log sequence
+/// number they cover.
+pub(super) fn decode(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt { path: path.into(), reason: reason.into() };
     if bytes.len() < 24 || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt("not an edge snapshot"));
