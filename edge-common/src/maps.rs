@@ -1,6 +1,39 @@
-//! Map names (as the kernel and the bpffs pins know them) and capacities.
+//! Map names (as the kernel and the bpffs pins know them), capacities, and the inventory: the
+//! one list of the program's maps, which the loader takes its list from and a test checks
+//! against the object the build produced.
 //!
 //! Names are at most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN` minus the NUL).
+
+/// How a daemon's interfaces hold a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// One map for all of a daemon's interfaces, pinned in each interface's directory.
+    Shared,
+    /// One map per interface, pinned in its directory (the counters).
+    PerInterface,
+    /// Made fresh by whoever loads the program and never pinned (the handshake program's scope).
+    Private,
+}
+
+/// Every map the program defines, by name, with how it is held.
+pub const INVENTORY: [(&str, Holding); 16] = [
+    (CONFIG, Holding::Shared),
+    (PROTECTED, Holding::Shared),
+    (DENY, Holding::Shared),
+    (ALLOW, Holding::Shared),
+    (LIST_NETS, Holding::Shared),
+    (VISITORS_V4, Holding::Shared),
+    (VISITORS_V6, Holding::Shared),
+    (ADMITTED, Holding::Shared),
+    (ADMITTED_HINT, Holding::Shared),
+    (UNKNOWN_BUCKETS, Holding::Shared),
+    (UNKNOWN_BUDGET, Holding::Shared),
+    (TICKET_KEYS, Holding::Shared),
+    (DROP_EVENTS, Holding::Shared),
+    (HANDSHAKES, Holding::Shared),
+    (STATS, Holding::PerInterface),
+    (LEARN_SCOPE, Holding::Private),
+];
 
 /// `Config` record, one entry.
 pub const CONFIG: &str = "config";
@@ -10,11 +43,12 @@ pub const PROTECTED: &str = "protected";
 pub const DENY: &str = "deny";
 /// Allow list, LPM trie over v4-mapped 16-byte addresses.
 pub const ALLOW: &str = "allow";
-/// Per list (deny, then allow): one bit per IPv4 /24 that a prefix touches, then one bit per
-/// hashed IPv6 /32; mmap-able. See [`LIST_NETS_REGION_WORDS`].
+/// Per list (deny, then allow): one bit per IPv4 /24 that a prefix touches, one bit per hashed
+/// IPv6 /32, and one bit per IPv4 /16; mmap-able. See [`LIST_NETS_REGION_WORDS`] and
+/// [`LIST_NETS_BLOCK_WORDS`].
 pub const LIST_NETS: &str = "list_nets";
-/// IPv4 visitors: one bit per IPv4 address (the whole space), then one bit per /24 that holds
-/// any visitor; mmap-able. See [`VISITORS_V4_WORDS`].
+/// IPv4 visitors: one bit per IPv4 address (the whole space), then one bit per /24 and one per
+/// /16 that holds any visitor; mmap-able. See [`VISITORS_V4_WORDS`].
 pub const VISITORS_V4: &str = "visitors_v4";
 /// IPv6 visitors by /64 prefix.
 pub const VISITORS_V6: &str = "visitors_v6";

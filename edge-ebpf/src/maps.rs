@@ -37,13 +37,13 @@ pub static DENY_LIST: LpmTrie<Addr, Rule> =
 pub static ALLOW_LIST: LpmTrie<Addr, Rule> =
     LpmTrie::with_max_entries(ALLOW_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// The IPv4 /24s and hashed IPv6 /32s the deny and allow prefixes touch: a source in none
-/// skips the trie.
+/// The IPv4 /16s and /24s and the hashed IPv6 /32s the deny and allow prefixes touch: a source
+/// in none skips the trie.
 #[map(name = "list_nets")]
 pub static LIST_NETS: Array<u64> = Array::with_max_entries(LIST_NETS_WORDS, BPF_F_MMAPABLE);
 
-/// One bit per IPv4 address, behind one bit per /24: at most two memory accesses per lookup
-/// whatever the number of visitors, and userspace writes it through mmap (no per-entry
+/// One bit per IPv4 address, behind one bit per /24 and one per /16: at most three memory
+/// accesses per lookup (most of a flood stops at the first, in L1) whatever the number of visitors, and userspace writes it through mmap (no per-entry
 /// syscalls to load tens of millions).
 #[map(name = "visitors_v4")]
 pub static VISITORS_V4: Array<u64> = Array::with_max_entries(VISITORS_V4_WORDS, BPF_F_MMAPABLE);

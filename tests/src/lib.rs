@@ -1,9 +1,15 @@
-//! Shared helpers for edge's integration tests: frame builders, the privileged-test gate, and
-//! a network-namespace lab that cleans up after itself.
+//! Shared helpers for edge's integration tests: frame builders, one loaded program per test
+//! binary with the fixture checks (harness), the privileged-test gate, a network-namespace lab
+//! that cleans up after itself, and a daemon run in it.
 pub mod daemon;
 pub mod frames;
+pub mod harness;
 pub mod lab;
 pub mod tls;
+
+/// The bench's reference programs (see build.rs): `empty`, the one-lookup hash anchor,
+/// drop-all, and the lab's live-frames packet generator.
+pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("EDGE_BASELINE_OBJECT"));
 
 /// Set to `1` to skip tests that need BPF and network namespaces (they print SKIPPED).
 pub const SKIP_ENV: &str = "EDGE_SKIP_PRIVILEGED";
@@ -41,6 +47,44 @@ pub fn edge_bin() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The lab's traffic tool: this package's `edge-probe` binary, beside `edge` (both are built
+/// into the same target directory).
+pub fn probe() -> &'static std::path::Path {
+    static PROBE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| match std::env::var_os("EDGE_PROBE") {
+        Some(path) => path.into(),
+        None => edge_bin().with_file_name("edge-probe"),
+    })
+}
+
+/// Whether `ok` comes to hold within `timeout`, checking every 50 ms.
+pub fn poll_until(timeout: std::time::Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if ok() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits until `ok` holds; panics after `timeout` naming `what` (and whatever `context` says
+/// then: a daemon's log, a status).
+#[track_caller]
+pub fn wait_until(
+    what: &str,
+    timeout: std::time::Duration,
+    ok: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    if !poll_until(timeout, ok) {
+        panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
+    }
 }
 
 /// The outcome of one `edge` command.

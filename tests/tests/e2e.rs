@@ -2,17 +2,13 @@
 //! connections from a visitor, an allowed, a denied and an unknown source get through or not.
 use std::{path::Path, process::Command};
 
-use edge_tests::{edge_bin, lab::Lab, privileged, Run};
+use edge_tests::{
+    edge_bin,
+    lab::{Lab, ALLOWED, DENIED, UNKNOWN, VISITOR},
+    privileged, probe, Run,
+};
 
-const VISITOR: &str = "192.0.2.10";
-const ALLOWED: &str = "198.51.100.10";
-const DENIED: &str = "203.0.113.10";
-const UNKNOWN: &str = "192.0.2.99";
 const TIMEOUT_MS: u32 = 700;
-
-fn probe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
-}
 
 fn edge(cmd: &mut Command) -> Run {
     Run::of(cmd)
@@ -268,7 +264,7 @@ fn a_foreign_xdp_program_is_reported_not_replaced() {
         let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
         // SAFETY: setns on this thread only.
         assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let mut other = aya::Ebpf::load(edge::filter::BASELINE_OBJECT).unwrap();
+        let mut other = aya::Ebpf::load(edge_tests::BASELINE_OBJECT).unwrap();
         let prog: &mut aya::programs::Xdp = other.program_mut("empty").unwrap().try_into().unwrap();
         prog.load().unwrap();
         prog.attach(&iface, aya::programs::XdpMode::Skb).unwrap();

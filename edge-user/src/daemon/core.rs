@@ -365,7 +365,7 @@ impl Core {
                     let nets: Vec<IpNet> =
                         rules.iter().filter(|r| r.list == list).map(|r| r.net).collect();
                     if !nets.is_empty() {
-                        maps.insert_rules(list.name(), &nets)?;
+                        maps.insert_rules(list, &nets)?;
                     }
                 }
             }
@@ -374,7 +374,7 @@ impl Core {
                 let config = self.config_list(*list);
                 let gone: Vec<IpNet> =
                     nets.iter().filter(|n| !config.contains(n)).copied().collect();
-                self.maps.as_mut().expect("mirror checked").remove_rules(list.name(), &gone)?;
+                self.maps.as_mut().expect("mirror checked").remove_rules(*list, &gone)?;
             }
             Op::SetMode(_) => self.mirror(Mirror::Config)?,
             Op::Admit { entries, .. } => {

@@ -64,6 +64,33 @@ impl fmt::Display for Mode {
     }
 }
 
+/// The two lists of prefixes: allow (always passes) and deny (never passes).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum List {
+    Allow,
+    Deny,
+}
+
+impl List {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "allow" => Some(Self::Allow),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+
+    /// `allow` or `deny`: how users write it, and its map's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => edge_common::maps::ALLOW,
+            Self::Deny => edge_common::maps::DENY,
+        }
+    }
+}
+
 /// A protected destination: a transport protocol and a port range (inclusive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Protected {

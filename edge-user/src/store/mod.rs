@@ -25,8 +25,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use crate::policy::List;
 pub use snapshot::FORMAT_VERSION;
-pub use state::{DayBatch, List, Op, State, StoredRule};
+pub use state::{DayBatch, Op, State, StoredRule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,6 +69,80 @@ pub struct Store {
     _lock: File,
 }
 
+/// A store's state recovered from its files' bytes, and what opening it must do on disk.
+pub struct Recovered {
+    pub state: State,
+    pub recovery: Recovery,
+    /// The last log's torn tail: cut it to this length.
+    pub torn: Option<(PathBuf, usize)>,
+    /// The log new records are appended to (none: start a new one).
+    pub append_to: Option<PathBuf>,
+    pub last_seq: u64,
+}
+
+/// Recovers a store from the bytes of its snapshot and of its logs (in sequence order): the
+/// snapshot, then every log record after it. A bad frame at the end of the last log is a torn
+/// tail (an unacknowledged write); any other damage, a bad record in an earlier log or a gap in
+/// sequence numbers refuses the store. Pure: `Store::open` reads the files and acts on the
+/// answer, and the fuzz target feeds it arbitrary bytes.
+pub fn recover(
+    snapshot: Option<(&Path, &[u8])>,
+    logs: &[(PathBuf, Vec<u8>)],
+) -> Result<Recovered, StoreError> {
+    let mut state = State::default();
+    let mut recovery = Recovery::default();
+    if let Some((path, bytes)) = snapshot {
+        recovery.snapshot_seq = snapshot::decode(path, bytes, &mut state)?;
+    }
+    let mut last_seq = recovery.snapshot_seq;
+    let mut scans = Vec::with_capacity(logs.len());
+    for (index, (path, bytes)) in logs.iter().enumerate() {
+        let scan = wal::scan(bytes)
+            .map_err(|reason| StoreError::Corrupt { path: path.clone(), reason })?;
+        if let Some(damage) = scan.corruption() {
+            let next = damage.next.expect("corruption has valid frames after it");
+            return Err(StoreError::Damaged { path: path.clone(), at: damage.at, next });
+        }
+        if let Some(torn) = scan.damage.first() {
+            if index + 1 != logs.len() {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("bad record at byte {} of a log that is not the last", torn.at),
+                });
+            }
+        }
+        for (seq, _) in &scan.records {
+            if *seq <= recovery.snapshot_seq {
+                continue;
+            }
+            if *seq != last_seq + 1 {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("record {seq} follows {last_seq}: the log has a gap"),
+                });
+            }
+            last_seq = *seq;
+        }
+        scans.push(scan);
+    }
+    let (mut torn, mut append_to) = (None, None);
+    for ((path, bytes), scan) in logs.iter().zip(scans) {
+        if scan.end < bytes.len() && scan.end >= wal::MAGIC.len() {
+            recovery.torn_bytes = (bytes.len() - scan.end) as u64;
+            torn = Some((path.clone(), scan.end));
+        }
+        for (seq, op) in scan.records {
+            if seq > recovery.snapshot_seq {
+                state.apply(&op);
+                recovery.replayed += 1;
+            }
+        }
+        // Only a log of this version, whose header is on disk, is appended to.
+        append_to = (scan.version == 2 && bytes.len() >= wal::MAGIC.len()).then(|| path.clone());
+    }
+    Ok(Recovered { state, recovery, torn, append_to, last_seq })
+}
+
 /// Takes the state directory's lock: one process per store.
 fn lock(dir: &Path) -> Result<File, StoreError> {
     std::fs::create_dir_all(dir).map_err(io_at(dir))?;
@@ -85,7 +160,7 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
     Ok(lock)
 }
 
-/// Reads a log file and scans its frames.
+/// Reads a log file and scans its frames (for `salvage`).
 fn read_log(path: &Path) -> Result<(Vec<u8>, wal::Scan), StoreError> {
     let bytes = std::fs::read(path).map_err(io_at(path))?;
     let scan = wal::scan(&bytes)
@@ -98,64 +173,24 @@ impl Store {
     /// the last log is cut off; any other damage refuses the store with nothing changed.
     pub fn open(dir: &Path) -> Result<(Self, State, Recovery), StoreError> {
         let lock = lock(dir)?;
-        let mut state = State::default();
-        let mut recovery = Recovery::default();
-        let snapshot = dir.join("snapshot");
-        if snapshot.exists() {
-            recovery.snapshot_seq = snapshot::read(&snapshot, &mut state)?;
+        let snapshot_path = dir.join("snapshot");
+        let snapshot = match snapshot_path.exists() {
+            true => Some(std::fs::read(&snapshot_path).map_err(io_at(&snapshot_path))?),
+            false => None,
+        };
+        let mut logs = Vec::new();
+        for path in wal_files(dir)? {
+            let bytes = std::fs::read(&path).map_err(io_at(&path))?;
+            logs.push((path, bytes));
         }
-        let mut last_seq = recovery.snapshot_seq;
-        let wals = wal_files(dir)?;
-        // Every log is read and checked before anything on disk changes.
-        let mut logs = Vec::with_capacity(wals.len());
-        for (index, path) in wals.iter().enumerate() {
-            let (bytes, scan) = read_log(path)?;
-            if let Some(damage) = scan.corruption() {
-                let next = damage.next.expect("corruption has valid frames after it");
-                return Err(StoreError::Damaged { path: path.clone(), at: damage.at, next });
-            }
-            if let Some(torn) = scan.damage.first() {
-                if index + 1 != wals.len() {
-                    return Err(StoreError::Corrupt {
-                        path: path.clone(),
-                        reason: format!(
-                            "bad record at byte {} of a log that is not the last",
-                            torn.at
-                        ),
-                    });
-                }
-            }
-            for (seq, _) in &scan.records {
-                if *seq <= recovery.snapshot_seq {
-                    continue;
-                }
-                if *seq != last_seq + 1 {
-                    return Err(StoreError::Corrupt {
-                        path: path.clone(),
-                        reason: format!("record {seq} follows {last_seq}: the log has a gap"),
-                    });
-                }
-                last_seq = *seq;
-            }
-            logs.push((path, bytes.len(), scan));
+        // Everything is read and checked before anything on disk changes.
+        let recovered = recover(snapshot.as_deref().map(|b| (snapshot_path.as_path(), b)), &logs)?;
+        if let Some((path, keep)) = &recovered.torn {
+            let file = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
+            file.set_len(*keep as u64).map_err(io_at(path))?;
+            file.sync_all().map_err(io_at(path))?;
         }
-        let mut append_to = None;
-        for (path, len, scan) in logs {
-            if scan.end < len && scan.end >= wal::MAGIC.len() {
-                recovery.torn_bytes = (len - scan.end) as u64;
-                let file = OpenOptions::new().write(true).open(path).map_err(io_at(path))?;
-                file.set_len(scan.end as u64).map_err(io_at(path))?;
-                file.sync_all().map_err(io_at(path))?;
-            }
-            for (seq, op) in scan.records {
-                if seq > recovery.snapshot_seq {
-                    state.apply(&op);
-                    recovery.replayed += 1;
-                }
-            }
-            // Only a log of this version, whose header is on disk, is appended to.
-            append_to = (scan.version == 2 && len >= wal::MAGIC.len()).then(|| path.clone());
-        }
+        let Recovered { state, recovery, append_to, last_seq, .. } = recovered;
         let wal_path = match append_to {
             Some(path) => path,
             None => new_wal(dir, last_seq + 1)?,

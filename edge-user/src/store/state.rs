@@ -8,32 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     history::{Departed, VisitorHistory},
-    policy::Mode,
+    policy::{List, Mode},
     visitors::{admission_visitor, Day},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum List {
-    Allow,
-    Deny,
-}
-
-impl List {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "allow" => Some(Self::Allow),
-            "deny" => Some(Self::Deny),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Allow => edge_common::maps::ALLOW,
-            Self::Deny => edge_common::maps::DENY,
-        }
-    }
-}
 
 /// An allow or deny entry managed through the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,7 +35,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
     EbpfLoader,
 };
-use edge::filter::BASELINE_OBJECT;
+use edge_tests::BASELINE_OBJECT;
 use edge_tests::{
     edge_bin,
     frames::{frame, L4},

@@ -16,12 +16,14 @@ use aya::{
     EbpfLoader,
 };
 use edge::{
-    filter::BASELINE_OBJECT,
     import::{self, Format},
     ticket::{self, Key, Keyring},
     Day, Filter, Policy,
 };
-use edge_tests::frames::{frame, L4};
+use edge_tests::{
+    frames::{frame, L4},
+    BASELINE_OBJECT,
+};
 
 const VISITORS: u32 = 20_000_000;
 const REPEAT: u32 = 1_000_000;

@@ -1,0 +1,103 @@
+//! The config record the program reads once per packet, made from a policy.
+use edge_common::config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY};
+
+use crate::policy::Policy;
+
+/// Network-order byte mask of a prefix length over 16 bytes, as the two words `Config` holds.
+fn mask_words(bits: u32) -> [u64; 2] {
+    let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+    let bytes = mask.to_be_bytes();
+    [
+        u64::from_ne_bytes(bytes[..8].try_into().unwrap()),
+        u64::from_ne_bytes(bytes[8..].try_into().unwrap()),
+    ]
+}
+
+/// The kernel's view of a policy.
+pub fn kernel_config(policy: &Policy) -> Config {
+    let u = &policy.unknown;
+    let interval = |pps: u32| if pps == 0 { 0 } else { 1_000_000_000 / u64::from(pps) };
+    let (source, global) = (interval(u.rate_pps), interval(u.global_pps));
+    let mut lists = 0;
+    if !policy.deny.is_empty() {
+        lists |= LIST_DENY;
+    }
+    // Knocks add admissions from the kernel, which cannot turn the lookup on itself.
+    if policy.admission.knock_port.is_some() {
+        lists |= LIST_ADMITTED;
+    }
+    if !policy.allow.is_empty() {
+        lists |= LIST_ALLOW;
+    }
+    Config {
+        mode: policy.mode.to_kernel(),
+        lists,
+        source_interval_ns: source,
+        source_tolerance_ns: u64::from(u.burst.saturating_sub(1)) * source,
+        global_interval_ns: global,
+        global_tolerance_ns: u64::from(u.global_burst.saturating_sub(1)) * global,
+        tai_offset_s: tai_offset_s(),
+        bucket_mask_v4: mask_words(96 + u32::from(u.prefix_v4)),
+        bucket_mask_v6: mask_words(u32::from(u.prefix_v6)),
+        knock_port: policy.admission.knock_port.map_or(0, u32::from),
+        sample_every: policy.drop_sample,
+    }
+}
+
+/// CLOCK_TAI minus UTC, in whole seconds (37 on a host that knows the leap seconds, 0 otherwise).
+fn tai_offset_s() -> u64 {
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid clock id and pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let diff = now(libc::CLOCK_TAI) - now(libc::CLOCK_REALTIME);
+    ((diff + 500_000_000) / 1_000_000_000).max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(words: [u64; 2]) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&words[0].to_ne_bytes());
+        out[8..].copy_from_slice(&words[1].to_ne_bytes());
+        out
+    }
+
+    #[test]
+    fn bucket_masks_keep_the_aggregation_prefix() {
+        let mut policy = Policy::default();
+        policy.unknown.prefix_v4 = 24;
+        policy.unknown.prefix_v6 = 56;
+        let c = kernel_config(&policy);
+        // v4-mapped: the ::ffff: prefix and the first three octets survive.
+        let v4 = bytes(c.bucket_mask_v4);
+        assert_eq!(&v4[..15], &[0xff; 15]);
+        assert_eq!(v4[15], 0);
+        let v6 = bytes(c.bucket_mask_v6);
+        assert_eq!(&v6[..7], &[0xff; 7]);
+        assert_eq!(&v6[7..], &[0; 9]);
+        assert_eq!(mask_words(0), [0, 0]);
+        assert_eq!(mask_words(128), [u64::MAX, u64::MAX]);
+    }
+
+    #[test]
+    fn budgets_become_gcra_intervals() {
+        let mut policy = Policy::default();
+        policy.unknown.rate_pps = 50;
+        policy.unknown.burst = 100;
+        policy.unknown.global_pps = 20_000;
+        policy.unknown.global_burst = 2_000;
+        let c = kernel_config(&policy);
+        assert_eq!(c.source_interval_ns, 20_000_000);
+        assert_eq!(c.source_tolerance_ns, 99 * 20_000_000);
+        assert_eq!(c.global_interval_ns, 50_000);
+        assert_eq!(c.global_tolerance_ns, 1_999 * 50_000);
+        policy.unknown.rate_pps = 0;
+        assert_eq!(kernel_config(&policy).source_interval_ns, 0, "0 pps is strict");
+        assert_eq!(c.lists, 0, "empty lists cost no lookups");
+    }
+}
