@@ -3,7 +3,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -95,18 +95,28 @@ impl Daemon {
 
     /// Waits until `edge status --json` satisfies `ok`.
     pub fn wait_status(&self, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
+        let met = crate::poll_until(Duration::from_secs(20), || {
             let run = self.cli(&["status", "--json"]);
-            if run.code == 0 {
-                let status: serde_json::Value = serde_json::from_str(&run.stdout)?;
-                if status.get("ready").is_some() && ok(&status) {
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            run.code == 0
+                && serde_json::from_str::<serde_json::Value>(&run.stdout)
+                    .is_ok_and(|status| status.get("ready").is_some() && ok(&status))
+        });
+        if !met {
+            bail!("the daemon did not become {what} in 20 s; its log:\n{}", self.log());
         }
-        bail!("the daemon did not become {what} in 20 s; its log:\n{}", self.log())
+        Ok(())
+    }
+
+    /// Waits until the daemon's log holds `needle` `times` times; panics with the log if not.
+    #[track_caller]
+    pub fn wait_log(&self, needle: &str, times: usize) {
+        let what = format!("`{needle}` {times} time(s) in the daemon's log");
+        crate::wait_until(
+            &what,
+            Duration::from_secs(15),
+            || self.log().matches(needle).count() >= times,
+            || self.log(),
+        );
     }
 
     /// Moves the daemon's day and waits until it has rolled the window to it.

@@ -12,6 +12,15 @@ use anyhow::{bail, Context as _, Result};
 
 pub const SERVER_ADDR: &str = "192.0.2.1";
 
+/// The lab's clients, by the part each plays (a test gives the ones it uses to `Lab::new`).
+pub const VISITOR: &str = "192.0.2.10";
+pub const ALLOWED: &str = "198.51.100.10";
+pub const DENIED: &str = "203.0.113.10";
+pub const UNKNOWN: &str = "192.0.2.99";
+pub const FLOODER: &str = "192.0.2.66";
+/// What fixtures and the lab treat as today (the daemon reads it from its clock file).
+pub const TODAY: &str = "2026-11-22";
+
 pub struct Lab {
     pub server_ns: String,
     pub client_ns: String,
@@ -100,9 +109,9 @@ impl Lab {
     }
 
     /// A command run in the server namespace (network namespace only: bpffs pins stay shared,
-    /// which `ip netns exec` would hide behind a fresh /sys).
-    /// The test's own SSH session (if run over SSH) is not the lab's: `edge attach` would
-    /// judge it, so it is left out; tests that want one set it.
+    /// which `ip netns exec` would hide behind a fresh /sys). Without the test's own
+    /// `SSH_CONNECTION`: that session is not the lab's, and `edge attach` would judge it
+    /// (tests that want one set it).
     pub fn in_server(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.server_ns)).arg("--").arg(program);
@@ -110,6 +119,7 @@ impl Lab {
         cmd
     }
 
+    /// A command run in the client namespace.
     pub fn in_client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.client_ns)).arg("--").arg(program);

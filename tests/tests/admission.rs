@@ -2,7 +2,7 @@
 //! knocks with a ticket gets its TCP through (verified in the kernel, also with the daemon
 //! dead); a queue service admitting over gRPC gets its clients through; refusals carry their
 //! codes and are counted; rotation keeps the previous key valid; admissions survive a rebuild.
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use edge::{
     api::{self, admissions_client::AdmissionsClient, control_client::ControlClient},
@@ -10,19 +10,18 @@ use edge::{
     ticket::{self, Keyring},
     visitors::admission_key,
 };
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+use edge_tests::{
+    daemon::Daemon,
+    lab::{Lab, UNKNOWN},
+    privileged, probe,
+};
 use tonic::Code;
 
 const KNOCKER: &str = "192.0.2.20";
 const QUEUED: &str = "192.0.2.21";
 const LATE_KNOCKER: &str = "192.0.2.22";
-const UNKNOWN: &str = "192.0.2.99";
 const POLICY: &str = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n\
                       [admission]\nkeys = \"ticket.keys\"\nknock_port = 7000\n";
-
-fn probe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
-}
 
 fn connects(lab: &Lab, src: &str) -> bool {
     lab.connects(probe(), src, 443, 700).unwrap()
@@ -160,13 +159,13 @@ fn knocks_and_queue_admissions_let_exactly_the_admitted_through() {
     // Rotation: the previous key keeps working; the one before it is retired.
     let old = issue(LATE_KNOCKER);
     daemon.cli(&["key", "rotate", "--key", keys.to_str().unwrap()]).ok("rotate");
-    wait_for_log(&daemon, "ticket keys reloaded", 1);
+    daemon.wait_log("ticket keys reloaded", 1);
     runtime.block_on(async {
         let channel = edge::client::connect(&daemon.socket).await.unwrap();
         let mut admissions = AdmissionsClient::new(channel);
         admissions.admit(admit(&[(&old, "")])).await.expect("the previous key still verifies");
         daemon.cli(&["key", "rotate", "--key", keys.to_str().unwrap()]).ok("rotate");
-        wait_for_log(&daemon, "ticket keys reloaded", 2);
+        daemon.wait_log("ticket keys reloaded", 2);
         refused(
             admissions.admit(admit(&[(&old, "")])).await,
             Code::PermissionDenied,
@@ -207,16 +206,6 @@ fn lab_knock_only(lab: &Lab, daemon: &Daemon, keys: &Path) {
     let ticket = out.ok("ticket issue");
     knock(lab, UNKNOWN, ticket.trim());
     assert!(connects(lab, UNKNOWN), "a knock works with the daemon dead");
-}
-
-fn wait_for_log(daemon: &Daemon, needle: &str, times: usize) {
-    for _ in 0..50 {
-        if daemon.log().matches(needle).count() >= times {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("`{needle}` did not appear {times} times in the daemon log:\n{}", daemon.log());
 }
 
 fn time_today() -> String {

@@ -3,18 +3,15 @@
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use edge::filter::{Maps, PIN_ROOT};
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+use edge_tests::{
+    daemon::Daemon,
+    lab::{Lab, DENIED, UNKNOWN, VISITOR},
+    privileged, probe,
+};
 
-const VISITOR: &str = "192.0.2.10";
-const UNKNOWN: &str = "192.0.2.99";
-const DENIED: &str = "203.0.113.10";
 const TIMEOUT_MS: u32 = 700;
 /// Unknown sources get nothing: every unknown SYN to a protected port is dropped.
 const STRICT: &str = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
-
-fn probe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
-}
 
 /// A lab with a TCP server on 443 and 22, and a daemon configured for its server interface.
 fn lab_with_daemon(today: &str) -> (Lab, Daemon) {
@@ -411,12 +408,8 @@ fn a_damaged_log_is_refused_unchanged_and_salvaged_on_request() {
     let before: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().path()).collect();
 
     daemon.start().unwrap();
-    let log = || daemon.log();
-    let start = std::time::Instant::now();
-    while !log().contains("damaged") && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let refused = log();
+    daemon.wait_log("damaged", 1);
+    let refused = daemon.log();
     assert!(
         refused.contains(&wal.display().to_string()) && refused.contains("edge store salvage"),
         "{refused}"

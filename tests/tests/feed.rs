@@ -5,20 +5,19 @@
 use std::{
     path::Path,
     process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+use edge_tests::{
+    daemon::Daemon,
+    lab::{Lab, UNKNOWN},
+    privileged, probe,
+};
 
 const FIRST: &str = "192.0.2.30";
 const BACKLOG: &str = "192.0.2.31";
-const UNKNOWN: &str = "192.0.2.99";
 const PORT: &str = "6390";
 const STREAM: &str = "edge:admissions";
-
-fn probe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
-}
 
 fn connects(lab: &Lab, src: &str) -> bool {
     lab.connects(probe(), src, 443, 700).unwrap()
@@ -35,11 +34,8 @@ fn redis(lab: &Lab, dir: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting redis-server (installed by `cargo xtask setup`)");
-    let start = Instant::now();
-    while cli(lab, &["PING"]).as_deref() != Some("PONG") {
-        assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let answers = || cli(lab, &["PING"]).as_deref() == Some("PONG");
+    edge_tests::wait_until("redis-server to answer", Duration::from_secs(10), answers, String::new);
     child
 }
 
@@ -58,12 +54,8 @@ fn status(daemon: &Daemon) -> serde_json::Value {
     serde_json::from_str(&daemon.cli(&["status", "--json"]).ok("status")).unwrap()
 }
 
-fn wait(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait(what: &str, ok: impl FnMut() -> bool) {
+    edge_tests::wait_until(what, Duration::from_secs(15), ok, String::new);
 }
 
 #[test]

@@ -7,17 +7,15 @@ use std::{
 };
 
 use edge::filter::{pinned_link_ids, Maps, PIN_ROOT};
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+use edge_tests::{
+    daemon::Daemon,
+    lab::{Lab, UNKNOWN, VISITOR},
+    privileged, probe,
+};
 
-const VISITOR: &str = "192.0.2.10";
-const UNKNOWN: &str = "192.0.2.99";
 const SECOND_SERVER: &str = "198.51.100.1";
 const TIMEOUT_MS: u32 = 700;
 const STRICT: &str = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
-
-fn probe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
-}
 
 /// STRICT in a policy file, for `edge attach` (the directory goes with the first value).
 fn strict_policy_file() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use edge::{
-    filter::{XDP_DROP, XDP_PASS},
+    filter::XDP_DROP,
     ticket::{self, Key, Keyring},
-    Day, Filter, Policy, VisitorHistory,
+    Day, Policy, VisitorHistory,
 };
 use edge_common::{keys::AdmittedUntil, reason::*, ticket::TicketBytes};
 use edge_tests::{
     frames::{frame, L4},
+    harness::{case, loaded, Expect::*, Loaded},
     privileged,
 };
 
@@ -32,27 +33,9 @@ fn tcp(src: &str) -> Vec<u8> {
     frame(src, L4::Tcp(443)).build()
 }
 
-struct Lab {
-    filter: Filter,
-}
-
-impl Lab {
-    #[track_caller]
-    fn judge(&mut self, case: &str, frame: &[u8], action: u32, reason: Reason) {
-        let j = self.filter.judge(frame).unwrap();
-        assert_eq!((j.action, j.reason_name()), (action, REASON_NAMES[reason as usize]), "{case}");
-    }
-
-    fn admitted_until(&mut self, ip: &str) -> Option<u64> {
-        let key = edge::visitors::admission_key(ip.parse().unwrap());
-        self.filter
-            .maps
-            .admitted()
-            .unwrap()
-            .get(&key, 0)
-            .ok()
-            .map(|a: AdmittedUntil| a.admitted_until)
-    }
+fn admitted_until(lab: &mut Loaded, ip: &str) -> Option<u64> {
+    let key = edge::visitors::admission_key(ip.parse().unwrap());
+    lab.filter.maps.admitted().unwrap().get(&key, 0).ok().map(|a: AdmittedUntil| a.admitted_until)
 }
 
 fn knock_policy(dir: &Path, knock: bool) -> Policy {
@@ -77,10 +60,11 @@ fn knocks_are_verified_in_the_kernel() {
     let ring = Keyring::new(vec![current.clone(), previous.clone()]);
     ring.create(&dir.path().join("keys")).unwrap();
     let policy = knock_policy(dir.path(), true);
-    let loaded = edge::ticket::Keyring::load(policy.admission.keys.as_deref().unwrap()).unwrap();
-    assert_eq!(loaded, ring);
+    let from_file = Keyring::load(policy.admission.keys.as_deref().unwrap()).unwrap();
+    assert_eq!(from_file, ring);
 
-    let mut lab = Lab { filter: Filter::load().expect("loading the XDP program") };
+    let mut lab = loaded();
+    lab.filter.maps.reset_budgets().unwrap();
     let today = Day::today_utc();
     lab.filter.maps.apply(&policy, &VisitorHistory::default(), today).unwrap();
     lab.filter.maps.set_ticket_keys(Some(&ring)).unwrap();
@@ -89,26 +73,26 @@ fn knocks_are_verified_in_the_kernel() {
     let not_after = now() + 600;
     let valid = ticket::issue(&current, src.parse().unwrap(), not_after, 1);
 
-    lab.judge("unknown before the knock", &tcp(src), XDP_DROP, UNKNOWN_RATE);
-    lab.judge("valid knock", &knock_frame(src, &valid.0), XDP_DROP, KNOCK_OK);
-    assert_eq!(lab.admitted_until(src), Some(not_after + 1), "admitted through not-after");
-    lab.judge("admitted after the knock", &tcp(src), XDP_PASS, ADMITTED);
+    lab.check(&case("unknown before the knock", tcp(src), Drop(UNKNOWN_RATE)));
+    lab.check(&case("valid knock", knock_frame(src, &valid.0), Drop(KNOCK_OK)));
+    assert_eq!(admitted_until(&mut lab, src), Some(not_after + 1), "admitted through not-after");
+    lab.check(&case("admitted after the knock", tcp(src), Pass(ADMITTED)));
 
     // Replays: from another address it fails; from the same one it renews the same admission.
-    lab.judge("replay, other IP", &knock_frame("192.0.2.51", &valid.0), XDP_DROP, KNOCK_WRONG_IP);
-    lab.judge("the other IP is not admitted", &tcp("192.0.2.51"), XDP_DROP, UNKNOWN_RATE);
-    lab.judge("replay, same IP", &knock_frame(src, &valid.0), XDP_DROP, KNOCK_OK);
-    assert_eq!(lab.admitted_until(src), Some(not_after + 1));
+    lab.check(&case("replay, other IP", knock_frame("192.0.2.51", &valid.0), Drop(KNOCK_WRONG_IP)));
+    lab.check(&case("the other IP is not admitted", tcp("192.0.2.51"), Drop(UNKNOWN_RATE)));
+    lab.check(&case("replay, same IP", knock_frame(src, &valid.0), Drop(KNOCK_OK)));
+    assert_eq!(admitted_until(&mut lab, src), Some(not_after + 1));
 
     // Rotation: the previous key still verifies; an unknown id does not.
     let by_previous = ticket::issue(&previous, "192.0.2.52".parse().unwrap(), not_after, 2);
-    lab.judge("previous key", &knock_frame("192.0.2.52", &by_previous.0), XDP_DROP, KNOCK_OK);
+    lab.check(&case("previous key", knock_frame("192.0.2.52", &by_previous.0), Drop(KNOCK_OK)));
     let retired = ticket::issue(&key(9, 9), "192.0.2.53".parse().unwrap(), not_after, 3);
-    lab.judge("unknown key", &knock_frame("192.0.2.53", &retired.0), XDP_DROP, KNOCK_UNKNOWN_KEY);
+    lab.check(&case("unknown key", knock_frame("192.0.2.53", &retired.0), Drop(KNOCK_UNKNOWN_KEY)));
 
     let expired = ticket::issue(&current, "192.0.2.54".parse().unwrap(), now() - 10, 4);
-    lab.judge("expired", &knock_frame("192.0.2.54", &expired.0), XDP_DROP, KNOCK_EXPIRED);
-    lab.judge("expired admits nothing", &tcp("192.0.2.54"), XDP_DROP, UNKNOWN_RATE);
+    lab.check(&case("expired", knock_frame("192.0.2.54", &expired.0), Drop(KNOCK_EXPIRED)));
+    lab.check(&case("expired admits nothing", tcp("192.0.2.54"), Drop(UNKNOWN_RATE)));
 
     // Every single bit flip is refused, for the reason the userspace verifier gives.
     let other = "192.0.2.60";
@@ -126,49 +110,52 @@ fn knocks_are_verified_in_the_kernel() {
             "bit {bit}: kernel vs daemon"
         );
     }
-    lab.judge("no flip admitted anyone", &tcp(other), XDP_DROP, UNKNOWN_RATE);
+    lab.check(&case("no flip admitted anyone", tcp(other), Drop(UNKNOWN_RATE)));
 
     // Wrong sizes: truncated, oversized, empty; and a datagram cut short of its length.
     for len in [0, 1, 47, 49, 96] {
         let mut bytes = valid.0.to_vec();
         bytes.resize(len, 0);
-        lab.judge(
-            &format!("{len}-byte knock"),
-            &knock_frame(src, &bytes),
-            XDP_DROP,
-            KNOCK_MALFORMED,
-        );
+        lab.check(&case(
+            format!("{len}-byte knock"),
+            knock_frame(src, &bytes),
+            Drop(KNOCK_MALFORMED),
+        ));
     }
     let whole = knock_frame("192.0.2.70", &valid.0);
-    lab.judge("cut datagram", &whole[..whole.len() - 10], XDP_DROP, KNOCK_MALFORMED);
+    lab.check(&case("cut datagram", &whole[..whole.len() - 10], Drop(KNOCK_MALFORMED)));
 
     // IPv6 binds the /64.
     let v6 = ticket::issue(&current, "2001:db8:5:6::1".parse().unwrap(), not_after, 6);
-    lab.judge("v6 knock from the /64", &knock_frame("2001:db8:5:6::99", &v6.0), XDP_DROP, KNOCK_OK);
-    lab.judge("v6 admitted /64", &tcp("2001:db8:5:6::abcd"), XDP_PASS, ADMITTED);
-    lab.judge("v6 other /64", &knock_frame("2001:db8:5:7::1", &v6.0), XDP_DROP, KNOCK_WRONG_IP);
-    lab.judge("v6 other /64 not admitted", &tcp("2001:db8:5:7::1"), XDP_DROP, UNKNOWN_RATE);
+    lab.check(&case(
+        "v6 knock from the /64",
+        knock_frame("2001:db8:5:6::99", &v6.0),
+        Drop(KNOCK_OK),
+    ));
+    lab.check(&case("v6 admitted /64", tcp("2001:db8:5:6::abcd"), Pass(ADMITTED)));
+    lab.check(&case("v6 other /64", knock_frame("2001:db8:5:7::1", &v6.0), Drop(KNOCK_WRONG_IP)));
+    lab.check(&case("v6 other /64 not admitted", tcp("2001:db8:5:7::1"), Drop(UNKNOWN_RATE)));
 
     // Deny comes first: a denied source cannot knock its way in.
     let denied = ticket::issue(&current, "203.0.113.9".parse().unwrap(), not_after, 7);
-    lab.judge("denied knock", &knock_frame("203.0.113.9", &denied.0), XDP_DROP, DENY);
+    lab.check(&case("denied knock", knock_frame("203.0.113.9", &denied.0), Drop(DENY)));
 
     // Keys removed: every knock is an unknown key (the object file holds none).
     lab.filter.maps.set_ticket_keys(None).unwrap();
     let fresh = ticket::issue(&current, "192.0.2.80".parse().unwrap(), not_after, 8);
-    lab.judge("no keys", &knock_frame("192.0.2.80", &fresh.0), XDP_DROP, KNOCK_UNKNOWN_KEY);
+    lab.check(&case("no keys", knock_frame("192.0.2.80", &fresh.0), Drop(KNOCK_UNKNOWN_KEY)));
 
     // Purging drops what expired (the expired knock admitted nothing) and keeps the rest.
     let stale = edge::visitors::admission_key("192.0.2.90".parse().unwrap());
     lab.filter.maps.admit_key(stale, now() - 1).unwrap();
     assert_eq!(lab.filter.maps.purge_admissions(now()).unwrap(), 1);
-    assert_eq!(lab.admitted_until("192.0.2.90"), None);
-    assert_eq!(lab.admitted_until(src), Some(not_after + 1));
+    assert_eq!(admitted_until(&mut lab, "192.0.2.90"), None);
+    assert_eq!(admitted_until(&mut lab, src), Some(not_after + 1));
 
     // Without a knock port, the port is just an unprotected UDP port.
     let plain = knock_policy(dir.path(), false);
     lab.filter.maps.apply(&plain, &VisitorHistory::default(), today).unwrap();
-    lab.judge("knock off", &knock_frame("192.0.2.80", &fresh.0), XDP_PASS, PASS_UNPROTECTED);
+    lab.check(&case("knock off", knock_frame("192.0.2.80", &fresh.0), Pass(PASS_UNPROTECTED)));
 }
 
 #[test]
@@ -178,27 +165,28 @@ fn the_admitted_hint_gates_the_lookup_and_rebuilds_without_losing_admissions() {
     }
     let dir = tempfile::tempdir().unwrap();
     let policy = knock_policy(dir.path(), true);
-    let mut lab = Lab { filter: Filter::load().expect("loading the XDP program") };
+    let mut lab = loaded();
+    lab.filter.maps.reset_budgets().unwrap();
     lab.filter.maps.apply(&policy, &VisitorHistory::default(), Day::today_utc()).unwrap();
     let (a, b) = ("192.0.2.61", "192.0.2.62");
     let key = |ip: &str| edge::visitors::admission_key(ip.parse().unwrap());
 
     // Never admitted: the hint is closed, so the admitted map is not even looked up.
     assert!(!lab.filter.maps.admitted_hinted(&key(b)));
-    lab.judge("never admitted", &tcp(b), XDP_DROP, UNKNOWN_RATE);
+    lab.check(&case("never admitted", tcp(b), Drop(UNKNOWN_RATE)));
 
     lab.filter.maps.admit_key(key(a), now() + 3600).unwrap();
     assert!(lab.filter.maps.admitted_hinted(&key(a)));
-    lab.judge("admitted", &tcp(a), XDP_PASS, ADMITTED);
+    lab.check(&case("admitted", tcp(a), Pass(ADMITTED)));
     // Rebuilds flip generations; a held admission is in every one.
     for round in 0..3 {
         lab.filter.maps.rebuild_admitted_hint().unwrap();
         assert!(lab.filter.maps.admitted_hinted(&key(a)), "round {round}");
-        lab.judge("admitted after a rebuild", &tcp(a), XDP_PASS, ADMITTED);
+        lab.check(&case("admitted after a rebuild", tcp(a), Pass(ADMITTED)));
     }
     // Revoked: the next rebuild closes its slot again.
     lab.filter.maps.revoke(a.parse().unwrap()).unwrap();
     lab.filter.maps.rebuild_admitted_hint().unwrap();
     assert!(!lab.filter.maps.admitted_hinted(&key(a)));
-    lab.judge("revoked", &tcp(a), XDP_DROP, UNKNOWN_RATE);
+    lab.check(&case("revoked", tcp(a), Drop(UNKNOWN_RATE)));
 }

@@ -2,12 +2,9 @@
 //! protected port is recorded as today's visitor; forged SYNs and ACKs from addresses that
 //! cannot answer the SYN-ACK are not, and neither is a handshake on an unprotected port, one a
 //! local user completes in a network namespace of their own, or one to loopback.
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+use edge_tests::{daemon::Daemon, lab::Lab, privileged, probe};
 
 // Addresses no other test uses: the tracepoint sees every namespace on the host.
 const CLIENT: &str = "192.0.2.177";
@@ -16,10 +13,6 @@ const SPOOFED_SYN: &str = "192.0.2.178";
 const SPOOFED_ACK: &str = "192.0.2.179";
 /// What a local user puts on a namespace of their own.
 const FORGED: &str = "198.51.100.77";
-
-fn probe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
-}
 
 fn visitors(daemon: &Daemon) -> String {
     daemon.cli(&["visitors", "list", "--json"]).ok("visitors list")
@@ -45,11 +38,7 @@ fn a_completed_handshake_makes_a_visitor_and_forged_segments_do_not() {
     let mut daemon = Daemon::configure(&lab, &[&iface], policy, "2026-11-22").unwrap();
     daemon.start().unwrap();
     daemon.wait_ready().unwrap();
-    let start = Instant::now();
-    while !daemon.log().contains("learning visitors from completed handshakes") {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.wait_log("learning visitors from completed handshakes", 1);
 
     // Forged segments first: they reach the server (counted as unknown) but complete nothing.
     let unknown_before = packets(&daemon, "unknown_pass");
@@ -98,11 +87,10 @@ fn a_completed_handshake_makes_a_visitor_and_forged_segments_do_not() {
     // A real handshake on a protected port.
     assert!(lab.connects(probe(), CLIENT, 443, 700).unwrap());
 
-    let start = Instant::now();
-    while !visitors(&daemon).contains(CLIENT) {
-        assert!(start.elapsed() < Duration::from_secs(5), "not learned:\n{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let learned = || visitors(&daemon).contains(CLIENT);
+    edge_tests::wait_until("the client to be learned", Duration::from_secs(5), learned, || {
+        daemon.log()
+    });
     // The readers drain every 200 ms: anything the forged segments caused is in by now.
     std::thread::sleep(Duration::from_millis(600));
     let list = visitors(&daemon);

@@ -6,9 +6,11 @@ use std::{
     process::{Command, Stdio},
 };
 
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
-
-const VISITOR: &str = "192.0.2.10";
+use edge_tests::{
+    daemon::Daemon,
+    lab::{Lab, VISITOR},
+    privileged,
+};
 
 #[test]
 fn metrics_expose_counters_and_state_and_pass_promtool() {

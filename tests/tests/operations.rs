@@ -1,21 +1,17 @@
 //! Operating the daemon: `mode = "auto"` driven by a real flood in the lab, and config reload
 //! (`edge config reload` and SIGHUP) that applies a good file and refuses a bad one.
 use std::{
-    path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use edge_tests::{daemon::Daemon, lab::Lab, privileged};
+use edge_tests::{
+    daemon::Daemon,
+    lab::{Lab, FLOODER, UNKNOWN, VISITOR},
+    privileged, probe,
+};
 
-const VISITOR: &str = "192.0.2.10";
-const UNKNOWN: &str = "192.0.2.99";
-const FLOODER: &str = "192.0.2.66";
 const TIMEOUT_MS: u32 = 700;
-
-fn probe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_edge-probe"))
-}
 
 fn lab_with_server(clients: &[&str]) -> Lab {
     let mut lab = Lab::new(clients).expect("creating the namespace lab");
@@ -152,15 +148,8 @@ fn a_bad_config_is_refused_on_reload_and_a_good_one_applies() {
     daemon.stop().unwrap();
 }
 
-fn wait_for(mut ok: impl FnMut() -> bool, daemon: &Daemon) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out; the daemon's log:\n{}", daemon.log());
+fn wait_for(ok: impl FnMut() -> bool, daemon: &Daemon) {
+    edge_tests::wait_until("the condition", Duration::from_secs(10), ok, || daemon.log());
 }
 
 #[test]

@@ -2,12 +2,14 @@
 //! protected port ever passes, whatever the frame looks like. Frames are random structures
 //! (VLANs, options, extension chains, fragments, truncation) and random bytes; an independent
 //! parser (etherparse) decides what each frame is.
-use std::{path::Path, sync::Mutex, sync::OnceLock};
+use std::sync::OnceLock;
 
-use edge::{filter::XDP_PASS, Day, Filter, Policy, VisitorHistory};
+use edge::filter::XDP_PASS;
 use edge_common::reason::{NEIGHBOR_DISCOVERY, NON_IP, PASS_UNPROTECTED};
 use edge_tests::{
     frames::{frame, Fragment, L4},
+    harness::{loaded, Loaded},
+    lab::TODAY,
     privileged,
 };
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -15,19 +17,12 @@ use proptest::prelude::*;
 
 const PROTECTED: [(bool, u16); 3] = [(true, 80), (true, 443), (false, 443)];
 
-fn filter() -> &'static Mutex<Filter> {
-    static FILTER: OnceLock<Mutex<Filter>> = OnceLock::new();
-    FILTER.get_or_init(|| {
-        let mut f = Filter::load().expect("loading the XDP program");
-        let policy = Policy::parse(
-            "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n",
-            "p.toml",
-            Path::new("."),
-        )
-        .unwrap();
-        f.maps.apply(&policy, &VisitorHistory::default(), Day::today_utc()).unwrap();
-        Mutex::new(f)
-    })
+/// The shared program, with an enforcing policy, no lists and no unknown budget (set once).
+fn strict() -> std::sync::MutexGuard<'static, Loaded> {
+    static SET: std::sync::Once = std::sync::Once::new();
+    let mut loaded = loaded();
+    SET.call_once(|| loaded.setup("mode = \"enforce\"\n[unknown]\nrate_pps = 0\n", "", TODAY));
+    loaded
 }
 
 /// Whether an independent parser sees a TCP/UDP packet to a protected port in this frame.
@@ -53,8 +48,8 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     if bytes.len() < 14 {
         return Ok(()); // never reaches XDP
     }
-    let mut f = filter().lock().unwrap();
-    let j = f.judge(bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut f = strict();
+    let j = f.filter.judge(bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
     if j.action == XDP_PASS {
         prop_assert!(
             [NON_IP, NEIGHBOR_DISCOVERY, PASS_UNPROTECTED].contains(&j.reason),

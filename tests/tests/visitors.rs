@@ -4,7 +4,7 @@
 //! every step: a /24's net bit is set exactly when the /24 holds a visitor, and a /16's block
 //! bit exactly when the /16 does (a clear summary bit is what lets the kernel skip the finer
 //! bits, so a visitor's must never be clear).
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, sync::Mutex, sync::OnceLock};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
 use edge::{
     filter::{XDP_DROP, XDP_PASS},
@@ -14,6 +14,7 @@ use edge::{
 use edge_common::reason::{UNKNOWN_RATE, VISITOR};
 use edge_tests::{
     frames::{frame, L4},
+    harness::loaded,
     privileged,
 };
 use proptest::prelude::*;
@@ -25,11 +26,6 @@ const UNTOUCHED: [[u8; 3]; 2] = [[10, 1, 4], [10, 2, 0]];
 
 const POLICY: &str =
     "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/443\"]\n[unknown]\nrate_pps = 0\n";
-
-fn filter() -> &'static Mutex<Filter> {
-    static FILTER: OnceLock<Mutex<Filter>> = OnceLock::new();
-    FILTER.get_or_init(|| Mutex::new(Filter::load().expect("loading the XDP program")))
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -54,7 +50,8 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut f = filter().lock().unwrap_or_else(|p| p.into_inner());
+    let mut loaded = loaded();
+    let f = &mut loaded.filter;
     let today = Day::today_utc();
     let policy = Policy::parse(POLICY, "p.toml", Path::new(".")).unwrap();
     let reconcile = |f: &mut Filter, set: &BTreeSet<Ipv4Addr>| {
@@ -63,7 +60,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         f.maps.apply(&policy, &history, today).unwrap();
     };
     let mut model = BTreeSet::new();
-    reconcile(&mut f, &model);
+    reconcile(f, &model);
     for op in ops {
         match op {
             Op::Insert(a) => {
@@ -76,7 +73,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Reconcile(set) => {
                 model = set.iter().copied().collect();
-                reconcile(&mut f, &model);
+                reconcile(f, &model);
             }
         }
         for net in NETS.iter().chain(&UNTOUCHED) {
