@@ -34,8 +34,10 @@ fn take(bucket: *mut Bucket, now: u64, interval: u64) {
         if (*bucket).tat_ns < now {
             (*bucket).tat_ns = now;
         }
-        // BPF has atomic add (no compare-and-swap on older ISAs, so core's AtomicU64 offers
-        // no fetch_add here); the result is unused, which compiles to a plain `lock xadd`.
+        // The stable `AtomicU64::fetch_add` needs `target_has_atomic = "64"`, which the bpfel
+        // target does not set (its spec has `atomic-cas: false`): the intrinsic beneath it is
+        // used directly. The result is unused, so it compiles to the plain BPF atomic add
+        // (opcode 0xdb, imm BPF_ADD, no fetch): both takes in the object are that.
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*bucket).tat_ns, interval);
     }
 }
