@@ -164,6 +164,7 @@ fn main() -> Result<()> {
     );
 
     api_throughput(&out, &daemon, &iface)?;
+    relay_cost(&out)?;
     daemon.stop()?;
     edge::detach(&iface)?;
     drop(lab);
@@ -302,6 +303,60 @@ fn api_throughput(out: &Out, daemon: &Daemon, iface: &str) -> Result<()> {
             serde_json::json!({ "case": "api_record_visits", "visits_per_second": rate.round(), "batch": BATCH, "call_ms_p50": round3(c50), "call_ms_p99": round3(c99), "ack_to_kernel_us_p99": round1(v99) }),
             format!(
                 "api_record_visits      {rate:.0} visits/s; call p50 {c50:.1} ms, p99 {c99:.1} ms (each fsync'ed); ack -> kernel p99 {v99:.1} us (written before the answer)"
+            ),
+        );
+        Ok(())
+    })
+}
+
+/// What the Unix socket's `:authority` relay costs a call: the same gRPC health service served
+/// on two sockets, one straight to tonic and one through `unix_relay`, called alternately in
+/// rounds by one stock tonic client each (unary calls, so every call's headers are re-encoded).
+fn relay_cost(out: &Out) -> Result<()> {
+    use tokio::net::UnixListener;
+    use tokio_stream::wrappers::UnixListenerStream;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    out.say("\nUnix socket relay (gRPC health Check, unary; direct vs relayed, alternating):");
+    const CALLS: usize = 2_000;
+    const ROUNDS: usize = 5;
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let serve = |relayed: bool| -> Result<std::path::PathBuf> {
+            let path = dir.path().join(if relayed { "relayed.sock" } else { "direct.sock" });
+            let listener = UnixListener::bind(&path)?;
+            let (_, health) = tonic_health::server::health_reporter();
+            let server = tonic::transport::Server::builder().add_service(health);
+            if relayed {
+                let incoming = edge::daemon::unix_relay::relay(listener);
+                tokio::spawn(server.serve_with_incoming(incoming));
+            } else {
+                tokio::spawn(server.serve_with_incoming(UnixListenerStream::new(listener)));
+            }
+            Ok(path)
+        };
+        let mut clients = Vec::new();
+        for relayed in [false, true] {
+            clients.push(HealthClient::new(edge::client::connect(&serve(relayed)?).await?));
+        }
+        let mut micros = [Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (client, times) in clients.iter_mut().zip(micros.iter_mut()) {
+                for _ in 0..CALLS {
+                    let t = Instant::now();
+                    client.check(HealthCheckRequest { service: String::new() }).await?;
+                    times.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+        let [direct, relayed] = &mut micros;
+        let (d50, d99) = (percentile(direct, 0.5), percentile(direct, 0.99));
+        let (r50, r99) = (percentile(relayed, 0.5), percentile(relayed, 0.99));
+        out.case(
+            serde_json::json!({ "case": "unix_relay_call", "direct_us_p50": round1(d50), "direct_us_p99": round1(d99), "relayed_us_p50": round1(r50), "relayed_us_p99": round1(r99), "ratio_p50": round3(r50 / d50) }),
+            format!(
+                "unix_relay_call        direct p50 {d50:.1} us, p99 {d99:.1} us; relayed p50 {r50:.1} us, p99 {r99:.1} us; relayed/direct p50 {:.2}",
+                r50 / d50
             ),
         );
         Ok(())
