@@ -11,15 +11,15 @@
 //! Written here rather than patching h2: it is a few dozen lines against a stable wire format
 //! (RFC 9113 framing, RFC 7541 literals), and the one part with state, the decoder, comes
 //! from `fluke-hpack`.
-use std::io;
+use std::{io, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, DuplexStream},
     net::{UnixListener, UnixStream},
-    sync::mpsc,
+    sync::{mpsc, Semaphore},
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::debug;
+use tracing::{debug, warn};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -28,26 +28,48 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// The frame size every HTTP/2 peer accepts (SETTINGS_MAX_FRAME_SIZE's floor): blocks we
-/// write are cut to it.
+/// The largest frame either side may send: SETTINGS_MAX_FRAME_SIZE's default, which the server
+/// behind the relay keeps (a client sending more breaks the protocol anyway). Blocks we write
+/// are cut to it too.
 const FRAME_MAX: usize = 16_384;
-/// Largest header block accepted from a client (a gRPC request's headers are a few hundred
-/// bytes).
-const BLOCK_MAX: usize = 1 << 20;
+/// Largest header block accepted from a client, compressed (a gRPC request's headers are a few
+/// hundred bytes; stock clients cap their metadata at 8 KiB to 16 KiB).
+const BLOCK_MAX: usize = 256 * 1024;
+/// Largest header list a block may decode to, counted as RFC 7541 counts (name + value + 32
+/// per header). HPACK lets a short block name one big table entry many times over: without this
+/// cap, a 256 KiB block could ask for gigabytes.
+const LIST_MAX: usize = 256 * 1024;
+/// The decoder's dynamic table: the HPACK default the server behind the relay advertises.
+const TABLE_MAX: usize = 4_096;
+/// Connections relayed at once; more wait in the socket's backlog.
+const CONNECTIONS_MAX: usize = 256;
+/// How long a new connection may take to send the HTTP/2 preface.
+const PREFACE_WAIT: Duration = Duration::from_secs(10);
 /// What an authority on a Unix socket means.
 const AUTHORITY: &[u8] = b"localhost";
 
 /// Accepts connections on `listener` and hands the server one relayed stream per connection.
 pub fn relay(listener: UnixListener) -> ReceiverStream<io::Result<DuplexStream>> {
     let (tx, rx) = mpsc::channel(16);
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     tokio::spawn(async move {
         loop {
-            let accepted = listener.accept().await.map(|(client, _)| {
-                let (ours, server) = tokio::io::duplex(64 * 1024);
-                tokio::spawn(connection(client, ours));
-                server
+            let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let client = match listener.accept().await {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    // Out of descriptors or memory: retrying at once would spin.
+                    warn!("API socket: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (ours, server) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                connection(client, ours).await;
+                drop(slot);
             });
-            if tx.send(accepted).await.is_err() {
+            if tx.send(Ok(server)).await.is_err() {
                 return; // the server stopped
             }
         }
@@ -57,23 +79,34 @@ pub fn relay(listener: UnixListener) -> ReceiverStream<io::Result<DuplexStream>>
 
 async fn connection(client: UnixStream, server: DuplexStream) {
     let (client_read, mut client_write) = client.into_split();
-    let (server_read, server_write) = tokio::io::split(server);
-    let inbound = mend(client_read, server_write);
+    let (server_read, mut server_write) = tokio::io::split(server);
+    let inbound = async move {
+        mend(client_read, &mut server_write).await?;
+        // The client is done sending: the server still answers what is in flight.
+        server_write.shutdown().await
+    };
     let outbound = async move {
         let mut server_read = server_read;
         tokio::io::copy(&mut server_read, &mut client_write).await
     };
-    // Either side ending ends the connection.
+    tokio::pin!(inbound, outbound);
     tokio::select! {
-        result = inbound => if let Err(e) = result { debug!("relayed connection: {e}") },
-        _ = outbound => {}
+        result = &mut inbound => match result {
+            Ok(()) => {
+                let _ = outbound.await;
+            }
+            Err(e) => debug!("relayed connection: {e}"),
+        },
+        _ = &mut outbound => {}
     }
 }
 
 /// Copies a client's HTTP/2 stream to the server, mending the `:authority` of every request.
 async fn mend(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) -> io::Result<()> {
     let mut preface = [0u8; 24];
-    from.read_exact(&mut preface).await?;
+    tokio::time::timeout(PREFACE_WAIT, from.read_exact(&mut preface))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface"))??;
     to.write_all(&preface).await?;
     if &preface != PREFACE {
         // Not HTTP/2 with prior knowledge: the server answers it as it would have.
@@ -81,7 +114,7 @@ async fn mend(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
         return Ok(());
     }
     let mut decoder = fluke_hpack::Decoder::new();
-    decoder.set_max_allowed_table_size(64 * 1024);
+    decoder.set_max_allowed_table_size(TABLE_MAX);
     loop {
         let Some((kind, flags, stream, payload)) = read_frame(&mut from).await? else {
             return Ok(());
@@ -102,12 +135,7 @@ async fn mend(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
             block.extend_from_slice(&payload);
             end = more & END_HEADERS != 0;
         }
-        let headers = decoder.decode(&block).map_err(|e| invalid(&format!("HPACK: {e:?}")))?;
-        let mut mended = Vec::with_capacity(block.len() + 64);
-        for (name, value) in &headers {
-            let value = if name.as_slice() == b":authority" { AUTHORITY } else { value };
-            literal(name, value, &mut mended);
-        }
+        let mended = mended_block(&mut decoder, &block)?;
         // HEADERS (its END_STREAM kept), then CONTINUATION frames; priority hints are dropped.
         let mut chunks = mended.chunks(FRAME_MAX).peekable();
         let mut kind = HEADERS;
@@ -125,6 +153,29 @@ async fn mend(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
     }
 }
 
+/// A request's header block decoded with the connection's decoder and written again as
+/// literals, its `:authority` replaced; refused past LIST_MAX decoded bytes.
+fn mended_block(decoder: &mut fluke_hpack::Decoder, block: &[u8]) -> io::Result<Vec<u8>> {
+    let mut mended = Vec::with_capacity(block.len() + 64);
+    let mut listed = 0usize;
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        decoder.decode_with_cb(block, |name, value| {
+            listed += name.len() + value.len() + 32;
+            if listed <= LIST_MAX {
+                let value = if name.as_ref() == b":authority" { AUTHORITY } else { &value };
+                literal(&name, value, &mut mended);
+            }
+        })
+    }));
+    match decoded {
+        Ok(Ok(())) if listed <= LIST_MAX => Ok(mended),
+        Ok(Ok(())) => Err(invalid("a header list larger than any this server accepts")),
+        Ok(Err(e)) => Err(invalid(&format!("HPACK: {e:?}"))),
+        // fluke-hpack unwraps a size update cut short instead of returning its error.
+        Err(_) => Err(invalid("HPACK: a malformed block")),
+    }
+}
+
 /// The next frame: (type, flags, stream id, payload); `None` at a clean end of stream.
 async fn read_frame(
     from: &mut (impl AsyncRead + Unpin),
@@ -136,8 +187,8 @@ async fn read_frame(
         Err(e) => return Err(e),
     }
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    if len > BLOCK_MAX {
-        return Err(invalid("a frame larger than any this server accepts"));
+    if len > FRAME_MAX {
+        return Err(invalid("a frame larger than SETTINGS_MAX_FRAME_SIZE"));
     }
     let mut payload = vec![0; len];
     from.read_exact(&mut payload).await?;
@@ -252,5 +303,57 @@ mod tests {
             rest = &rest[9 + len..];
         }
         assert_eq!(seen, [(HEADERS, 0), (0x0, END_STREAM), (HEADERS, END_STREAM)]);
+    }
+
+    #[test]
+    fn a_block_that_decodes_to_too_much_is_refused() {
+        // One 4,000-byte entry put in the table, then named by index 100 times: 101 bytes of
+        // block that would decode to 400 KB.
+        let mut block = vec![0x40];
+        integer(1, 7, &mut block);
+        block.push(b'x');
+        integer(4_000, 7, &mut block);
+        block.extend(std::iter::repeat_n(b'v', 4_000));
+        block.extend(std::iter::repeat_n(0x80 | 62, 100));
+        let error = mended_block(&mut fluke_hpack::Decoder::new(), &block).unwrap_err();
+        assert!(error.to_string().contains("header list larger"), "{error}");
+        // The same entry named a few times is an ordinary block.
+        let small = &block[..block.len() - 95];
+        assert!(mended_block(&mut fluke_hpack::Decoder::new(), small).is_ok());
+    }
+
+    #[test]
+    fn a_size_update_cut_short_is_an_error_not_a_panic() {
+        let error = mended_block(&mut fluke_hpack::Decoder::new(), &[0x3f]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_maximum_frame_size_are_refused() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x0, 0, 1, &vec![0; FRAME_MAX + 1]));
+        let error = mend(wire.as_slice(), &mut Vec::new()).await.unwrap_err();
+        assert!(error.to_string().contains("SETTINGS_MAX_FRAME_SIZE"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_sending_still_gets_its_answers() {
+        let (mut client, relayed) = UnixStream::pair().unwrap();
+        let (ours, mut server) = tokio::io::duplex(64 * 1024);
+        let relay = tokio::spawn(connection(relayed, ours));
+        let mut request = PREFACE.to_vec();
+        request.extend(frame(0x0, END_STREAM, 1, b"ask"));
+        client.write_all(&request).await.unwrap();
+        client.shutdown().await.unwrap();
+        // The server reads the whole request, sees its end, and only then answers.
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, request);
+        server.write_all(b"answer").await.unwrap();
+        drop(server);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+        relay.await.unwrap();
     }
 }
