@@ -66,6 +66,9 @@ pub struct Store {
     wal_path: PathBuf,
     next_seq: u64,
     wal_bytes: u64,
+    /// A failed write left bytes past `wal_bytes` that could not be cut off yet: no record is
+    /// written after them (it would read as damage) until they are, or a new log starts.
+    stray_tail: bool,
     _lock: File,
 }
 
@@ -197,8 +200,15 @@ impl Store {
         };
         let wal = OpenOptions::new().append(true).open(&wal_path).map_err(io_at(&wal_path))?;
         let wal_bytes = wal.metadata().map_err(io_at(&wal_path))?.len();
-        let store =
-            Self { dir: dir.into(), wal, wal_path, next_seq: last_seq + 1, wal_bytes, _lock: lock };
+        let store = Self {
+            dir: dir.into(),
+            wal,
+            wal_path,
+            next_seq: last_seq + 1,
+            wal_bytes,
+            stray_tail: false,
+            _lock: lock,
+        };
         Ok((store, state, recovery))
     }
 
@@ -206,10 +216,14 @@ impl Store {
     pub fn append(&mut self, op: &Op) -> Result<(), StoreError> {
         let frame = wal::encode(self.next_seq, op)
             .map_err(|reason| StoreError::Corrupt { path: self.wal_path.clone(), reason })?;
+        if self.stray_tail {
+            self.wal.set_len(self.wal_bytes).map_err(io_at(&self.wal_path))?;
+            self.stray_tail = false;
+        }
         let result = self.wal.write_all(&frame).and_then(|()| self.wal.sync_data());
         if let Err(e) = result {
             // Whatever part of the frame reached the file is cut off, so the log stays whole.
-            let _ = self.wal.set_len(self.wal_bytes);
+            self.stray_tail = self.wal.set_len(self.wal_bytes).is_err();
             return Err(StoreError::Io { path: self.wal_path.clone(), source: e });
         }
         self.wal_bytes += frame.len() as u64;
@@ -236,6 +250,7 @@ impl Store {
         self.wal =
             OpenOptions::new().append(true).open(&self.wal_path).map_err(io_at(&self.wal_path))?;
         self.wal_bytes = wal::MAGIC.len() as u64;
+        self.stray_tail = false;
         for path in old.into_iter().filter(|p| *p != self.wal_path) {
             std::fs::remove_file(&path).map_err(io_at(&path))?;
         }
@@ -307,16 +322,28 @@ pub fn salvage(dir: &Path) -> Result<Salvage, StoreError> {
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let aside = dir.join(format!("salvaged-{unix}"));
-    std::fs::create_dir(&aside).map_err(io_at(&aside))?;
+    // A fresh directory, also when salvage runs again within the same second.
+    let mut aside = dir.join(format!("salvaged-{unix}"));
+    for again in 2.. {
+        match std::fs::create_dir(&aside) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                aside = dir.join(format!("salvaged-{unix}-{again}"));
+            }
+            created => {
+                created.map_err(io_at(&aside))?;
+                break;
+            }
+        }
+    }
     write_snapshot_at(dir, &aside, &state, last_seq, &wals)?;
     report.moved_to = Some(aside);
     Ok(report)
 }
 
-/// Moves the old snapshot and logs into `aside`, then writes the salvaged snapshot and an
-/// empty log after it. A crash part way leaves the old files in `aside`, where an operator
-/// (or a second salvage, after moving them back) finds them.
+/// Keeps the old snapshot and logs in `aside` (hard links: nothing is copied, no space is
+/// needed), then puts the salvaged snapshot in place of the old one (an atomic rename), drops
+/// the old logs and starts an empty one. A crash at any step leaves a store that opens to the
+/// salvaged state, or one that is still refused as damaged (salvage again): never an empty one.
 fn write_snapshot_at(
     dir: &Path,
     aside: &Path,
@@ -331,10 +358,14 @@ fn write_snapshot_at(
     }
     for path in &old {
         let to = aside.join(path.file_name().expect("a file in the state directory"));
-        std::fs::rename(path, &to).map_err(io_at(path))?;
+        std::fs::hard_link(path, &to).map_err(io_at(path))?;
     }
     sync_dir(aside)?;
     write_snapshot(dir, state, last_seq)?;
+    for path in wals {
+        std::fs::remove_file(path).map_err(io_at(path))?;
+    }
+    sync_dir(dir)?;
     new_wal(dir, last_seq + 1)?;
     Ok(())
 }
@@ -485,12 +516,13 @@ mod tests {
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
     }
 
-    #[test]
-    fn damage_refuses_the_store_unchanged_and_salvage_keeps_every_valid_record() {
+    /// A store of `records` single visits whose log has one bit flipped in its middle: the
+    /// directory, the log, its damaged bytes and the flipped byte's offset.
+    fn damaged_store(records: u32) -> (tempfile::TempDir, PathBuf, Vec<u8>, usize) {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut store, _, _) = Store::open(dir.path()).unwrap();
-            for i in 0..300 {
+            for i in 0..records {
                 store.append(&visits(20_000, &[i], &[])).unwrap();
             }
         }
@@ -499,6 +531,12 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x04;
         std::fs::write(&wal, &bytes).unwrap();
+        (dir, wal, bytes, middle)
+    }
+
+    #[test]
+    fn damage_refuses_the_store_unchanged_and_salvage_keeps_every_valid_record() {
+        let (dir, wal, bytes, middle) = damaged_store(300);
         let e = Store::open(dir.path()).err().expect("a damaged log is refused");
         let StoreError::Damaged { at, next, .. } = e else { panic!("{e}") };
         assert!(at <= middle && middle < next, "{at}..{next} holds byte {middle}");
@@ -520,6 +558,22 @@ mod tests {
         assert_eq!(Store::open(dir.path()).unwrap().1.history.len(), 300);
         // A store with nothing damaged is left alone.
         assert!(salvage(dir.path()).unwrap().moved_to.is_none());
+    }
+
+    #[test]
+    fn a_salvage_that_cannot_finish_leaves_the_damaged_store_not_an_empty_one() {
+        let (dir, wal, bytes, _) = damaged_store(100);
+        // The disk is full when the salvaged snapshot is written.
+        let tmp = dir.path().join("snapshot.tmp");
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        assert!(salvage(dir.path()).is_err());
+        let refused = Store::open(dir.path()).err().expect("still refused, not opened empty");
+        assert!(matches!(refused, StoreError::Damaged { .. }), "{refused}");
+        assert_eq!(std::fs::read(&wal).unwrap(), bytes);
+        // With space again, salvage finishes (in the same second: a second aside directory).
+        let report = salvage(dir.path()).unwrap();
+        assert_eq!(report.kept, 99);
+        assert_eq!(Store::open(dir.path()).unwrap().1.history.len(), 99);
     }
 
     #[test]
