@@ -34,6 +34,38 @@ fn in_kernel_bitmap(iface: &str, ip: &str) -> bool {
     maps.visitors_v4().contains(ip.parse::<Ipv4Addr>().unwrap())
 }
 
+/// The last whole record in the store at `state`, as the daemon's own recovery reads it.
+fn last_record(state: &Path) -> u64 {
+    let snapshot = std::fs::read(state.join("snapshot")).ok();
+    let mut logs: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(state)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("wal-")))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    logs.sort();
+    let snapshot = snapshot.as_deref().map(|b| (Path::new("snapshot"), b));
+    edge::store::recover(snapshot, &logs).expect("the store recovers").last_seq
+}
+
+/// Stops (SIGSTOP) or continues (SIGCONT) process `pid`; a stop is waited for, so no system
+/// call of it is still running when this returns.
+fn freeze(pid: i32, stop: bool) {
+    // SAFETY: plain syscall on our child's pid.
+    unsafe { libc::kill(pid, if stop { libc::SIGSTOP } else { libc::SIGCONT }) };
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The state follows the command name's closing parenthesis.
+        stat.rsplit(')').next().unwrap().trim_start().starts_with('T')
+    };
+    while stop && !stopped() {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 fn count(daemon: &Daemon) -> u64 {
     let out = daemon.cli(&["visitors", "count", "--json"]).ok("visitors count");
     serde_json::from_str::<serde_json::Value>(&out).unwrap()["total"].as_u64().unwrap_or(0)
@@ -187,9 +219,12 @@ fn kill_9_during_a_big_import_loses_nothing_acknowledged_and_never_stops_enforci
     assert_eq!(count(&daemon), before + u64::from(N));
     assert!(in_kernel_bitmap(&lab.server_if, &first.to_string()));
 
-    // 3. Killed the moment the import's record reaches the log, before the daemon answers:
+    // 3. Killed once the import's record is whole in the log and before the daemon answers:
     //    applied (it is on disk) but not acknowledged, and the client says the outcome is not
-    //    known and how to check.
+    //    known and how to check. Each time the log has grown by about a record, the daemon is
+    //    frozen (SIGSTOP) and the log read with the store's own recovery: a whole new record
+    //    and a client still waiting is the moment, and the kill lands in it. Otherwise the
+    //    daemon is thawed; a round whose answer came first is tried again.
     let state = daemon.state_dir();
     let log_bytes = |state: &Path| -> u64 {
         std::fs::read_dir(state)
@@ -199,21 +234,41 @@ fn kill_9_during_a_big_import_loses_nothing_acknowledged_and_never_stops_enforci
             .map(|e| e.metadata().map_or(0, |m| m.len()))
             .sum()
     };
-    let before = count(&daemon);
-    let logged = log_bytes(&state);
-    let (first, _, child) = import(&daemon, false);
-    // The record is several MB: wait until the log grew by that much and stopped growing
-    // (the write is whole; fsync, the kernel maps and the answer are still to come).
-    let mut last = logged;
-    loop {
-        std::thread::sleep(Duration::from_micros(300));
-        let now = log_bytes(&state);
-        if now > logged + u64::from(N) && now == last {
+    let mut landed = None;
+    for _attempt in 0..5 {
+        let before = count(&daemon);
+        let pid = daemon.pid().expect("running") as i32;
+        freeze(pid, true); // no compaction moves files while they are read
+        let (logged, seq) = (log_bytes(&state), last_record(&state));
+        freeze(pid, false);
+        let (first, _, mut child) = import(&daemon, false);
+        let killed = loop {
+            std::thread::sleep(Duration::from_micros(300));
+            if child.try_wait().unwrap().is_some() {
+                break false; // answered
+            }
+            if log_bytes(&state) <= logged + u64::from(N) {
+                continue;
+            }
+            freeze(pid, true);
+            std::thread::sleep(Duration::from_millis(50)); // an answer already sent arrives
+            let whole = last_record(&state) > seq;
+            if whole && child.try_wait().unwrap().is_none() {
+                daemon.kill9().unwrap();
+                break true;
+            }
+            freeze(pid, false);
+            if whole {
+                break false;
+            }
+        };
+        if killed {
+            landed = Some((before, first, child));
             break;
         }
-        last = now;
+        assert!(child.wait().unwrap().success(), "an import that was not killed");
     }
-    daemon.kill9().unwrap();
+    let (before, first, child) = landed.expect("in 5 imports, a kill between write and answer");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "killed before it answered");
@@ -458,6 +513,12 @@ fn a_clock_that_jumps_forward_holds_the_window_instead_of_emptying_it() {
     assert!(daemon.log().contains("the clock jumped forward"), "{}", daemon.log());
     let health = daemon.cli(&["status", "--json"]).ok("status");
     assert!(health.contains("\"today\": \"2026-11-22\""), "the daemon's day stays: {health}");
+    // Visits recorded meanwhile take the daemon's day, not the clock's (in its future).
+    daemon.cli(&["visitors", "add", "192.0.2.77"]).ok("visitors add during the hold");
+    let file = daemon.config_dir().join("held.txt");
+    std::fs::write(&file, "192.0.2.78\n").unwrap();
+    daemon.cli(&["visitors", "import", file.to_str().unwrap()]).ok("import during the hold");
+    assert_eq!(count(&daemon), 3);
 
     // The clock comes back: the hold ends on its own; a restart keeps everyone.
     std::fs::write(&daemon.clock, "2026-11-22").unwrap();
@@ -467,16 +528,16 @@ fn a_clock_that_jumps_forward_holds_the_window_instead_of_emptying_it() {
     daemon.start().unwrap();
     daemon.wait_ready().unwrap();
     daemon.wait_status("held after a restart", |s| s["window_hold"] != "").unwrap();
-    assert_eq!(count(&daemon), 1, "a restart on a wrong clock forgets nobody");
+    assert_eq!(count(&daemon), 3, "a restart on a wrong clock forgets nobody");
     std::fs::write(&daemon.clock, "2026-11-23").unwrap();
     daemon.wait_status("rolled one day", |s| s["rolled_to"] == "2026-11-23").unwrap();
-    assert_eq!(count(&daemon), 1);
+    assert_eq!(count(&daemon), 3);
 
     // A jump the operator accepts rolls the window.
     std::fs::write(&daemon.clock, "2026-12-30").unwrap();
     daemon.wait_status("held", |s| s["window_hold"] != "").unwrap();
     let out = daemon.cli(&["window", "roll"]).ok("window roll");
-    assert!(out.contains("from 2026-11-23 to 2026-12-30: 1 visitors left it"), "{out}");
+    assert!(out.contains("from 2026-11-23 to 2026-12-30: 3 visitors left it"), "{out}");
     assert_eq!(count(&daemon), 0);
     assert!(!connects(&lab, VISITOR, 443));
     daemon.stop().unwrap();

@@ -213,7 +213,6 @@ impl Core {
         let departed = self.state.apply(&op);
         if let Err(e) = self.mirror(Mirror::Change(&op, &departed)) {
             // Stored and in force for the daemon; the kernel catches up on the next tick.
-            self.needs_reconcile = true;
             error!("a stored change did not reach the kernel maps: {e}; rebuilding them");
             return Err(Fault::Internal(format!(
                 "the change is stored but the kernel maps could not follow ({e}); the daemon \
@@ -234,17 +233,7 @@ impl Core {
                         Day(batch.day)
                     )));
                 }
-                let known = self.state.history.v6.all();
-                let new: HashSet<u64> = batches
-                    .iter()
-                    .flat_map(|b| b.v6.iter().copied())
-                    .filter(|k| !known.contains(*k))
-                    .collect();
-                check_capacity(
-                    names::VISITORS_V6,
-                    names::VISITORS_V6_CAPACITY,
-                    known.len() as usize + new.len(),
-                )
+                self.check_v6_visitors(batches.iter().flat_map(|b| b.v6.iter().copied()))
             }
             Op::RemoveVisitors { v4, v6 } => {
                 let keys = v4.iter().map(|a| VisitorKey::V4((*a).into()));
@@ -305,16 +294,40 @@ impl Core {
             Op::Admit { entries, .. } => {
                 let new = entries.iter().filter(|(k, _)| !self.state.admissions.contains_key(k));
                 let wanted = self.state.admissions.len() + new.count();
-                check_capacity(names::ADMITTED, names::ADMITTED_CAPACITY, wanted)
+                check_capacity(names::ADMITTED, names::ADMITTED_CAPACITY, wanted)?;
+                // An admitted source is also today's visitor: an IPv6 one takes a /64 slot.
+                self.check_v6_visitors(entries.iter().filter_map(
+                    |(key, _)| match admission_visitor(key) {
+                        VisitorKey::V6(prefix) => Some(u64::from_be_bytes(prefix)),
+                        VisitorKey::V4(_) => None,
+                    },
+                ))
             }
             Op::SetMode(_) | Op::Roll { .. } => Ok(()),
         }
     }
 
+    /// Refuses IPv6 visitor prefixes that would not fit the kernel's map with those it holds.
+    fn check_v6_visitors(&self, prefixes: impl Iterator<Item = u64>) -> Result<(), Fault> {
+        let known = self.state.history.v6.all();
+        let new: HashSet<u64> = prefixes.filter(|p| !known.contains(*p)).collect();
+        let wanted = known.len() as usize + new.len();
+        check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, wanted)
+    }
+
     /// Makes the kernel maps follow the state: one change, the config record, or everything.
     /// Without maps yet (no interface attached) there is nothing to follow: the first attach
-    /// fills them with everything.
+    /// fills them with everything. Whatever fails here leaves maps that may be half-written,
+    /// whoever the caller: the reconcile job rebuilds them all from the state until it works.
     pub(super) fn mirror(&mut self, what: Mirror) -> Result<(), Fault> {
+        let mirrored = self.mirror_once(what);
+        if mirrored.is_err() {
+            self.needs_reconcile = true;
+        }
+        mirrored
+    }
+
+    fn mirror_once(&mut self, what: Mirror) -> Result<(), Fault> {
         if self.maps.is_none() {
             return Ok(());
         }

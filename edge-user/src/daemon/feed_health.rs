@@ -1,6 +1,6 @@
 //! How the admission feed is doing: when Redis last answered, how late its entries arrive,
 //! and whether it is past its grace (degraded: the outage policy applies, never fail-open).
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::core::{Core, Mirror};
 
@@ -44,7 +44,7 @@ impl Core {
             self.feed.ok_at = now;
             if self.feed.degraded {
                 self.feed.degraded = false;
-                let _ = self.mirror(Mirror::Config);
+                self.mirror_budgets();
                 info!("admission feed: recovered; normal budgets");
             }
             return;
@@ -53,7 +53,7 @@ impl Core {
             && now.saturating_sub(self.feed.ok_at) >= u64::from(feed.outage_grace_s)
         {
             self.feed.degraded = true;
-            let _ = self.mirror(Mirror::Config);
+            self.mirror_budgets();
             warn!(
                 redis = %feed.redis_url,
                 grace_s = feed.outage_grace_s,
@@ -61,6 +61,14 @@ impl Core {
                 "admission feed: DEGRADED, unreachable past the grace; outage policy applies \
                  (visitors and admitted sources keep passing)"
             );
+        }
+    }
+
+    /// The outage budget in or out of the kernel's config record; a failure is logged and the
+    /// reconcile job retries it.
+    fn mirror_budgets(&mut self) {
+        if let Err(e) = self.mirror(Mirror::Config) {
+            error!("admission feed: writing the budgets to the kernel: {e}; retrying");
         }
     }
 

@@ -6,6 +6,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tonic::Status;
 
 use super::{clock::Clock, core::Core, fault::Fault};
+use crate::visitors::Day;
 
 /// Longest a request waits for the core before it is refused (fail fast: a client retries,
 /// it does not queue behind a stuck change).
@@ -32,6 +33,12 @@ impl Handle {
             imports: Arc::new(Semaphore::new(MAX_IMPORTS)),
             exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
         }
+    }
+
+    /// The day undated visits are recorded on: the core's, which stays on the last rolled day
+    /// while a clock jump is held (the clock's day would be refused as in the future).
+    pub async fn today(&self) -> Result<Day, Status> {
+        self.with(|core| Ok(core.today())).await
     }
 
     /// Runs `f` on the locked core on a blocking thread (the verbs write files and maps).

@@ -191,10 +191,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         };
         if ready && !readers_started {
+            // A core busy past the lock wait postpones this to the next tick, like the tick.
+            let Ok((Some(iface), top)) =
+                handle.with(|core| Ok((core.first_attached(), core.top.clone()))).await
+            else {
+                continue;
+            };
             readers_started = true;
-            let (iface, top) =
-                handle.with(|core| Ok((core.first_attached(), core.top.clone()))).await?;
-            let iface = iface.expect("ready means attached");
             if let Err(e) = self::events::read_drops(&iface, top) {
                 error!("edge top has no data: {e}");
             }

@@ -30,7 +30,11 @@ impl Core {
         let phase = (self.auto.phase, self.auto.since);
         self.entering_auto(mode, previous, was);
         if let Err(e) = self.change(Op::SetMode(mode), Origin::Api) {
-            (self.auto.phase, self.auto.since) = phase;
+            // Refused before the store: nothing changed, the phase neither. Stored but not yet
+            // in the kernel: the mode is in force and the reconcile writes it with this phase.
+            if self.state.mode != Some(mode) {
+                (self.auto.phase, self.auto.since) = phase;
+            }
             return Err(e);
         }
         Ok(previous)

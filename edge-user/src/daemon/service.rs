@@ -285,7 +285,7 @@ impl Visitors for Handle {
     ) -> Result<Response<api::RecordVisitsResponse>, Status> {
         let visits = request.into_inner().visits;
         check_batch("visits", visits.len())?;
-        let today = self.clock.today();
+        let today = self.today().await?;
         let mut history = HistoryBuilder::default();
         for (index, visit) in visits.iter().enumerate() {
             let (key, day) = parse_visit(index, visit, today)?;
@@ -369,6 +369,7 @@ impl Visitors for Handle {
         })?;
         let mut stream = request.into_inner();
         let mut importer: Option<Importer> = None;
+        let today = self.today().await?;
         loop {
             let message = tokio::time::timeout(IMPORT_IDLE, stream.next()).await.map_err(|_| {
                 Status::deadline_exceeded(format!(
@@ -389,7 +390,7 @@ impl Visitors for Handle {
                     })?;
                     let name =
                         if message.file_name.is_empty() { "import" } else { &message.file_name };
-                    importer.insert(Importer::new(name, format, self.clock.today()))
+                    importer.insert(Importer::new(name, format, today))
                 }
             };
             importer.feed(&message.chunk).map_err(|e| Status::invalid_argument(e.to_string()))?;

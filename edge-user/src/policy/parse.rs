@@ -513,7 +513,22 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     if net.trunc() != net {
         return Err(format!("`{s}` has host bits set (did you mean {}?)", net.trunc()));
     }
-    Ok(net)
+    Ok(canonical(net))
+}
+
+/// An IPv4 prefix written as IPv6 (`::ffff:198.18.0.0/111`) as the IPv4 prefix it is
+/// (`198.18.0.0/15`): the kernel keys both the same, so the lists, the API's rules and their
+/// comparisons must too, or removing one spelling would remove the other's entry.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(
+                ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("a length of at most 32"),
+            ),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -791,5 +806,13 @@ visitors = "visitors.csv"
         assert_eq!(parse_cidr("2001:db8::1").unwrap().prefix_len(), 128);
         assert!(parse_cidr("192.0.2.0/33").is_err());
         assert!(parse_cidr("bogus").is_err());
+        // IPv4 written as IPv6 is IPv4: one spelling per kernel entry.
+        assert_eq!(
+            parse_cidr("::ffff:198.18.0.0/111").unwrap(),
+            parse_cidr("198.18.0.0/15").unwrap()
+        );
+        assert_eq!(parse_cidr("::ffff:192.0.2.7").unwrap(), parse_cidr("192.0.2.7").unwrap());
+        assert_eq!(parse_cidr("::ffff:0:0/96").unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(parse_cidr("::/0").unwrap().to_string(), "::/0");
     }
 }
