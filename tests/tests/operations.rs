@@ -54,7 +54,9 @@ fn auto_mode_enforces_during_a_flood_and_returns_to_monitor_after_it() {
         .unwrap();
     daemon.wait_status("enforcing", |s| s["auto"]["phase"] == "enforce").unwrap();
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(2), "switched before the sustain period: {took:?}");
+    // Two measured seconds above enter_pps; the first may be the flood's first fraction of a
+    // second (a fifth of 1,500 pps is already 300), so the switch comes after 1 to 2 s.
+    assert!(took >= Duration::from_secs(1), "switched on one measurement: {took:?}");
     let s = status(&daemon);
     assert_eq!(s["kernel_mode"], "enforce");
     assert_eq!(s["auto"]["switches_to_enforce"], 1);
@@ -84,6 +86,43 @@ fn auto_mode_enforces_during_a_flood_and_returns_to_monitor_after_it() {
     let body = lab.scrape_metrics();
     assert!(body.lines().any(|l| l == "edge_auto_switches_total{to=\"monitor\"} 1"), "{body}");
     assert!(body.lines().any(|l| l == "edge_enforcing 0"), "{body}");
+    daemon.stop().unwrap();
+}
+
+/// The flood that kept auto mode out of enforce: 2 s on, 1.5 s off, never `sustain_s` (3)
+/// seconds in a row above `enter_pps`, yet most of the time. Real packets through the lab.
+#[test]
+fn a_flood_that_pauses_every_few_seconds_still_switches_auto_to_enforce() {
+    if !privileged("a_flood_that_pauses_every_few_seconds_still_switches_auto_to_enforce") {
+        return;
+    }
+    let lab = lab_with_server(&[UNKNOWN, FLOODER]);
+    let iface = lab.server_if.clone();
+    let policy = "mode = \"auto\"\n[auto]\nenter_pps = 1000\nexit_pps = 500\nsustain_s = 3\n\
+                  cool_down_s = 30\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
+    let mut daemon = Daemon::configure(&lab, &[&iface], policy, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    let mut enforcing_after = None;
+    for pulse in 1..=6 {
+        let mut flood = lab
+            .in_client(probe())
+            .args(["flood", "--from", FLOODER, "--to", "192.0.2.1:443", "--pps", "3000"])
+            .args(["--secs", "2"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        flood.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        if status(&daemon)["auto"]["phase"] == "enforce" {
+            enforcing_after = Some(pulse);
+            break;
+        }
+    }
+    let pulses = enforcing_after.expect("six pulses of 2 s on, 1.5 s off left auto in monitor");
+    eprintln!("enforcing after {pulses} pulses");
+    assert_eq!(status(&daemon)["kernel_mode"], "enforce");
+    assert!(!lab.connects(probe(), UNKNOWN, 443, TIMEOUT_MS).unwrap(), "attack: unknown dropped");
     daemon.stop().unwrap();
 }
 
