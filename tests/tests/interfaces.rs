@@ -26,6 +26,23 @@ fn strict_policy_file() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 /// Packets counted for `reason` and `action` on one interface.
+/// A process in the server namespace counting UDP datagrams per source on a protected port
+/// (udp/443) for `secs` seconds, and its output lines, once it listens.
+fn datagram_counter(
+    lab: &Lab,
+    secs: u32,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut counter = lab
+        .in_server(probe())
+        .args(["count", "--listen", "192.0.2.1:443", "--secs", &secs.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(counter.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    (counter, lines)
+}
+
 fn packets(daemon: &Daemon, iface: &str, reason: &str, action: &str) -> u64 {
     let out = daemon.cli(&["stats", "--iface", iface, "--json"]).ok("stats");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
@@ -115,15 +132,7 @@ fn restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet()
     daemon.wait_ready().unwrap();
     daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
 
-    // The server counts UDP datagrams per source on a protected port (udp/443).
-    let mut counter = lab
-        .in_server(probe())
-        .args(["count", "--listen", "192.0.2.1:443", "--secs", "14"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(counter.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let (mut counter, mut lines) = datagram_counter(&lab, 14);
 
     let (link, first_prog) = pinned_link_ids(&iface).unwrap();
     let passed_before = packets(&daemon, &iface, "visitor", "pass");
@@ -382,14 +391,7 @@ fn a_re_created_interface_is_filtered_before_it_carries_traffic_and_keeps_its_co
     let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
     daemon.start().unwrap();
     daemon.wait_ready().unwrap();
-    let mut counter = lab
-        .in_server(probe())
-        .args(["count", "--listen", "192.0.2.1:443", "--secs", "9"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(counter.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let (mut counter, mut lines) = datagram_counter(&lab, 9);
     let unknown = flood(&lab, UNKNOWN, 3000, 6);
     let mut dropped = 0;
     for _ in 0..2 {
