@@ -26,6 +26,17 @@ fn strict_policy_file() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 /// Packets counted for `reason` and `action` on one interface.
+/// A lab with an unknown client, and a ready daemon on its server interface with the strict
+/// policy: the lab, the interface's name, the daemon.
+fn strict_daemon() -> (Lab, String, Daemon) {
+    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    (lab, iface, daemon)
+}
+
 /// A process in the server namespace counting UDP datagrams per source on a protected port
 /// (udp/443) for `secs` seconds, and its output lines, once it listens.
 fn datagram_counter(
@@ -351,11 +362,7 @@ fn pins_lacking_a_map_of_this_build_are_not_taken_over() {
     if !privileged("pins_lacking_a_map_of_this_build_are_not_taken_over") {
         return;
     }
-    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
-    let iface = lab.server_if.clone();
-    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
-    daemon.start().unwrap();
-    daemon.wait_ready().unwrap();
+    let (_lab, iface, mut daemon) = strict_daemon();
     daemon.stop().unwrap();
     // What an earlier build would have pinned: everything but a map this build added.
     let pins = Path::new(PIN_ROOT).join(&iface);
@@ -386,11 +393,7 @@ fn a_re_created_interface_is_filtered_before_it_carries_traffic_and_keeps_its_co
     ) {
         return;
     }
-    let lab = Lab::new(&[UNKNOWN]).expect("creating the namespace lab");
-    let iface = lab.server_if.clone();
-    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
-    daemon.start().unwrap();
-    daemon.wait_ready().unwrap();
+    let (lab, iface, mut daemon) = strict_daemon();
     let (mut counter, mut lines) = datagram_counter(&lab, 9);
     let unknown = flood(&lab, UNKNOWN, 3000, 6);
     let mut dropped = 0;
