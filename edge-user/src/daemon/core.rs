@@ -358,7 +358,7 @@ impl Core {
 
     fn mirror_change(&mut self, op: &Op, departed: &Departed) -> Result<(), Fault> {
         let history = &self.state.history;
-        let today = self.clock.today();
+        let today = self.today();
         let day_of = |prefix: u64| history.v6.last_seen(prefix).unwrap_or(today);
         match op {
             Op::Visits(batches) => {
