@@ -125,6 +125,33 @@ impl<S: KeySet> Days<S> {
         self.all.contains(key)
     }
 
+    /// Forgets `key` on `through` and every day before it (a fleet removal: a visit on a later
+    /// day outlives it); true if `key` is now on no day.
+    pub fn remove_through(&mut self, through: Day, key: S::Key) -> bool {
+        if !self.all.contains(key) {
+            return false;
+        }
+        for set in self.days.range_mut(..=through).map(|(_, set)| set) {
+            set.remove(key);
+        }
+        let later = (std::ops::Bound::Excluded(through), std::ops::Bound::Unbounded);
+        if self.days.range(later).any(|(_, set)| set.contains(key)) {
+            return false;
+        }
+        self.all.remove(key)
+    }
+
+    /// Keeps only the keys not removed on `day` or later by `removed` (fleet tombstones).
+    pub fn retain_not_removed(keys: &mut Vec<S::Key>, day: Day, removed: &Self) {
+        if removed.is_empty() {
+            return;
+        }
+        keys.retain(|key| {
+            !removed.all.contains(*key)
+                || removed.days.range(day..).all(|(_, set)| !set.contains(*key))
+        });
+    }
+
     pub fn len(&self) -> u64 {
         self.all.len()
     }
@@ -300,20 +327,25 @@ impl VisitorHistory {
         Departed { v4: self.v4.drop_before(first), v6: self.v6.drop_before(first) }
     }
 
-    /// Forgets visitors on every day; returns those that were there.
-    pub fn remove_all(&mut self, v4: &[u32], v6: &[u64]) -> Departed {
+    /// Forgets visitors on `through` and every day before; returns those now on no day.
+    pub fn remove_through(&mut self, through: Day, v4: &[u32], v6: &[u64]) -> Departed {
         let mut gone = Departed::default();
         for addr in v4 {
-            if self.v4.remove(*addr) {
+            if self.v4.remove_through(through, *addr) {
                 gone.v4.insert(*addr);
             }
         }
         for prefix in v6 {
-            if self.v6.remove(*prefix) {
+            if self.v6.remove_through(through, *prefix) {
                 gone.v6.insert(*prefix);
             }
         }
         gone
+    }
+
+    /// Forgets visitors on every day; returns those that were there.
+    pub fn remove_all(&mut self, v4: &[u32], v6: &[u64]) -> Departed {
+        self.remove_through(Day(u32::MAX), v4, v6)
     }
 
     /// Visitors in order (IPv4 first), starting at `from`, with the day each was last seen.

@@ -8,6 +8,7 @@ pub mod client;
 pub mod daemon;
 pub mod error;
 pub mod filter;
+pub mod fleet;
 pub mod guard;
 pub mod history;
 pub mod ifaddrs;

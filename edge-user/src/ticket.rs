@@ -31,6 +31,11 @@ impl Key {
         Self { id, bytes }
     }
 
+    /// The secret itself, for MACs computed in userspace (the fleet's entries).
+    pub fn secret(&self) -> &[u8; 16] {
+        &self.bytes
+    }
+
     /// The form the kernel's `ticket_keys` map holds.
     pub fn kernel(&self) -> TicketKey {
         TicketKey {

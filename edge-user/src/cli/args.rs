@@ -94,6 +94,9 @@ pub enum Command {
     /// The daemon's configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The fleet this daemon shares its state with ([fleet] in the config; docs/fleet.md).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Admission ticket keys (SipHash-2-4, 128-bit), kept in a key ring file (mode 0600).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -222,6 +225,17 @@ pub enum RulesCommand {
         cidrs: Vec<String>,
     },
     List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// The nodes this daemon has heard from: each one's last report, stream position and lag,
+    /// visitor and rule counts; the fleet snapshot's age and size; entries published, applied
+    /// and refused here.
+    Status {
         #[arg(long)]
         json: bool,
     },

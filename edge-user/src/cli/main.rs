@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         | args::Command::Deny(_)
         | args::Command::Window(_)
         | args::Command::Config(_)
+        | args::Command::Fleet(_)
         | args::Command::Stats { .. }
         | args::Command::Top { .. }) => remote::run(&cli.connection, command),
         command => local::run(command),

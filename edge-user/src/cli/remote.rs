@@ -19,7 +19,10 @@ use edge::{
 use tonic::Code;
 
 use crate::{
-    args::{Command, ConfigCommand, Connection, RulesCommand, VisitorsCommand, WindowCommand},
+    args::{
+        Command, ConfigCommand, Connection, FleetCommand, RulesCommand, VisitorsCommand,
+        WindowCommand,
+    },
     offline, render,
 };
 
@@ -146,6 +149,13 @@ async fn call(channel: ApiChannel, command: &Command) -> anyhow::Result<()> {
             } else {
                 outln!("the window already follows the clock; nothing to roll")?;
             }
+        }
+        Command::Fleet(FleetCommand::Status { json }) => {
+            let s = control.get_fleet_status(api::GetFleetStatusRequest {}).await?.into_inner();
+            if *json {
+                return render::json(&s);
+            }
+            render::fleet(&s)?;
         }
         Command::Config(ConfigCommand::Show { json }) => {
             let c = control.get_config(api::GetConfigRequest {}).await?.into_inner();

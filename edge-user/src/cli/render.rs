@@ -13,6 +13,55 @@ pub fn json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn fleet(s: &api::GetFleetStatusResponse) -> anyhow::Result<()> {
+    let state = if s.degraded { format!("DEGRADED: {}", printable(&s.error)) } else { "ok".into() };
+    outln!("fleet {} on {} as {}: {state}", s.stream, s.redis, s.node)?;
+    outln!("  last contact with Redis: {}", utc(s.last_contact))?;
+    let refused: Vec<String> =
+        s.refused.iter().map(|r| format!("{} {}", r.count, r.reason)).collect();
+    let refused = if refused.is_empty() { "none".to_string() } else { refused.join(", ") };
+    outln!(
+        "  entries published: {}; changes applied: {}; refused: {refused}; waiting to publish: {}",
+        s.published,
+        s.applied,
+        s.unpublished
+    )?;
+    if s.snapshot_covers.is_empty() {
+        outln!("  snapshot: none yet")?;
+    } else {
+        outln!(
+            "  snapshot: through {}, {} s old, {} bytes",
+            s.snapshot_covers,
+            s.snapshot_age_s,
+            s.snapshot_bytes
+        )?;
+    }
+    outln!(
+        "  {:<20} {:<20} {:>22} {:>9} {:>10} {:>6} {:>6}",
+        "NODE",
+        "LAST REPORT",
+        "POSITION",
+        "LAG MS",
+        "VISITORS",
+        "ALLOW",
+        "DENY"
+    )?;
+    for n in &s.nodes {
+        let flag = if n.degraded { " (degraded)" } else { "" };
+        outln!(
+            "  {:<20} {:<20} {:>22} {:>9} {:>10} {:>6} {:>6}{flag}",
+            printable(&n.node),
+            utc(n.last_contact),
+            printable(&n.position),
+            n.lag_ms,
+            n.visitors,
+            n.allow_rules,
+            n.deny_rules
+        )?;
+    }
+    Ok(())
+}
+
 pub fn status(s: &api::GetStatusResponse) -> anyhow::Result<()> {
     let mode = match &s.auto {
         Some(a) => format!(
@@ -61,6 +110,7 @@ pub fn status(s: &api::GetStatusResponse) -> anyhow::Result<()> {
         format!(" (at {})", s.feed_position)
     };
     outln!("  admission feed: {}{position}", s.feed)?;
+    outln!("  fleet: {}", printable(&s.fleet))?;
     for job in &s.failing_jobs {
         outln!(
             "  FAILING: {} since {} ({} failures): {}",

@@ -15,7 +15,7 @@ use std::{
     time::SystemTime,
 };
 
-use edge_common::maps as names;
+use edge_common::{keys::Addr, maps as names};
 use ipnet::IpNet;
 use tracing::error;
 
@@ -25,6 +25,7 @@ use super::{
     clock::Clock,
     fault::Fault,
     feed_health::FeedHealth,
+    fleet::FleetLink,
     interfaces::{Interface, Link},
     jobs::Jobs,
     top::Top,
@@ -33,7 +34,7 @@ use crate::{
     filter::{kernel_config, Maps},
     history::{Departed, VisitorHistory},
     policy::{Policy, XdpModeSetting},
-    store::{List, Op, Recovery, State, Store},
+    store::{List, Op, Recovery, State, Store, StoredRule},
     ticket::Keyring,
     visitors::{admission_visitor, display_key, Day, VisitorKey},
     Error,
@@ -71,6 +72,8 @@ pub struct Core {
     pub window_hold: Option<Day>,
     /// A change reached the store but not the kernel maps: the next tick rebuilds them.
     pub(super) needs_reconcile: bool,
+    /// `[fleet]`: this node's side of the fleet.
+    pub fleet: Option<FleetLink>,
 }
 
 /// Where a change comes from. The API answers UNAVAILABLE until every interface is attached
@@ -105,6 +108,16 @@ impl Core {
             Some(path) => Some((Keyring::load(path)?, super::admissions::modified(path))),
             None => None,
         };
+        let fleet = match &policy.fleet {
+            Some(settings) => {
+                // Read here so a missing or exposed key refuses the start; the fleet task
+                // reads it again when it changes.
+                Keyring::load(&settings.key_file)
+                    .map_err(|e| anyhow::anyhow!("fleet.key_file: {e}"))?;
+                Some(FleetLink::new(settings.clone(), &state, clock.now()))
+            }
+            None => None,
+        };
         let interfaces = settings.interfaces.iter().map(|name| Interface::new(name)).collect();
         let mut core = Self {
             config_path: config_path.to_path_buf(),
@@ -125,6 +138,7 @@ impl Core {
             jobs: Jobs::default(),
             window_hold: None,
             needs_reconcile: false,
+            fleet,
         };
         let rolled = core.roll_window(false);
         core.jobs.report("window_roll", rolled, core.clock.now());
@@ -209,6 +223,10 @@ impl Core {
             self.require_ready()?;
         }
         self.validate(&op)?;
+        let op = self.stamp_for_fleet(op);
+        if matches!(op, Op::Fleet { .. }) {
+            return self.change_stamped(op);
+        }
         self.store.append(&op).map_err(Fault::store)?;
         let departed = self.state.apply(&op);
         if let Err(e) = self.mirror(Mirror::Change(&op, &departed)) {
@@ -259,20 +277,7 @@ impl Core {
                         )));
                     }
                 }
-                let policy = self.effective_policy();
-                for (list, held, capacity) in [
-                    (List::Allow, &policy.allow, names::ALLOW_CAPACITY),
-                    (List::Deny, &policy.deny, names::DENY_CAPACITY),
-                ] {
-                    let held: HashSet<&IpNet> = held.iter().collect();
-                    let new: HashSet<&IpNet> = rules
-                        .iter()
-                        .filter(|r| r.list == list && !held.contains(&r.net))
-                        .map(|r| &r.net)
-                        .collect();
-                    check_capacity(list.name(), capacity, held.len() + new.len())?;
-                }
-                Ok(())
+                self.check_rule_capacity(rules)
             }
             Op::RemoveRules { list, nets } => {
                 for net in nets {
@@ -291,24 +296,49 @@ impl Core {
                 }
                 Ok(())
             }
-            Op::Admit { entries, .. } => {
-                let new = entries.iter().filter(|(k, _)| !self.state.admissions.contains_key(k));
-                let wanted = self.state.admissions.len() + new.count();
-                check_capacity(names::ADMITTED, names::ADMITTED_CAPACITY, wanted)?;
-                // An admitted source is also today's visitor: an IPv6 one takes a /64 slot.
-                self.check_v6_visitors(entries.iter().filter_map(
-                    |(key, _)| match admission_visitor(key) {
-                        VisitorKey::V6(prefix) => Some(u64::from_be_bytes(prefix)),
-                        VisitorKey::V4(_) => None,
-                    },
-                ))
-            }
+            Op::Admit { entries, .. } => self.check_admission_capacity(entries),
             Op::SetMode(_) | Op::Roll { .. } => Ok(()),
+            Op::Fleet { .. } | Op::FleetCursor { .. } => {
+                Err(Fault::Internal("a fleet record is not a change to validate".into()))
+            }
         }
     }
 
+    /// Refuses rules that would not fit their maps with those in force.
+    pub(super) fn check_rule_capacity(&self, rules: &[StoredRule]) -> Result<(), Fault> {
+        let policy = self.effective_policy();
+        for (list, held, capacity) in [
+            (List::Allow, &policy.allow, names::ALLOW_CAPACITY),
+            (List::Deny, &policy.deny, names::DENY_CAPACITY),
+        ] {
+            let held: HashSet<&IpNet> = held.iter().collect();
+            let new: HashSet<&IpNet> = rules
+                .iter()
+                .filter(|r| r.list == list && !held.contains(&r.net))
+                .map(|r| &r.net)
+                .collect();
+            check_capacity(list.name(), capacity, held.len() + new.len())?;
+        }
+        Ok(())
+    }
+
+    /// Refuses admissions that would not fit the admitted map, or (as today's visitors) the
+    /// IPv6 visitor map.
+    pub(super) fn check_admission_capacity(&self, entries: &[(Addr, u64)]) -> Result<(), Fault> {
+        let new = entries.iter().filter(|(k, _)| !self.state.admissions.contains_key(k));
+        let wanted = self.state.admissions.len() + new.count();
+        check_capacity(names::ADMITTED, names::ADMITTED_CAPACITY, wanted)?;
+        self.check_v6_visitors(entries.iter().filter_map(|(key, _)| match admission_visitor(key) {
+            VisitorKey::V6(prefix) => Some(u64::from_be_bytes(prefix)),
+            VisitorKey::V4(_) => None,
+        }))
+    }
+
     /// Refuses IPv6 visitor prefixes that would not fit the kernel's map with those it holds.
-    fn check_v6_visitors(&self, prefixes: impl Iterator<Item = u64>) -> Result<(), Fault> {
+    pub(super) fn check_v6_visitors(
+        &self,
+        prefixes: impl Iterator<Item = u64>,
+    ) -> Result<(), Fault> {
         let known = self.state.history.v6.all();
         let new: HashSet<u64> = prefixes.filter(|p| !known.contains(*p)).collect();
         let wanted = known.len() as usize + new.len();
@@ -390,6 +420,8 @@ impl Core {
                 self.maps.as_mut().expect("mirror checked").remove_rules(*list, &gone)?;
             }
             Op::SetMode(_) => self.mirror(Mirror::Config)?,
+            // Fleet records are mirrored change by change (`change_stamped`).
+            Op::Fleet { .. } | Op::FleetCursor { .. } => {}
             Op::Admit { entries, .. } => {
                 let mut v4 = Vec::new();
                 let mut v6 = Vec::new();

@@ -196,6 +196,58 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
          with `edge window roll` if the clock is right).",
         i64::from(core.window_hold.is_some()),
     )?;
+    if let Some(link) = &core.fleet {
+        gauge(
+            "fleet_degraded",
+            "1 while this node cannot reach the fleet's Redis (it enforces and learns locally).",
+            i64::from(link.degraded),
+        )?;
+        gauge(
+            "fleet_last_contact_timestamp_seconds",
+            "When the fleet's Redis last answered (unix seconds).",
+            link.ok_at as i64,
+        )?;
+        gauge("fleet_peers", "Other nodes that have reported to the fleet.", {
+            link.nodes.iter().filter(|n| n.node != link.settings.node).count() as i64
+        })?;
+        let newest = link.nodes.iter().filter_map(|n| crate::fleet::stream_id(&n.position)).max();
+        let mine = core.fleet_position();
+        let lag_ms = match (newest, mine.as_deref().and_then(crate::fleet::stream_id)) {
+            (Some(newest), Some(at)) => newest.0.saturating_sub(at.0),
+            _ => 0,
+        };
+        float_gauge(
+            "fleet_lag_seconds",
+            "How far this node's stream position is behind the furthest node's (by stream id).",
+            lag_ms as f64 / 1000.0,
+        )?;
+        gauge(
+            "fleet_unpublished_changes",
+            "Changes made here that are not in the fleet's stream yet.",
+            core.fleet_unpublished() as i64,
+        )?;
+        counter(
+            "fleet_published_entries_total",
+            "Entries this node added to the fleet's stream since it started.",
+            link.published,
+        )?;
+        counter(
+            "fleet_applied_changes_total",
+            "Other nodes' changes this node applied since it started.",
+            link.applied,
+        )?;
+        let refused = counter_vec(
+            "fleet_refused_entries_total",
+            "Fleet entries refused since the daemon started (bad_mac: not made with the fleet \
+             key).",
+            &["reason"],
+        )?;
+        for reason in ["malformed", "unknown_key", "bad_mac", "wrong_node"] {
+            refused
+                .with_label_values(&[reason])
+                .inc_by(link.refused.get(reason).copied().unwrap_or(0));
+        }
+    }
     Ok(registry)
 }
 

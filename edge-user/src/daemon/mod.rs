@@ -14,6 +14,8 @@ pub mod events;
 pub mod fault;
 pub mod feed;
 pub mod feed_health;
+pub mod fleet;
+pub mod fleet_sync;
 pub mod handle;
 pub mod interfaces;
 pub mod jobs;
@@ -41,6 +43,8 @@ use crate::Policy;
 
 /// The health service name that is NOT_SERVING while a periodic job fails.
 pub const BACKGROUND_HEALTH: &str = "edge.v1.Background";
+/// The health service name that is NOT_SERVING while the fleet is degraded.
+pub const FLEET_HEALTH: &str = "edge.v1.Fleet";
 
 /// How the daemon writes its log (stderr; journald adds nothing but the unit's name).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +92,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let feed = policy.admission.feed.clone();
+    let fleet = policy.fleet.clone();
     let learn = policy.learn_handshakes;
     if learn {
         // Refused before anything starts, so a kernel whose tracepoint moved is found now.
@@ -135,6 +140,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         info!(redis = %feed.redis_url, stream = %feed.stream, "admission feed: reading");
         tokio::spawn(self::feed::run(handle.clone(), feed))
     });
+    let fleet_task = fleet.map(|fleet| {
+        info!(
+            redis = %fleet.redis_url_redacted(),
+            node = %fleet.node,
+            stream = %fleet.stream,
+            "fleet: sharing state"
+        );
+        tokio::spawn(self::fleet_sync::run(handle.clone(), fleet))
+    });
 
     // Attach or adopt, then report SERVING; afterwards, the periodic work.
     let mut serving = false;
@@ -180,10 +194,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let tick = handle
             .with(|core| {
                 core.tick();
-                Ok((core.ready(), core.feed.degraded, core.jobs.failing().next().is_none()))
+                let fleet_ok = core.fleet.as_ref().map(|link| !link.degraded);
+                Ok((
+                    core.ready(),
+                    core.feed.degraded,
+                    core.jobs.failing().next().is_none(),
+                    fleet_ok,
+                ))
             })
             .await;
-        let (ready, degraded, jobs_ok) = match tick {
+        let (ready, degraded, jobs_ok, fleet_ok) = match tick {
             Ok(result) => result,
             Err(status) => {
                 warn!("periodic work postponed: {}", status.message());
@@ -229,6 +249,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         // filter; it is its own health entry, for monitors and `edge status`.
         let background = if jobs_ok { ServingStatus::Serving } else { ServingStatus::NotServing };
         health.set_service_status(BACKGROUND_HEALTH, background).await;
+        // Cut off from the fleet, the node still filters from its own store.
+        if let Some(ok) = fleet_ok {
+            let fleet = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status(FLEET_HEALTH, fleet).await;
+        }
         if ready != serving {
             serving = ready;
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -249,7 +274,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     for server in &servers {
         server.abort();
     }
-    for task in [feed_task, metrics_task].into_iter().flatten() {
+    for task in [feed_task, metrics_task, fleet_task].into_iter().flatten() {
         task.abort();
     }
     if let Err(e) = handle.with(|core| core.compact()).await {

@@ -94,6 +94,7 @@ impl Control for Handle {
                     admissions: core.admissions(),
                     feed: core.feed_state(),
                     feed_position: core.feed_position().unwrap_or_default(),
+                    fleet: core.fleet_state(),
                     auto: (core.mode() == Mode::Auto).then(|| {
                         let (w, cfg) = (&core.auto, &core.policy.auto);
                         api::AutoStatus {
@@ -180,6 +181,13 @@ impl Control for Handle {
             None => api::RollWindowResponse { rolled: false, ..Default::default() },
         };
         Ok(Response::new(answer))
+    }
+
+    async fn get_fleet_status(
+        &self,
+        _: Request<api::GetFleetStatusRequest>,
+    ) -> Result<Response<api::GetFleetStatusResponse>, Status> {
+        self.with(|core| core.fleet_status()).await.map(Response::new)
     }
 
     async fn reload_config(

@@ -221,6 +221,8 @@ pub struct Policy {
     pub daemon: Option<DaemonSettings>,
     /// The `[admission]` table: tickets from the queue service.
     pub admission: AdmissionSettings,
+    /// `[fleet]`: share the state with other edge daemons through Redis (docs/fleet.md).
+    pub fleet: Option<Fleet>,
     /// `events.drop_sample`: 1 in this many dropped packets reaches `edge top`; 0 = none.
     pub drop_sample: u32,
     /// `learning.handshakes`: record peers that complete a TCP handshake with a local server
@@ -251,6 +253,48 @@ pub struct Feed {
     /// Seconds the feed may fail before the daemon reports it degraded and applies the policy.
     pub outage_grace_s: u32,
     pub on_outage: OnOutage,
+}
+
+/// `[fleet]`: the Redis the nodes share and how this node takes part (docs/fleet.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fleet {
+    /// `redis://`, `rediss://` (TLS) or `unix://`, credentials in the URL.
+    pub redis_url: String,
+    /// This node's name in the fleet (default: the host name).
+    pub node: String,
+    /// The stream the nodes write their changes to; the other keys are named after it.
+    pub stream: String,
+    /// The fleet key ring (the ticket key ring's format): every entry carries a MAC under it.
+    pub key_file: PathBuf,
+    /// Keep this node's mode out of the fleet (a canary): its mode changes are not published
+    /// and the others' are not applied.
+    pub local_mode: bool,
+    /// How often a node offers a snapshot of the fleet's state, after which the stream
+    /// before it is trimmed.
+    pub snapshot_interval_s: u32,
+    /// How long Redis may be unreachable before the node reports the fleet degraded.
+    pub degraded_after_s: u32,
+}
+
+impl Fleet {
+    /// The URL without its password, for status, logs and `config show`.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+/// A URL with the password of its user info (`user:password@`) replaced.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:REDACTED@{host}{path}")
+        }
+        Some((_, host)) => format!("{scheme}://REDACTED@{host}{path}"),
+        None => url.to_string(),
+    }
 }
 
 /// What a queue-service outage does. There is no fail-open.
@@ -375,6 +419,7 @@ impl Default for Policy {
             visitors: None,
             daemon: None,
             admission: AdmissionSettings::default(),
+            fleet: None,
             drop_sample: DEFAULT_DROP_SAMPLE,
             learn_handshakes: false,
         }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AutoMode, DaemonSettings, Feed, Mode, OnOutage, Policy, PolicyError, Protected, TcpApi,
+    AutoMode, DaemonSettings, Feed, Fleet, Mode, OnOutage, Policy, PolicyError, Protected, TcpApi,
     UnknownBudget, XdpModeSetting, DEFAULT_METRICS, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
 };
 
@@ -30,6 +30,19 @@ struct RawPolicy {
     admission: Option<RawAdmission>,
     events: Option<RawEvents>,
     learning: Option<RawLearning>,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    redis_url: Option<Spanned<String>>,
+    node: Option<Spanned<String>>,
+    stream: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    local_mode: Option<Spanned<bool>>,
+    snapshot_interval_s: Option<Spanned<i64>>,
+    degraded_after_s: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +260,13 @@ impl Policy {
         if let Some(a) = raw.admission {
             admission(&src, &a, &mut policy)?;
         }
+        if let Some(f) = raw.fleet {
+            if raw.daemon.is_none() {
+                let reason = "the fleet is the daemons' (a [daemon] table) to share";
+                return Err(src.error(0..0, "fleet", reason.into()));
+            }
+            policy.fleet = Some(fleet(&src, &f, text)?);
+        }
         if let Some(d) = raw.daemon {
             policy.daemon = Some(daemon(&src, &d)?);
         }
@@ -383,6 +403,74 @@ fn admission(src: &Source, a: &RawAdmission, policy: &mut Policy) -> Checked<()>
             let reason = "knocks are verified with keys: set `admission.keys` too";
             return Err(src.error(port.span(), "admission.knock_port", reason.into()));
         }
+    }
+    Ok(())
+}
+
+fn fleet(src: &Source, f: &RawFleet, text: &str) -> Checked<Fleet> {
+    let table = text.find("[fleet]").map_or(0..0, |at| at..at + "[fleet]".len());
+    let url = f.redis_url.as_ref().ok_or_else(|| {
+        src.error(table.clone(), "fleet.redis_url", "missing: the Redis the nodes share".into())
+    })?;
+    if !["redis://", "rediss://", "unix://"].iter().any(|s| url.get_ref().starts_with(s)) {
+        let reason = format!(
+            "`{}` is not a redis://, rediss:// (TLS) or unix:// URL",
+            crate::policy::redact_url(url.get_ref())
+        );
+        return Err(src.error(url.span(), "fleet.redis_url", reason));
+    }
+    if let Err(e) = redis::Client::open(url.get_ref().as_str()) {
+        let reason = format!("not a Redis URL: {}", e.detail().unwrap_or("unparsable"));
+        return Err(src.error(url.span(), "fleet.redis_url", reason));
+    }
+    let key = f.key_file.as_ref().ok_or_else(|| {
+        let reason = "missing: every fleet entry is signed with this key ring                       (`edge key generate --out FILE`)";
+        src.error(table.clone(), "fleet.key_file", reason.into())
+    })?;
+    let node = match &f.node {
+        Some(v) => {
+            fleet_name(v.get_ref()).map_err(|r| src.error(v.span(), "fleet.node", r))?;
+            v.get_ref().clone()
+        }
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host = host.trim().to_string();
+            fleet_name(&host).map_err(|r| {
+                let reason = format!("the host name cannot name this node ({r}); set it");
+                src.error(table.clone(), "fleet.node", reason)
+            })?;
+            host
+        }
+    };
+    let stream = match &f.stream {
+        Some(v) => {
+            fleet_name(v.get_ref()).map_err(|r| src.error(v.span(), "fleet.stream", r))?;
+            v.get_ref().clone()
+        }
+        None => "edge:fleet".into(),
+    };
+    Ok(Fleet {
+        redis_url: url.get_ref().clone(),
+        node,
+        stream,
+        key_file: src.path(key, "fleet.key_file")?,
+        local_mode: f.local_mode.as_ref().is_some_and(|v| *v.get_ref()),
+        snapshot_interval_s: match &f.snapshot_interval_s {
+            Some(v) => src.int(v, "fleet.snapshot_interval_s", 1..86_401)? as u32,
+            None => 60,
+        },
+        degraded_after_s: match &f.degraded_after_s {
+            Some(v) => src.int(v, "fleet.degraded_after_s", 1..3_601)? as u32,
+            None => 5,
+        },
+    })
+}
+
+/// A node or stream name: 1 to 64 of letters, digits and `.:_-`.
+fn fleet_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".:_-".contains(c);
+    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+        return Err(format!("`{name}` is not 1 to 64 of letters, digits and `.:_-`"));
     }
     Ok(())
 }
@@ -814,5 +902,62 @@ visitors = "visitors.csv"
         assert_eq!(parse_cidr("::ffff:192.0.2.7").unwrap(), parse_cidr("192.0.2.7").unwrap());
         assert_eq!(parse_cidr("::ffff:0:0/96").unwrap().to_string(), "0.0.0.0/0");
         assert_eq!(parse_cidr("::/0").unwrap().to_string(), "::/0");
+    }
+
+    #[test]
+    fn a_fleet_table_is_checked_field_by_field() {
+        let daemon = "[daemon]\ninterfaces = [\"eth0\"]\n";
+        let fleet = |lines: &str| parse(&format!("[fleet]\n{lines}\n{daemon}"));
+        let ok = fleet("redis_url = \"rediss://edge:s3cret@redis:6380/0\"\nkey_file = \"fleet.keys\"\nnode = \"edge-1\"")
+            .unwrap();
+        let f = ok.fleet.as_ref().unwrap();
+        assert_eq!((f.node.as_str(), f.stream.as_str()), ("edge-1", "edge:fleet"));
+        assert_eq!(f.key_file, Path::new("/etc/edge/fleet.keys"));
+        assert_eq!(f.redis_url_redacted(), "rediss://edge:REDACTED@redis:6380/0");
+        assert!(!f.local_mode);
+        for (lines, field, at, reason) in [
+            ("key_file = \"k\"", "fleet.redis_url", (1, 1), "missing"),
+            (
+                "redis_url = \"http://x\"\nkey_file = \"k\"",
+                "fleet.redis_url",
+                (2, 13),
+                "not a redis://",
+            ),
+            ("redis_url = \"redis://x\"", "fleet.key_file", (1, 1), "missing"),
+            (
+                "redis_url = \"redis://x\"\nkey_file = \"k\"\nnode = \"a b\"",
+                "fleet.node",
+                (4, 8),
+                "letters",
+            ),
+            (
+                "redis_url = \"redis://x\"\nkey_file = \"k\"\nstream = \"\"",
+                "fleet.stream",
+                (4, 10),
+                "1 to 64",
+            ),
+            (
+                "redis_url = \"redis://x\"\nkey_file = \"k\"\nsnapshot_interval_s = 0",
+                "fleet.snapshot_interval_s",
+                (4, 23),
+                "outside",
+            ),
+            (
+                "redis_url = \"redis://x\"\nkey_file = \"k\"\nsentinel = true",
+                "fleet.sentinel",
+                (4, 1),
+                "unknown field",
+            ),
+        ] {
+            let e = fleet(lines).unwrap_err();
+            assert_eq!((e.field.as_str(), (e.line, e.column)), (field, at), "{lines}: {e}");
+            assert!(e.reason.contains(reason), "{lines}: {e}");
+        }
+        // A password never reaches an error.
+        let e = fleet("redis_url = \"http://u:hunter2@x\"\nkey_file = \"k\"").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Without a daemon there is nothing to share.
+        let e = parse("[fleet]\nredis_url = \"redis://x\"\nkey_file = \"k\"\n").unwrap_err();
+        assert_eq!(e.field, "fleet");
     }
 }

@@ -83,6 +83,18 @@ impl Policy {
         if !admission.is_empty() {
             root.insert("admission".into(), Value::Table(admission));
         }
+        if let Some(f) = &self.fleet {
+            let mut fleet = Table::new();
+            fleet.insert("redis_url".into(), Value::String(f.redis_url_redacted()));
+            fleet.insert("node".into(), Value::String(f.node.clone()));
+            fleet.insert("stream".into(), Value::String(f.stream.clone()));
+            fleet.insert("key_file".into(), Value::String(f.key_file.display().to_string()));
+            fleet.insert("local_mode".into(), Value::Boolean(f.local_mode));
+            let interval = i64::from(f.snapshot_interval_s);
+            fleet.insert("snapshot_interval_s".into(), Value::Integer(interval));
+            fleet.insert("degraded_after_s".into(), Value::Integer(i64::from(f.degraded_after_s)));
+            root.insert("fleet".into(), Value::Table(fleet));
+        }
         if let Some(d) = &self.daemon {
             let mut daemon = Table::new();
             daemon.insert("interfaces".into(), strings(d.interfaces.clone()));

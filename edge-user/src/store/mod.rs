@@ -14,6 +14,7 @@
 //! load in tens of milliseconds; the log adds framing and a CRC. A general key-value store
 //! would hold 20 million rows at several times the size and take seconds to scan on a cold
 //! start, where the target is 2 s for everything.
+mod fleet;
 mod snapshot;
 mod state;
 mod wal;
@@ -26,6 +27,7 @@ use std::{
 };
 
 pub use crate::policy::List;
+pub use fleet::{FleetState, Stamp, Stamped};
 pub use snapshot::FORMAT_VERSION;
 pub use state::{DayBatch, Op, State, StoredRule};
 
@@ -256,6 +258,18 @@ impl Store {
         }
         sync_dir(&self.dir)
     }
+}
+
+/// A whole state in the snapshot's format (what the fleet's snapshot in Redis holds).
+pub fn encode_state(state: &State) -> Vec<u8> {
+    snapshot::encode(state, 0)
+}
+
+/// Reads what [`encode_state`] wrote, checking its checksum; `name` names it in errors.
+pub fn decode_state(bytes: &[u8], name: &str) -> Result<State, StoreError> {
+    let mut state = State::default();
+    snapshot::decode(Path::new(name), bytes, &mut state)?;
+    Ok(state)
 }
 
 /// Writes `snapshot.tmp`, fsyncs it and renames it over `snapshot`; on failure the temporary

@@ -5,21 +5,24 @@ use edge_common::keys::Addr;
 use roaring::{RoaringBitmap, RoaringTreemap};
 use serde::{Deserialize, Serialize};
 
+use ipnet::IpNet;
+
 use super::{
+    fleet::{FleetState, Stamp},
     io_at,
     state::{State, StoredRule},
     StoreError,
 };
 use crate::{
-    history::{Days, KeySet},
-    policy::Mode,
+    history::{Days, KeySet, VisitorHistory},
+    policy::{List, Mode},
     visitors::Day,
 };
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"EDGESNAP";
 /// 2 added admissions to the snapshot's metadata, 3 the day the window rolled to; earlier
 /// versions are still read.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Small state kept in the snapshot beside the visitor bitmaps.
 #[derive(Serialize, Deserialize)]
@@ -29,6 +32,19 @@ struct Meta {
     admissions: Vec<(Addr, u64)>,
     feed_position: Option<String>,
     rolled_to: Option<u32>,
+}
+
+/// Version 4 adds the fleet's stamps and cursor after the history, and its tombstones
+/// (a second history) after those.
+#[derive(Serialize, Deserialize)]
+struct FleetMeta {
+    rule_stamps: Vec<((List, IpNet), Stamp)>,
+    mode_stamp: Option<Stamp>,
+    clock: u64,
+    epoch: Option<String>,
+    position: Option<String>,
+    made: u64,
+    published: u64,
 }
 
 /// The metadata of a version-2 snapshot (no roll day).
@@ -61,20 +77,36 @@ pub(super) fn encode(state: &State, last_seq: u64) -> Vec<u8> {
         rolled_to: state.rolled_to.map(|d| d.0),
     };
     put_section(&mut out, &postcard::to_stdvec(&meta).expect("encoding snapshot metadata"));
-    let history = &state.history;
-    section_of(&mut out, Some(history.v4.all()));
-    section_of(&mut out, Some(history.v6.all()));
+    put_history(&mut out, &state.history);
+    let fleet = &state.fleet;
+    let meta = FleetMeta {
+        rule_stamps: fleet.rule_stamps.iter().map(|(k, s)| (*k, s.clone())).collect(),
+        mode_stamp: fleet.mode_stamp.clone(),
+        clock: fleet.clock,
+        epoch: fleet.epoch.clone(),
+        position: fleet.position.clone(),
+        made: fleet.made,
+        published: fleet.published,
+    };
+    put_section(&mut out, &postcard::to_stdvec(&meta).expect("encoding fleet metadata"));
+    put_history(&mut out, &fleet.removed);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A history: each family's union, then each day's sets.
+fn put_history(out: &mut Vec<u8>, history: &VisitorHistory) {
+    section_of(out, Some(history.v4.all()));
+    section_of(out, Some(history.v6.all()));
     let days: std::collections::BTreeSet<Day> =
         history.v4.days().map(|(d, _)| d).chain(history.v6.days().map(|(d, _)| d)).collect();
     out.extend_from_slice(&(days.len() as u32).to_le_bytes());
     for day in days {
         out.extend_from_slice(&day.0.to_le_bytes());
-        section_of(&mut out, history.v4.get(day));
-        section_of(&mut out, history.v6.get(day));
+        section_of(out, history.v4.get(day));
+        section_of(out, history.v6.get(day));
     }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
 }
 
 fn section_of<S: KeySet>(out: &mut Vec<u8>, set: Option<&S>) {
@@ -146,22 +178,42 @@ pub(super) fn decode(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64
     state.admissions = meta.admissions.into_iter().collect();
     state.feed_position = meta.feed_position;
     state.rolled_to = meta.rolled_to.map(Day);
-    let v4_all = cursor.section().ok_or_else(|| corrupt("truncated IPv4 union"))?;
-    let v4_all =
-        RoaringBitmap::read_from(v4_all).map_err(|e| corrupt(&format!("IPv4 union: {e}")))?;
-    let v6_all = cursor.section().ok_or_else(|| corrupt("truncated IPv6 union"))?;
-    let v6_all =
-        RoaringTreemap::read_from(v6_all).map_err(|e| corrupt(&format!("IPv6 union: {e}")))?;
-    let days = cursor.u32().ok_or_else(|| corrupt("truncated day count"))?;
+    state.history = read_history(&mut cursor).map_err(|e| corrupt(&e))?;
+    if version >= 4 {
+        let meta = cursor.section().ok_or_else(|| corrupt("truncated fleet metadata"))?;
+        let meta: FleetMeta =
+            postcard::from_bytes(meta).map_err(|e| corrupt(&format!("fleet metadata: {e}")))?;
+        let removed = read_history(&mut cursor).map_err(|e| corrupt(&format!("fleet: {e}")))?;
+        state.fleet = FleetState {
+            rule_stamps: meta.rule_stamps.into_iter().collect(),
+            mode_stamp: meta.mode_stamp,
+            removed,
+            clock: meta.clock,
+            epoch: meta.epoch,
+            position: meta.position,
+            made: meta.made,
+            published: meta.published,
+        };
+    }
+    if cursor.at != body.len() {
+        return Err(corrupt("unexpected bytes after the last section"));
+    }
+    Ok(last_seq)
+}
+
+fn read_history(cursor: &mut Cursor) -> Result<VisitorHistory, String> {
+    let v4_all = cursor.section().ok_or("truncated IPv4 union")?;
+    let v4_all = RoaringBitmap::read_from(v4_all).map_err(|e| format!("IPv4 union: {e}"))?;
+    let v6_all = cursor.section().ok_or("truncated IPv6 union")?;
+    let v6_all = RoaringTreemap::read_from(v6_all).map_err(|e| format!("IPv6 union: {e}"))?;
+    let days = cursor.u32().ok_or("truncated day count")?;
     let (mut v4_days, mut v6_days) = (BTreeMap::new(), BTreeMap::new());
     for _ in 0..days {
-        let day = Day(cursor.u32().ok_or_else(|| corrupt("truncated day"))?);
-        let v4 = cursor.section().ok_or_else(|| corrupt("truncated IPv4 set"))?;
-        let v6 = cursor.section().ok_or_else(|| corrupt("truncated IPv6 set"))?;
-        let v4 = RoaringBitmap::read_from(v4)
-            .map_err(|e| corrupt(&format!("IPv4 set of {day}: {e}")))?;
-        let v6 = RoaringTreemap::read_from(v6)
-            .map_err(|e| corrupt(&format!("IPv6 set of {day}: {e}")))?;
+        let day = Day(cursor.u32().ok_or("truncated day")?);
+        let v4 = cursor.section().ok_or("truncated IPv4 set")?;
+        let v6 = cursor.section().ok_or("truncated IPv6 set")?;
+        let v4 = RoaringBitmap::read_from(v4).map_err(|e| format!("IPv4 set of {day}: {e}"))?;
+        let v6 = RoaringTreemap::read_from(v6).map_err(|e| format!("IPv6 set of {day}: {e}"))?;
         if !v4.is_empty() {
             v4_days.insert(day, v4);
         }
@@ -169,9 +221,10 @@ pub(super) fn decode(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64
             v6_days.insert(day, v6);
         }
     }
-    state.history.v4 = Days::from_parts(v4_days, v4_all);
-    state.history.v6 = Days::from_parts(v6_days, v6_all);
-    Ok(last_seq)
+    Ok(VisitorHistory {
+        v4: Days::from_parts(v4_days, v4_all),
+        v6: Days::from_parts(v6_days, v6_all),
+    })
 }
 
 struct Cursor<'a> {

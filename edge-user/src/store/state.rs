@@ -6,6 +6,7 @@ use edge_common::keys::Addr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::fleet::{FleetState, Stamped};
 use crate::{
     history::{Departed, VisitorHistory},
     policy::{List, Mode},
@@ -62,6 +63,20 @@ pub enum Op {
         to: u32,
         first: u32,
     },
+    /// Changes stamped for the fleet, applied under its merge rules (store/fleet.rs): made
+    /// here (`position` None) or read from the fleet's stream through `position`, stored in
+    /// the same record so a restart resumes exactly after what was applied.
+    Fleet {
+        changes: Vec<Stamped>,
+        position: Option<String>,
+    },
+    /// Where this node stands in the fleet: the fleet it joined, the stream entry it applied
+    /// last, and how many of its own changes reached the stream.
+    FleetCursor {
+        epoch: Option<String>,
+        position: Option<String>,
+        published: u64,
+    },
 }
 
 impl Op {
@@ -93,6 +108,8 @@ pub struct State {
     pub feed_position: Option<String>,
     /// The day the window last rolled to (`Op::Roll`).
     pub rolled_to: Option<Day>,
+    /// Stamps, tombstones and the stream cursor of the fleet (empty without one).
+    pub fleet: FleetState,
 }
 
 impl State {
@@ -130,7 +147,28 @@ impl State {
             }
             Op::Roll { to, first } => {
                 self.rolled_to = Some(Day(*to));
+                // A removal before the window covers only visits that have left it too.
+                self.fleet.removed.drop_before(Day(*first));
                 return self.history.drop_before(Day(*first));
+            }
+            Op::Fleet { changes, position } => {
+                let mut gone = Departed::default();
+                for (_, departed) in self.apply_stamped(changes) {
+                    gone.v4 |= departed.v4;
+                    gone.v6 |= departed.v6;
+                }
+                let made_here = position.is_none();
+                if made_here {
+                    self.fleet.made += changes.len() as u64;
+                } else {
+                    self.fleet.position.clone_from(position);
+                }
+                return gone;
+            }
+            Op::FleetCursor { epoch, position, published } => {
+                self.fleet.epoch.clone_from(epoch);
+                self.fleet.position.clone_from(position);
+                self.fleet.published = *published;
             }
         }
         Departed::default()
