@@ -127,7 +127,14 @@ impl Daemon {
 
     /// Runs `edge ARGS` against this daemon's socket.
     pub fn cli(&self, args: &[&str]) -> Run {
-        Run::of(Command::new(edge_bin()).args(args).env("EDGE_SOCKET", &self.socket))
+        Run::of(&mut self.cli_command(args))
+    }
+
+    /// `edge ARGS` against this daemon's socket, to spawn.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(edge_bin());
+        cmd.args(args).env("EDGE_SOCKET", &self.socket);
+        cmd
     }
 
     /// SIGKILL, no chance to clean up.

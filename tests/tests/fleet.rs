@@ -226,7 +226,8 @@ fn node(name: &str, n: usize, key: &Path, extra: &str) -> Node {
     let policy = format!(
         "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/443\"]\n{extra}\n[fleet]\n\
          redis_url = \"redis://10.98.{n}.2:{REDIS_PORT}\"\nnode = \"{name}\"\n\
-         key_file = \"fleet.keys\"\nsnapshot_interval_s = 2\ndegraded_after_s = 2\n"
+         key_file = \"fleet.keys\"\nsnapshot_interval_s = 2\ndegraded_after_s = 2\n\
+         node_timeout_s = 10\n"
     );
     let today = edge::Day::today_utc().to_string();
     let daemon = Daemon::configure(&lab, &[&iface], &policy, &today).unwrap();
@@ -297,10 +298,24 @@ fn a_fleet_of_three_acts_as_one_filter() {
     a.daemon.cli(&["visitors", "remove", FORGED]).ok("visitors remove");
     let id = |id: Option<String>| id.as_deref().and_then(edge::fleet::stream_id);
     let newest = id(redis.last_entry());
-    wait("a snapshot covering the newest changes, and the stream trimmed to it", 20, || {
-        let covers = id(redis.snapshot_covers());
-        covers >= newest && id(redis.first_entry()) >= covers
-    });
+    edge_tests::wait_until(
+        "a snapshot covering the newest changes, and the stream trimmed to it",
+        Duration::from_secs(40),
+        || {
+            let covers = id(redis.snapshot_covers());
+            covers >= newest && id(redis.first_entry()) >= covers
+        },
+        || {
+            let log = a.daemon.log();
+            let fleet: Vec<&str> = log.lines().filter(|l| l.contains("fleet")).collect();
+            format!(
+                "newest {newest:?}, snapshot {:?}, first {:?}\n{}",
+                redis.snapshot_covers(),
+                redis.first_entry(),
+                fleet[fleet.len().saturating_sub(10)..].join("\n")
+            )
+        },
+    );
     c.daemon.start().unwrap();
     c.daemon.wait_ready().unwrap();
     c.daemon.wait_log("joined the fleet's snapshot", 1);
@@ -388,4 +403,27 @@ fn a_fleet_of_three_acts_as_one_filter() {
     for n in [&a, &b, &c] {
         assert!(n.connects(DURING_A) && n.connects(LEARNED) && n.connects(LATER));
     }
+
+    // A is killed (-9) in the middle of a million-line import: every node ends with none of
+    // it or all of it.
+    let v4 = |n: &Node| n.status()["visitors_v4"].as_u64().unwrap();
+    let held = v4(&b);
+    let list = keys.path().join("million.txt");
+    let lines: String = (0..1_000_000u32)
+        .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    std::fs::write(&list, lines).unwrap();
+    let mut import = a.daemon.cli_command(&["visitors", "import", list.to_str().unwrap()]);
+    let mut import = import.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.daemon.kill9().unwrap();
+    let _ = import.wait();
+    a.daemon.start().unwrap();
+    a.daemon.wait_ready().unwrap();
+    wait_same(&[&a, &b, &c], "after the import was cut");
+    for n in [&a, &b, &c] {
+        let now = v4(n);
+        assert!(now == held || now == held + 1_000_000, "{now} visitors; had {held}");
+    }
+    eprintln!("the cut import landed {}", if v4(&b) == held { "nowhere" } else { "everywhere" });
 }

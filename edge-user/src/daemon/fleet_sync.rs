@@ -96,17 +96,35 @@ async fn session(
     let position = handle.with(move |core| core.fleet_epoch(&epoch)).await.map_err(message)?;
     report(handle, Ok(())).await;
     let mut position = catch_up(handle, settings, ring, conn, &keys, position).await?;
-    let mut reported = Instant::now() - REPORT_EVERY;
+    // Reported, this node holds back the trim; a trim that passed it before that means the
+    // snapshot again.
+    exchange_reports(handle, settings, conn, &keys).await?;
+    while trimmed_past(conn, &keys, &position).await? {
+        let before = position.clone();
+        position = catch_up(handle, settings, ring, conn, &keys, Some(position)).await?;
+        if position == before {
+            return Err(format!(
+                "the stream was trimmed past this node ({before}) and no snapshot covers the gap"
+            ));
+        }
+        exchange_reports(handle, settings, conn, &keys).await?;
+    }
+    let mut reported = Instant::now();
     let mut snapshot_tried = Instant::now();
+    // Past this without a report the others may trim past this node: start over.
+    let deadline = Duration::from_secs(u64::from(settings.node_timeout_s) / 2);
     loop {
+        if reported.elapsed() >= REPORT_EVERY {
+            if reported.elapsed() >= deadline {
+                return Err("this node went unreported too long; joining again".into());
+            }
+            ring.reload_if_changed();
+            exchange_reports(handle, settings, conn, &keys).await?;
+            reported = Instant::now();
+        }
         publish(handle, settings, ring, conn, &keys).await?;
         position = read(handle, settings, ring, conn, &keys, position).await?;
         report(handle, Ok(())).await;
-        if reported.elapsed() >= REPORT_EVERY {
-            reported = Instant::now();
-            ring.reload_if_changed();
-            exchange_reports(handle, settings, conn, &keys).await?;
-        }
         if snapshot_tried.elapsed() >= Duration::from_secs(settings.snapshot_interval_s.into()) {
             snapshot_tried = Instant::now();
             offer_snapshot(handle, settings, ring, conn, &keys, &position).await?;
@@ -199,6 +217,26 @@ async fn catch_up(
         "fleet: joined the fleet's snapshot"
     );
     Ok(covers)
+}
+
+/// Whether the stream was trimmed past `position` (Redis 7's `max-deleted-entry-id`): entries
+/// after it may be gone, and only the snapshot has them.
+async fn trimmed_past(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    position: &str,
+) -> Result<bool, String> {
+    if !within(ROUND_TRIP, conn.exists::<_, bool>(&keys.stream)).await? {
+        return Ok(false); // No stream yet: nothing was trimmed.
+    }
+    let info = redis::cmd("XINFO").arg("STREAM").arg(&keys.stream).clone();
+    let info: HashMap<String, Value> = within(ROUND_TRIP, info.query_async(conn)).await?;
+    let deleted = match info.get("max-deleted-entry-id") {
+        Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
+        Some(Value::SimpleString(id)) => id.clone(),
+        _ => return Ok(false),
+    };
+    Ok(fleet::stream_id(&deleted) > fleet::stream_id(position))
 }
 
 /// Publishes what the outbox holds (or the whole state, when that is due).
@@ -352,7 +390,8 @@ async fn exchange_reports(
 }
 
 /// Once per interval, one node of the fleet (whoever takes the lock) writes its state as the
-/// fleet's snapshot, covering the stream through its position, and trims the stream below.
+/// fleet's snapshot, covering the stream through its position; then the stream is trimmed
+/// below the snapshot and below every node still reporting.
 async fn offer_snapshot(
     handle: &Handle,
     settings: &policy::Fleet,
@@ -364,10 +403,8 @@ async fn offer_snapshot(
     if fleet::stream_id(position).is_none_or(|id| id == (0, 0)) {
         return Ok(());
     }
-    let held: Option<String> = within(ROUND_TRIP, conn.hget(&keys.snapshot, fleet::COVERS)).await?;
-    if held.as_deref() == Some(position) {
-        return Ok(());
-    }
+    let mut covers: Option<String> =
+        within(ROUND_TRIP, conn.hget(&keys.snapshot, fleet::COVERS)).await?;
     let lock = redis::cmd("SET")
         .arg(&keys.snapshot_lock)
         .arg(&settings.node)
@@ -375,35 +412,53 @@ async fn offer_snapshot(
         .arg("EX")
         .arg(settings.snapshot_interval_s.max(2))
         .clone();
-    if within(ROUND_TRIP, lock.query_async::<Option<String>>(conn)).await?.is_none() {
+    if covers.as_deref() != Some(position)
+        && within(ROUND_TRIP, lock.query_async::<Option<String>>(conn)).await?.is_some()
+    {
+        let started = Instant::now();
+        // The state covers the stream through `position`: it applied every entry up to it.
+        let body = handle
+            .with(|core| Ok(crate::store::encode_state(core.state())))
+            .await
+            .map_err(message)?;
+        let (node, stream) = (&settings.node, &settings.stream);
+        let entry = fleet::seal(ring.current()?, stream, node, Kind::Snapshot, position, body);
+        let mut fields = fleet::fields(&entry);
+        fields.push((fleet::MADE_AT, unix_now().to_string().into_bytes()));
+        within(BULK_TRIP, conn.hset_multiple::<_, _, _, ()>(&keys.snapshot, &fields)).await?;
+        info!(
+            covers = position,
+            bytes = entry.body.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "fleet: wrote the fleet's snapshot"
+        );
+        covers = Some(position.to_string());
+    }
+    // A live node that is behind reads on without a gap; one silent past `node_timeout_s`
+    // rejoins from the snapshot.
+    let Some(covers) = covers.as_deref().and_then(fleet::stream_id) else { return Ok(()) };
+    let reports: HashMap<String, String> = within(ROUND_TRIP, conn.hgetall(&keys.nodes)).await?;
+    let now = unix_now();
+    let live = reports
+        .values()
+        .filter_map(|json| serde_json::from_str::<NodeReport>(json).ok())
+        .filter(|r| now.saturating_sub(r.at) < u64::from(settings.node_timeout_s))
+        .map(|r| fleet::stream_id(&r.position).unwrap_or((0, 0)));
+    let trim_to = live.chain([covers]).min().expect("covers is one");
+    if trim_to == (0, 0) {
         return Ok(());
     }
-    let started = Instant::now();
-    // The state now covers the stream through `position` (it applied every entry up to it).
-    let body =
-        handle.with(|core| Ok(crate::store::encode_state(core.state()))).await.map_err(message)?;
-    let entry = fleet::seal(
-        ring.current()?,
-        &settings.stream,
-        &settings.node,
-        Kind::Snapshot,
-        position,
-        body,
-    );
-    let mut fields = fleet::fields(&entry);
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    fields.push((fleet::MADE_AT, now.to_string().into_bytes()));
-    within(BULK_TRIP, conn.hset_multiple::<_, _, _, ()>(&keys.snapshot, &fields)).await?;
-    let trim = redis::cmd("XTRIM").arg(&keys.stream).arg("MINID").arg(position).clone();
+    let trim_id = format!("{}-{}", trim_to.0, trim_to.1);
+    let trim = redis::cmd("XTRIM").arg(&keys.stream).arg("MINID").arg(&trim_id).clone();
     let trimmed: u64 = within(ROUND_TRIP, trim.query_async(conn)).await?;
-    info!(
-        covers = position,
-        bytes = entry.body.len(),
-        trimmed,
-        ms = started.elapsed().as_millis() as u64,
-        "fleet: wrote the fleet's snapshot and trimmed the stream below it"
-    );
+    if trimmed > 0 {
+        info!(below = trim_id, entries = trimmed, "fleet: trimmed the stream");
+    }
     Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The fleet key ring, read again when its file changes (`edge key rotate`).

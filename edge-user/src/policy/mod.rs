@@ -274,6 +274,9 @@ pub struct Fleet {
     pub snapshot_interval_s: u32,
     /// How long Redis may be unreachable before the node reports the fleet degraded.
     pub degraded_after_s: u32,
+    /// How long a node may go without reporting before it no longer holds back the stream's
+    /// trim (it then rejoins from the snapshot).
+    pub node_timeout_s: u32,
 }
 
 impl Fleet {

@@ -43,6 +43,7 @@ struct RawFleet {
     local_mode: Option<Spanned<bool>>,
     snapshot_interval_s: Option<Spanned<i64>>,
     degraded_after_s: Option<Spanned<i64>>,
+    node_timeout_s: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +463,10 @@ fn fleet(src: &Source, f: &RawFleet, text: &str) -> Checked<Fleet> {
         degraded_after_s: match &f.degraded_after_s {
             Some(v) => src.int(v, "fleet.degraded_after_s", 1..3_601)? as u32,
             None => 5,
+        },
+        node_timeout_s: match &f.node_timeout_s {
+            Some(v) => src.int(v, "fleet.node_timeout_s", 10..86_401)? as u32,
+            None => 600,
         },
     })
 }

@@ -93,6 +93,7 @@ impl Policy {
             let interval = i64::from(f.snapshot_interval_s);
             fleet.insert("snapshot_interval_s".into(), Value::Integer(interval));
             fleet.insert("degraded_after_s".into(), Value::Integer(i64::from(f.degraded_after_s)));
+            fleet.insert("node_timeout_s".into(), Value::Integer(i64::from(f.node_timeout_s)));
             root.insert("fleet".into(), Value::Table(fleet));
         }
         if let Some(d) = &self.daemon {
