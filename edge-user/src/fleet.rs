@@ -18,6 +18,7 @@ use crate::{
 
 /// The fields of a stream entry and of the snapshot hash.
 pub const NODE: &str = "node";
+pub const INCARNATION: &str = "incarnation";
 pub const KIND: &str = "kind";
 pub const KEY_ID: &str = "key";
 pub const BODY: &str = "body";
@@ -87,6 +88,10 @@ pub enum Refused {
     BadMac,
     #[error("a change stamped by {stamped} in an entry from {node}")]
     WrongNode { node: String, stamped: String },
+    #[error("a change from {0} stamped more than 10 minutes ahead of this node's clock")]
+    Future(String),
+    #[error("a change this node cannot take: {0}")]
+    Invalid(String),
 }
 
 impl Refused {
@@ -96,6 +101,8 @@ impl Refused {
             Self::UnknownKey(_) => "unknown_key",
             Self::BadMac => "bad_mac",
             Self::WrongNode { .. } => "wrong_node",
+            Self::Future(_) => "future_stamp",
+            Self::Invalid(_) => "invalid",
         }
     }
 }
@@ -104,6 +111,8 @@ impl Refused {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub node: String,
+    /// The writing store's incarnation (`store::Cursor`): a reader skips only its own.
+    pub incarnation: String,
     pub kind: Option<Kind>,
     pub key_id: u8,
     pub body: Vec<u8>,
@@ -120,6 +129,7 @@ fn mac_of(ring: &Keyring, key_id: u8, stream: &str, entry: &Entry) -> Option<Hma
         stream.as_bytes(),
         entry.kind.map_or("", Kind::name).as_bytes(),
         entry.node.as_bytes(),
+        entry.incarnation.as_bytes(),
         entry.covers.as_bytes(),
     ] {
         mac.update(&(part.len() as u64).to_le_bytes());
@@ -129,17 +139,25 @@ fn mac_of(ring: &Keyring, key_id: u8, stream: &str, entry: &Entry) -> Option<Hma
     Some(mac)
 }
 
+/// Who writes an entry: the node's name and its store's incarnation.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    pub node: String,
+    pub incarnation: String,
+}
+
 /// Signs an entry with the ring's current key.
 pub fn seal(
     ring: &Keyring,
     stream: &str,
-    node: &str,
+    writer: &Writer,
     kind: Kind,
     covers: &str,
     body: Vec<u8>,
 ) -> Entry {
     let mut entry = Entry {
-        node: node.into(),
+        node: writer.node.clone(),
+        incarnation: writer.incarnation.clone(),
         kind: Some(kind),
         key_id: ring.current().id,
         body,
@@ -200,6 +218,7 @@ pub fn from_fields<'a>(
     for (name, value) in fields {
         match name {
             NODE => entry.node = text(NODE, value)?,
+            INCARNATION => entry.incarnation = text(INCARNATION, value)?,
             KIND => entry.kind = Kind::parse(value),
             KEY_ID => {
                 entry.key_id = text(KEY_ID, value)?
@@ -219,6 +238,7 @@ pub fn from_fields<'a>(
 pub fn fields(entry: &Entry) -> Vec<(&'static str, Vec<u8>)> {
     let mut out = vec![
         (NODE, entry.node.clone().into_bytes()),
+        (INCARNATION, entry.incarnation.clone().into_bytes()),
         (KIND, entry.kind.map_or("", Kind::name).as_bytes().to_vec()),
         (KEY_ID, entry.key_id.to_string().into_bytes()),
         (BODY, entry.body.clone()),
@@ -244,6 +264,10 @@ mod tests {
         ticket::Key,
     };
 
+    fn writer(node: &str) -> Writer {
+        Writer { node: node.into(), incarnation: "i1".into() }
+    }
+
     fn ring(byte: u8) -> Keyring {
         Keyring::new(vec![Key::new(1, [byte; 16])])
     }
@@ -255,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_sealed_entry_opens_and_any_alteration_is_refused() {
-        let entry = seal(&ring(7), "edge:fleet", "a", Kind::Change, "", change("a"));
+        let entry = seal(&ring(7), "edge:fleet", &writer("a"), Kind::Change, "", change("a"));
         assert_eq!(open(&ring(7), "edge:fleet", &entry), Ok(()));
         assert_eq!(changes(&entry).unwrap().len(), 1);
         assert_eq!(open(&ring(8), "edge:fleet", &entry), Err(Refused::BadMac));
@@ -263,6 +287,9 @@ mod tests {
         let mut renamed = entry.clone();
         renamed.node = "b".into();
         assert_eq!(open(&ring(7), "edge:fleet", &renamed), Err(Refused::BadMac));
+        let mut reborn = entry.clone();
+        reborn.incarnation = "i2".into();
+        assert_eq!(open(&ring(7), "edge:fleet", &reborn), Err(Refused::BadMac));
         let mut altered = entry.clone();
         *altered.body.last_mut().unwrap() ^= 1;
         assert_eq!(open(&ring(7), "edge:fleet", &altered), Err(Refused::BadMac));
@@ -275,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_node_cannot_pass_off_another_nodes_change() {
-        let entry = seal(&ring(7), "edge:fleet", "a", Kind::Change, "", change("b"));
+        let entry = seal(&ring(7), "edge:fleet", &writer("a"), Kind::Change, "", change("b"));
         assert_eq!(open(&ring(7), "edge:fleet", &entry), Ok(()));
         assert!(matches!(changes(&entry), Err(Refused::WrongNode { .. })));
     }

@@ -2,6 +2,7 @@
 //! binary with the fixture checks (harness), the privileged-test gate, a network-namespace lab
 //! that cleans up after itself, and a daemon run in it.
 pub mod daemon;
+pub mod fleet;
 pub mod frames;
 pub mod harness;
 pub mod lab;

@@ -3,13 +3,14 @@
 //! node learns or is told, every node enforces; a stopped node catches up; a wiped node joins
 //! from the snapshot after the stream was trimmed; an outage degrades and then heals with
 //! nothing lost; a Redis that comes back empty is re-seeded; a forged entry is refused.
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
-use edge_tests::{daemon::Daemon, lab::Lab, privileged, probe};
+use edge_tests::{
+    daemon::Daemon,
+    fleet::{redis_url, RedisNet, STREAM},
+    lab::Lab,
+    privileged, probe,
+};
 
 // Addresses only this test uses (the handshake tracepoint sees every namespace).
 const VISITOR: &str = "192.0.2.150";
@@ -20,137 +21,6 @@ const DURING_A: &str = "192.0.2.154";
 const DURING_B: &str = "192.0.2.155";
 const FORGED: &str = "192.0.2.156";
 const CLIENTS: [&str; 7] = [VISITOR, DENIED, LEARNED, LATER, DURING_A, DURING_B, FORGED];
-const REDIS_PORT: u16 = 6391;
-const STREAM: &str = "edge:fleet";
-
-/// Stream entries as XRANGE answers: id, then field and value pairs.
-type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
-
-/// The namespace Redis runs in, linked to each lab's server namespace by a veth pair
-/// (10.98.N.1 on the node, 10.98.N.2 on Redis). No default route anywhere out of it.
-struct RedisNet {
-    ns: String,
-    server: Option<Child>,
-}
-
-impl RedisNet {
-    fn new(labs: &[&Lab]) -> Self {
-        let ns = format!("edge-{}-redis", std::process::id() % 100_000);
-        run(Command::new("ip").args(["netns", "add", &ns]));
-        run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
-        for (n, lab) in labs.iter().enumerate() {
-            let (node_if, redis_if) =
-                (format!("{}r", lab.server_if), format!("rd{n}{}", &ns[5..10]));
-            run(Command::new("ip").args([
-                "link",
-                "add",
-                &node_if,
-                "netns",
-                &lab.server_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &redis_if,
-                "netns",
-                &ns,
-            ]));
-            for (netns, dev, addr) in [
-                (&lab.server_ns, &node_if, format!("10.98.{n}.1/30")),
-                (&ns, &redis_if, format!("10.98.{n}.2/30")),
-            ] {
-                run(Command::new("ip").args(["-n", netns, "addr", "add", &addr, "dev", dev]));
-                run(Command::new("ip").args(["-n", netns, "link", "set", dev, "up"]));
-            }
-        }
-        Self { ns, server: None }
-    }
-
-    /// Starts redis-server persisting to `dir` (append-only, fsync always).
-    fn start(&mut self, dir: &Path) {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .args(["--", "redis-server", "--port", &REDIS_PORT.to_string(), "--bind", "0.0.0.0"])
-            .args(["--protected-mode", "no", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (installed by `cargo xtask setup`)");
-        self.server = Some(child);
-        edge_tests::wait_until(
-            "redis-server to answer",
-            Duration::from_secs(10),
-            || self.query(|c| redis::cmd("PING").query::<String>(c)).is_ok(),
-            String::new,
-        );
-    }
-
-    /// The stream entry the fleet's snapshot covers.
-    fn snapshot_covers(&self) -> Option<String> {
-        let key = format!("{STREAM}:snapshot");
-        self.query(move |c| redis::cmd("HGET").arg(key).arg("covers").query(c)).unwrap()
-    }
-
-    /// The id of the stream's oldest entry.
-    fn first_entry(&self) -> Option<String> {
-        let range = redis::cmd("XRANGE").arg(STREAM).arg("-").arg("+").arg("COUNT").arg(1).clone();
-        let entries: Entries = self.query(move |c| range.query(c)).unwrap();
-        entries.first().map(|(id, _)| id.clone())
-    }
-
-    /// The id of the stream's newest entry.
-    fn last_entry(&self) -> Option<String> {
-        let range =
-            redis::cmd("XREVRANGE").arg(STREAM).arg("+").arg("-").arg("COUNT").arg(1).clone();
-        let entries: Entries = self.query(move |c| range.query(c)).unwrap();
-        entries.first().map(|(id, _)| id.clone())
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            // SAFETY: plain syscall on our child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            child.wait().unwrap();
-        }
-    }
-
-    /// Runs `f` on a connection to Redis from inside its namespace.
-    fn query<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T> + Send + 'static,
-    ) -> redis::RedisResult<T> {
-        let netns = format!("/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&netns).unwrap();
-            // SAFETY: valid fd; only this thread changes namespace.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns into {netns}");
-            let client = redis::Client::open(format!("redis://127.0.0.1:{REDIS_PORT}"))?;
-            let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
-            f(&mut conn)
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for RedisNet {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 struct Node {
     lab: Lab,
@@ -225,9 +95,10 @@ fn node(name: &str, n: usize, key: &Path, extra: &str) -> Node {
     let iface = lab.server_if.clone();
     let policy = format!(
         "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/443\"]\n{extra}\n[fleet]\n\
-         redis_url = \"redis://10.98.{n}.2:{REDIS_PORT}\"\nnode = \"{name}\"\n\
+         redis_url = \"{}\"\nnode = \"{name}\"\n\
          key_file = \"fleet.keys\"\nsnapshot_interval_s = 2\ndegraded_after_s = 2\n\
-         node_timeout_s = 10\n"
+         node_timeout_s = 10\n",
+        redis_url(n)
     );
     let today = edge::Day::today_utc().to_string();
     let daemon = Daemon::configure(&lab, &[&iface], &policy, &today).unwrap();

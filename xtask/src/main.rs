@@ -108,8 +108,11 @@ fn main() -> Result<()> {
             build_release()?;
             // The data plane (program in the kernel), then the control plane (store, daemon, API);
             // or the lab.
-            let benches: &[&str] =
-                if lab { &["edge-bench-lab"] } else { &["edge-bench", "edge-bench-daemon"] };
+            let benches: &[&str] = if lab {
+                &["edge-bench-lab"]
+            } else {
+                &["edge-bench", "edge-bench-daemon", "edge-bench-fleet"]
+            };
             for bench in benches {
                 let mut cmd = Command::new(root.join("target/release").join(bench));
                 cmd.env("EDGE_BIN", root.join("target/release/edge"));

@@ -223,7 +223,7 @@ impl Core {
             self.require_ready()?;
         }
         self.validate(&op)?;
-        let op = self.stamp_for_fleet(op);
+        let op = self.stamp_for_fleet(op, origin);
         if matches!(op, Op::Fleet { .. }) {
             return self.change_stamped(op);
         }
@@ -298,7 +298,7 @@ impl Core {
             }
             Op::Admit { entries, .. } => self.check_admission_capacity(entries),
             Op::SetMode(_) | Op::Roll { .. } => Ok(()),
-            Op::Fleet { .. } | Op::FleetCursor { .. } => {
+            Op::Fleet { .. } | Op::FleetCursor(_) => {
                 Err(Fault::Internal("a fleet record is not a change to validate".into()))
             }
         }
@@ -421,7 +421,7 @@ impl Core {
             }
             Op::SetMode(_) => self.mirror(Mirror::Config)?,
             // Fleet records are mirrored change by change (`change_stamped`).
-            Op::Fleet { .. } | Op::FleetCursor { .. } => {}
+            Op::Fleet { .. } | Op::FleetCursor(_) => {}
             Op::Admit { entries, .. } => {
                 let mut v4 = Vec::new();
                 let mut v6 = Vec::new();

@@ -8,29 +8,33 @@ use std::collections::{BTreeMap, VecDeque};
 use tracing::{info, warn};
 
 use super::{
-    core::{Core, Mirror},
+    core::{Core, Mirror, Origin},
     fault::Fault,
 };
 use crate::{
     api,
     fleet::{stream_id, Refused},
     history::Departed,
-    policy::{self, List},
-    store::{Op, Stamped, State},
+    policy::{self, List, Mode},
+    store::{Cursor, Op, Stamped, State},
     visitors::Day,
 };
 
 /// Changes held for the stream while Redis is out, before the node gives up on the list and
 /// publishes its whole state instead (which covers them all).
 pub const OUTBOX_MAX: usize = 100_000;
+/// A change stamped further ahead of this node's clock is refused: a node with a clock far
+/// in the future would otherwise win every write and hold removals for as long.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 10 * 60 * 1000;
 
 /// The fleet as this node sees it.
 pub struct FleetLink {
     pub settings: policy::Fleet,
-    /// Changes made here that the stream has not taken yet, oldest first.
-    pub outbox: VecDeque<Stamped>,
-    /// The next publication is this node's whole state: the outbox overflowed, or changes
-    /// made before a restart may not have reached the stream, or Redis lost them.
+    /// Changes made here that the stream has not taken yet, oldest first, each numbered by
+    /// the count of changes made here with it (`FleetState::made`).
+    pub outbox: VecDeque<(u64, Stamped)>,
+    /// The next publication is this node's whole state: it is owed (see `Cursor`), the
+    /// outbox overflowed, or changes made before a restart may not have reached the stream.
     pub publish_state: bool,
     /// Unix seconds of the last round trip that worked.
     pub ok_at: u64,
@@ -48,6 +52,10 @@ pub struct FleetLink {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeReport {
     pub node: String,
+    /// This store's incarnation (two reports of one name with different ones: two nodes).
+    #[serde(default)]
+    pub incarnation: String,
+    /// When it reported, on Redis's clock (unix seconds): liveness is judged on one clock.
     pub at: u64,
     pub position: String,
     pub visitors: u64,
@@ -58,12 +66,11 @@ pub struct NodeReport {
 
 impl FleetLink {
     pub fn new(settings: policy::Fleet, state: &State, now: u64) -> Self {
-        // Changes made and not known to be in the stream: the whole state goes out instead.
-        let publish_state = state.fleet.made > state.fleet.published;
+        let fleet = &state.fleet;
         Self {
             settings,
             outbox: VecDeque::new(),
-            publish_state,
+            publish_state: fleet.cursor.owes_state || fleet.made > fleet.cursor.published,
             ok_at: now,
             degraded: false,
             error: String::new(),
@@ -75,16 +82,17 @@ impl FleetLink {
         }
     }
 
-    fn shares(&self, op: &Op) -> bool {
+    /// Whether a change made here goes to the fleet. A rule's expiry does not: every node
+    /// expires it on its own clock, and a stamped removal could undo an extension made
+    /// elsewhere meanwhile.
+    fn shares(&self, op: &Op, origin: Origin) -> bool {
         match op {
-            Op::Visits(_)
-            | Op::RemoveVisitors { .. }
-            | Op::PutRules(_)
-            | Op::RemoveRules { .. } => true,
+            Op::Visits(_) | Op::RemoveVisitors { .. } | Op::PutRules(_) => true,
+            Op::RemoveRules { .. } => origin == Origin::Api,
             Op::SetMode(_) => !self.settings.local_mode,
             // The admission feed's entries reach every node from the feed itself.
             Op::Admit { feed, .. } => feed.is_none(),
-            Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor { .. } => false,
+            Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor(_) => false,
         }
     }
 
@@ -93,18 +101,18 @@ impl FleetLink {
     }
 }
 
-/// What the next publication carries.
+/// What the next publication carries, and the count of changes made here it covers.
 pub enum Outgoing {
-    Changes(Vec<Stamped>),
-    /// The whole state (encoded), and how many changes made here it covers.
-    State(Vec<u8>),
+    Changes(Vec<Stamped>, u64),
+    /// The whole state, encoded.
+    State(Vec<u8>, u64),
 }
 
 impl Core {
     /// A change made here, as the store logs it: stamped for the fleet when it is shared.
-    pub(super) fn stamp_for_fleet(&mut self, op: Op) -> Op {
+    pub(super) fn stamp_for_fleet(&mut self, op: Op, origin: Origin) -> Op {
         let Some(link) = &self.fleet else { return op };
-        if !link.shares(&op) {
+        if !link.shares(&op, origin) {
             return op;
         }
         let node = link.settings.node.clone();
@@ -113,20 +121,25 @@ impl Core {
     }
 
     /// After a stamped change made here is stored: the stream's turn.
-    pub(super) fn queue_for_fleet(&mut self, op: &Op) {
+    fn queue_for_fleet(&mut self, op: &Op) {
         let (Some(link), Op::Fleet { changes, position: None }) = (&mut self.fleet, op) else {
             return;
         };
+        if link.publish_state {
+            return; // The whole state goes out, with these in it.
+        }
         if link.outbox.len() + changes.len() > OUTBOX_MAX {
-            if !link.publish_state {
-                warn!("fleet: over {OUTBOX_MAX} changes wait for Redis; the whole state goes out when it is back");
-            }
+            warn!(
+                "fleet: over {OUTBOX_MAX} changes wait for Redis; the whole state goes out \
+                 when it is back"
+            );
             link.outbox.clear();
             link.publish_state = true;
             return;
         }
-        if !link.publish_state {
-            link.outbox.extend(changes.iter().cloned());
+        let first = self.state.fleet.made - changes.len() as u64;
+        for (n, change) in changes.iter().enumerate() {
+            link.outbox.push_back((first + n as u64 + 1, change.clone()));
         }
     }
 
@@ -138,90 +151,114 @@ impl Core {
         self.now() * 1000 + sub_ms
     }
 
-    /// The next publication, taken out of the outbox (`max` changes at most). Nothing is
-    /// marked published until [`Core::fleet_published`].
-    pub fn fleet_outgoing(&mut self, max: usize) -> Option<(Outgoing, u64)> {
-        let link = self.fleet.as_mut()?;
+    /// The next publication: up to `max_bytes` of changes from the front of the outbox (at
+    /// least one), or the whole state. Nothing leaves the outbox until
+    /// [`Core::fleet_published`] says the stream took it.
+    pub fn fleet_outgoing(&self, max_bytes: usize) -> Option<Outgoing> {
+        let link = self.fleet.as_ref()?;
         if link.publish_state {
-            link.publish_state = false;
-            link.outbox.clear();
-            return Some((
-                Outgoing::State(crate::store::encode_state(&self.state)),
-                self.state.fleet.made,
-            ));
+            return Some(Outgoing::State(self.fleet_state_bytes(), self.state.fleet.made));
         }
-        if link.outbox.is_empty() {
-            return None;
-        }
-        let n = link.outbox.len().min(max);
-        let changes: Vec<Stamped> = link.outbox.drain(..n).collect();
-        let through = self.state.fleet.made - link.outbox.len() as u64;
-        Some((Outgoing::Changes(changes), through))
-    }
-
-    /// A publication did not reach the stream: it goes out again, first.
-    pub fn fleet_unsent(&mut self, outgoing: Outgoing) {
-        let Some(link) = self.fleet.as_mut() else { return };
-        match outgoing {
-            Outgoing::State(_) => link.publish_state = true,
-            Outgoing::Changes(changes) if !link.publish_state => {
-                for change in changes.into_iter().rev() {
-                    link.outbox.push_front(change);
-                }
+        let mut changes = Vec::new();
+        let (mut bytes, mut through) = (0, 0);
+        for (seq, change) in &link.outbox {
+            let size = postcard::experimental::serialized_size(change).unwrap_or(0);
+            if !changes.is_empty() && bytes + size > max_bytes {
+                break;
             }
-            Outgoing::Changes(_) => {}
+            bytes += size;
+            through = *seq;
+            changes.push(change.clone());
         }
+        (!changes.is_empty()).then_some(Outgoing::Changes(changes, through))
     }
 
-    /// The stream took the changes made here through the `through`th: logged, so a restart
-    /// knows whether anything is still to publish.
-    pub fn fleet_published(&mut self, through: u64) -> Result<(), Fault> {
-        if let Some(link) = self.fleet.as_mut() {
-            link.published += 1;
+    /// This node's whole state as the fleet gets it: without its mode on a canary.
+    pub fn fleet_state_bytes(&self) -> Vec<u8> {
+        if self.fleet.as_ref().is_some_and(|l| l.settings.local_mode) {
+            let mut state = self.state.clone();
+            state.mode = None;
+            state.fleet.mode_stamp = None;
+            return crate::store::encode_state(&state);
         }
-        if through <= self.state.fleet.published {
+        crate::store::encode_state(&self.state)
+    }
+
+    /// The stream took a publication: what it covers leaves the outbox, and the cursor is
+    /// logged, so a restart knows whether anything is still to publish.
+    pub fn fleet_published(&mut self, whole_state: bool, through: u64) -> Result<(), Fault> {
+        let Some(link) = self.fleet.as_mut() else { return Ok(()) };
+        link.published += 1;
+        while link.outbox.front().is_some_and(|(seq, _)| *seq <= through) {
+            link.outbox.pop_front();
+        }
+        if whole_state {
+            link.publish_state = false;
+        }
+        let mut cursor = self.state.fleet.cursor.clone();
+        cursor.published = cursor.published.max(through);
+        cursor.owes_state &= !whole_state;
+        self.log_cursor(cursor)
+    }
+
+    fn log_cursor(&mut self, cursor: Cursor) -> Result<(), Fault> {
+        if cursor == self.state.fleet.cursor {
             return Ok(());
         }
-        let fleet = &self.state.fleet;
-        let op = Op::FleetCursor {
-            epoch: fleet.epoch.clone(),
-            position: fleet.position.clone(),
-            published: through,
-        };
+        let op = Op::FleetCursor(cursor);
         self.store.append(&op).map_err(Fault::store)?;
         self.state.apply(&op);
         Ok(())
     }
 
-    /// The fleet's Redis names its life `epoch`. A node that knew another one (Redis came
-    /// back empty) or none (it is new here, with state of its own) publishes its whole state,
-    /// and reads the stream from its start. Returns the position to read from.
-    pub fn fleet_epoch(&mut self, epoch: &str) -> Result<Option<String>, Fault> {
-        let fleet = &self.state.fleet;
-        if fleet.epoch.as_deref() == Some(epoch) {
-            return Ok(fleet.position.clone());
-        }
-        let link = self.fleet.as_mut().expect("the fleet task runs with [fleet]");
-        match &fleet.epoch {
-            Some(old) => warn!(
-                old,
-                new = epoch,
-                "fleet: Redis lost the fleet's data; re-seeding it with this node's state"
-            ),
-            None => info!(epoch, "fleet: joining"),
-        }
-        if fleet.epoch.is_some() || !self.state.history.is_empty() || !self.state.rules.is_empty() {
-            link.publish_state = true;
-            link.outbox.clear();
-        }
-        let op = Op::FleetCursor {
-            epoch: Some(epoch.to_string()),
-            position: None,
-            published: fleet.published,
+    /// The session's start: the fleet's Redis names its life `epoch`, and its stream has
+    /// handed out ids up to `last_id`. A node that knew another epoch (Redis came back empty)
+    /// or whose position is past `last_id` (Redis lost the stream's tail) or that is new here
+    /// with state of its own owes the fleet its whole state, and reads the stream from its
+    /// start. Returns this store's incarnation and the position to read from.
+    pub fn fleet_session(
+        &mut self,
+        epoch: &str,
+        last_id: Option<&str>,
+    ) -> Result<(String, Option<String>), Fault> {
+        let mut cursor = self.state.fleet.cursor.clone();
+        let incarnation = match &cursor.incarnation {
+            Some(incarnation) => incarnation.clone(),
+            None => {
+                let id = crate::ticket::random_id()
+                    .map_err(|e| Fault::Internal(format!("no random incarnation: {e}")))?;
+                format!("{id:016x}")
+            }
         };
-        self.store.append(&op).map_err(Fault::store)?;
-        self.state.apply(&op);
-        Ok(None)
+        cursor.incarnation = Some(incarnation.clone());
+        let lost_tail =
+            cursor.position.as_deref().and_then(stream_id) > last_id.and_then(stream_id);
+        if cursor.epoch.as_deref() != Some(epoch) || lost_tail {
+            let has_state = !self.state.history.is_empty() || !self.state.rules.is_empty();
+            match &cursor.epoch {
+                Some(old) if old != epoch => warn!(
+                    old,
+                    new = epoch,
+                    "fleet: Redis lost the fleet's data; re-seeding it with this node's state"
+                ),
+                Some(_) => warn!(
+                    position = cursor.position.as_deref().unwrap_or(""),
+                    last = last_id.unwrap_or(""),
+                    "fleet: the stream ends before this node's position (Redis lost its tail); \
+                     re-seeding it with this node's state"
+                ),
+                None => info!(epoch, "fleet: joining"),
+            }
+            cursor.owes_state |= cursor.epoch.is_some() || has_state;
+            cursor.epoch = Some(epoch.to_string());
+            cursor.position = None;
+        }
+        if let Some(link) = self.fleet.as_mut() {
+            link.publish_state |= cursor.owes_state;
+        }
+        let position = cursor.position.clone();
+        self.log_cursor(cursor)?;
+        Ok((incarnation, position))
     }
 
     /// Changes other nodes made, read from the stream through `position`: each validated as
@@ -230,16 +267,21 @@ impl Core {
     pub fn fleet_apply(&mut self, changes: Vec<Stamped>, position: String) -> Result<(), Fault> {
         let Some(link) = self.fleet.as_ref() else { return Ok(()) };
         let local_mode = link.settings.local_mode;
+        let horizon = (self.now_ms() + MAX_CLOCK_AHEAD_MS) << 16;
         let mut taken = Vec::with_capacity(changes.len());
         for change in changes {
             if local_mode && matches!(change.op, Op::SetMode(_)) {
                 continue;
             }
-            match self.validate_remote(&change.op) {
+            let checked = match change.stamp.hlc > horizon {
+                true => Err(Refused::Future(change.stamp.node.clone())),
+                false => self.validate_remote(&change.op).map_err(Refused::Invalid),
+            };
+            match checked {
                 Ok(()) => taken.push(change),
                 Err(why) => {
                     warn!(node = %change.stamp.node, "fleet: refused a change: {why}");
-                    self.fleet.as_mut().expect("checked").refuse(&Refused::Malformed(why));
+                    self.fleet.as_mut().expect("checked").refuse(&why);
                 }
             }
         }
@@ -269,7 +311,7 @@ impl Core {
                 self.check_admission_capacity(entries).map_err(|f| f.to_string())
             }
             Op::RemoveVisitors { .. } | Op::RemoveRules { .. } | Op::SetMode(_) => Ok(()),
-            Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor { .. } => {
+            Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor(_) => {
                 Err("not a change the fleet carries".into())
             }
         }
@@ -279,12 +321,13 @@ impl Core {
     pub(super) fn change_stamped(&mut self, op: Op) -> Result<Departed, Fault> {
         self.store.append(&op).map_err(Fault::store)?;
         let Op::Fleet { changes, position } = &op else { unreachable!("a stamped record") };
+        let (mode, kernel_mode) = (self.mode(), self.kernel_mode());
         let applied = self.state.apply_stamped(changes);
-        if position.is_none() {
-            self.state.fleet.made += changes.len() as u64;
-        } else {
-            self.state.fleet.position.clone_from(position);
+        match position {
+            None => self.state.fleet.made += changes.len() as u64,
+            Some(_) => self.state.fleet.cursor.position.clone_from(position),
         }
+        self.follow_mode(mode, kernel_mode);
         let mut gone = Departed::default();
         let mut failed = None;
         for (op, departed) in &applied {
@@ -304,6 +347,15 @@ impl Core {
         }
     }
 
+    /// A mode that came from the fleet enters `auto` as a local switch does (keeping what the
+    /// kernel runs).
+    fn follow_mode(&mut self, before: Mode, kernel_before: Mode) {
+        if self.mode() != before {
+            self.entering_auto(self.mode(), before, kernel_before);
+            info!(mode = %self.mode(), was = %before, "fleet: the mode changed");
+        }
+    }
+
     /// Another node's whole state (the fleet's snapshot through stream entry `covers`, or a
     /// `state` entry): joined under the merge rules, written as this node's snapshot (the log
     /// does not hold whole states), and mirrored whole.
@@ -312,10 +364,12 @@ impl Core {
         let mut joined = self.state.clone();
         joined.join(other, share_mode);
         if let Some(covers) = covers {
-            joined.fleet.position = Some(covers);
+            joined.fleet.cursor.position = Some(covers);
         }
         self.store.compact(&joined).map_err(Fault::store)?;
+        let (mode, kernel_mode) = (self.mode(), self.kernel_mode());
         self.state = joined;
+        self.follow_mode(mode, kernel_mode);
         self.mirror(Mirror::Everything)
     }
 
@@ -368,7 +422,8 @@ impl Core {
         NodeReport {
             node: self.fleet.as_ref().map_or(String::new(), |l| l.settings.node.clone()),
             at: self.now(),
-            position: self.state.fleet.position.clone().unwrap_or_default(),
+            incarnation: self.state.fleet.cursor.incarnation.clone().unwrap_or_default(),
+            position: self.state.fleet.cursor.position.clone().unwrap_or_default(),
             visitors: self.state.history.len(),
             allow_rules: count(List::Allow),
             deny_rules: count(List::Deny),
@@ -430,10 +485,10 @@ impl Core {
     }
 
     pub fn fleet_position(&self) -> Option<String> {
-        self.state.fleet.position.clone()
+        self.state.fleet.cursor.position.clone()
     }
 
     pub fn fleet_unpublished(&self) -> u64 {
-        self.state.fleet.made.saturating_sub(self.state.fleet.published)
+        self.state.fleet.made.saturating_sub(self.state.fleet.cursor.published)
     }
 }

@@ -1,12 +1,14 @@
 //! The fleet's Redis side: one task that keeps this node and the fleet's Redis in step.
 //!
-//! A session: learn the Redis's epoch (re-seed it if it came back empty), join the fleet's
-//! snapshot if this node is behind it, then loop: publish what the outbox holds, read the
-//! others' entries after this node's position and apply them, report to `<stream>:nodes`,
-//! and now and then offer a snapshot and trim the stream below it. Any failure ends the
-//! session: the node reports it (degraded past `degraded_after_s`), keeps enforcing and
-//! learning from its own store, and starts a new session a second later. Redis is never in
-//! the packet path. Layout and merge rules: docs/fleet.md.
+//! A session: learn the Redis's epoch and where its stream ends (re-seed a Redis that came
+//! back empty or lost its tail), join the fleet's snapshot if this node is behind it, report,
+//! then loop: publish what the outbox holds, read the others' entries after this node's
+//! position and apply them, report to `<stream>:nodes`, and now and then offer a snapshot and
+//! trim the stream below it and below every live node. Any failure ends the session with
+//! nothing lost (the outbox keeps what the stream has not taken; the position moves only with
+//! what was applied): the node reports it (degraded past `degraded_after_s`), keeps enforcing
+//! and learning from its own store, and starts a new session a second later. Redis is never
+//! in the packet path. Layout and merge rules: docs/fleet.md.
 use std::{
     collections::HashMap,
     future::Future,
@@ -22,24 +24,41 @@ use super::{
     handle::Handle,
 };
 use crate::{
-    fleet::{self, Keys, Kind, Refused},
+    fleet::{self, Keys, Kind, Refused, Writer},
     policy,
     store::Stamped,
     ticket::Keyring,
 };
 
-/// A round trip that takes longer than this is a failure; reading or writing a snapshot of
-/// tens of megabytes gets longer.
+/// A round trip that takes longer than this is a failure; one that carries whole states or
+/// big batches (imports) gets longer.
 const ROUND_TRIP: Duration = Duration::from_secs(3);
 const BULK_TRIP: Duration = Duration::from_secs(60);
+/// Bodies past this size are sent with the longer limit.
+const BULK_BYTES: usize = 1 << 20;
 /// How long a read waits for new entries (the bound on how late a change is seen when the
-/// outbox is idle), and entries per read.
+/// outbox is idle), entries per read, and how long a read of that many may take.
 const BLOCK_MS: usize = 100;
-const READ_COUNT: usize = 1_000;
-/// Changes per published entry.
-const PUBLISH_MAX: usize = 10_000;
+const READ_COUNT: usize = 100;
+const READ_TRIP: Duration = Duration::from_secs(20);
+/// The bytes of changes one published entry carries (a bigger single change goes alone).
+const PUBLISH_BYTES: usize = 4 << 20;
 /// How often a node reports itself and reads the others' reports.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// Only the snapshot's writer replaces it, and never with one that covers less.
+const PUT_SNAPSHOT: &str = r"
+local held = redis.call('HGET', KEYS[1], 'covers')
+if held then
+  local hm, hs = string.match(held, '(%d+)-(%d+)')
+  local nm, ns = string.match(ARGV[1], '(%d+)-(%d+)')
+  hm, hs, nm, ns = tonumber(hm), tonumber(hs), tonumber(nm), tonumber(ns)
+  if hm > nm or (hm == nm and hs >= ns) then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+";
 
 pub async fn run(handle: Handle, settings: policy::Fleet) {
     let redis = settings.redis_url_redacted();
@@ -53,6 +72,7 @@ pub async fn run(handle: Handle, settings: policy::Fleet) {
     let mut ring = KeyFile::new(&settings.key_file);
     let mut last_error = String::new();
     loop {
+        ring.reload_if_changed();
         let result = match ring.current() {
             Err(e) => Err(e),
             Ok(_) => match within(ROUND_TRIP, client.get_multiplexed_async_connection()).await {
@@ -85,6 +105,15 @@ async fn within<T>(
     }
 }
 
+/// What a session works with.
+struct Session<'a> {
+    handle: &'a Handle,
+    settings: &'a policy::Fleet,
+    keys: Keys,
+    writer: Writer,
+    conn: &'a mut MultiplexedConnection,
+}
+
 async fn session(
     handle: &Handle,
     settings: &policy::Fleet,
@@ -93,41 +122,48 @@ async fn session(
 ) -> Result<(), String> {
     let keys = Keys::new(&settings.stream);
     let epoch = epoch(conn, &keys).await?;
-    let position = handle.with(move |core| core.fleet_epoch(&epoch)).await.map_err(message)?;
+    let ends = stream_ends(conn, &keys).await?;
+    let last_id = ends.last_generated.clone();
+    let (incarnation, position) = handle
+        .with(move |core| core.fleet_session(&epoch, last_id.as_deref()))
+        .await
+        .map_err(message)?;
     report(handle, Ok(())).await;
-    let mut position = catch_up(handle, settings, ring, conn, &keys, position).await?;
+    let writer = Writer { node: settings.node.clone(), incarnation };
+    let mut s = Session { handle, settings, keys, writer, conn };
+    let mut position = s.catch_up(ring, position).await?;
     // Reported, this node holds back the trim; a trim that passed it before that means the
     // snapshot again.
-    exchange_reports(handle, settings, conn, &keys).await?;
-    while trimmed_past(conn, &keys, &position).await? {
+    s.exchange_reports().await?;
+    while stream_ends(s.conn, &s.keys).await?.deleted_past(&position) {
         let before = position.clone();
-        position = catch_up(handle, settings, ring, conn, &keys, Some(position)).await?;
+        position = s.catch_up(ring, Some(position)).await?;
         if position == before {
             return Err(format!(
                 "the stream was trimmed past this node ({before}) and no snapshot covers the gap"
             ));
         }
-        exchange_reports(handle, settings, conn, &keys).await?;
+        s.exchange_reports().await?;
     }
     let mut reported = Instant::now();
     let mut snapshot_tried = Instant::now();
-    // Past this without a report the others may trim past this node: start over.
+    // Past this without a report the others may trim past this node: start over (and rejoin).
     let deadline = Duration::from_secs(u64::from(settings.node_timeout_s) / 2);
     loop {
         if reported.elapsed() >= REPORT_EVERY {
-            if reported.elapsed() >= deadline {
-                return Err("this node went unreported too long; joining again".into());
-            }
             ring.reload_if_changed();
-            exchange_reports(handle, settings, conn, &keys).await?;
+            s.exchange_reports().await?;
             reported = Instant::now();
         }
-        publish(handle, settings, ring, conn, &keys).await?;
-        position = read(handle, settings, ring, conn, &keys, position).await?;
+        s.publish(ring.current()?).await?;
+        if reported.elapsed() >= deadline {
+            return Err("this node went unreported too long to read on; joining again".into());
+        }
+        position = s.read(ring.current()?, position).await?;
         report(handle, Ok(())).await;
         if snapshot_tried.elapsed() >= Duration::from_secs(settings.snapshot_interval_s.into()) {
             snapshot_tried = Instant::now();
-            offer_snapshot(handle, settings, ring, conn, &keys, &position).await?;
+            s.offer_snapshot(ring.current()?, &position).await?;
         }
     }
 }
@@ -159,302 +195,340 @@ async fn epoch(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<String, 
         .ok_or_else(|| "the epoch key vanished".into())
 }
 
-/// Joins the fleet's snapshot if this node is behind it (new, wiped, or down while the stream
-/// was trimmed); returns the position to read the stream from.
-async fn catch_up(
-    handle: &Handle,
-    settings: &policy::Fleet,
-    ring: &mut KeyFile,
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    position: Option<String>,
-) -> Result<String, String> {
-    let covers: Option<String> =
-        within(ROUND_TRIP, conn.hget(&keys.snapshot, fleet::COVERS)).await?;
-    let behind = match (&position, &covers) {
-        (_, None) => false,
-        (None, Some(_)) => true,
-        (Some(at), Some(covers)) => fleet::stream_id(at) < fleet::stream_id(covers),
-    };
-    if !behind {
-        return Ok(position.unwrap_or_else(|| "0-0".into()));
-    }
-    let started = Instant::now();
-    let fields: HashMap<String, Vec<u8>> = within(BULK_TRIP, conn.hgetall(&keys.snapshot)).await?;
-    let entry = fleet::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-        .and_then(|entry| {
-            fleet::open(ring.current().map_err(Refused::Malformed)?, &settings.stream, &entry)?;
-            if entry.kind != Some(Kind::Snapshot) {
-                return Err(Refused::Malformed("the snapshot is not of kind snapshot".into()));
-            }
-            Ok(entry)
-        });
-    let entry = match entry {
-        Ok(entry) => entry,
-        Err(why) => {
-            let counted = why.clone();
-            let _ = handle
-                .with(move |core| {
-                    if let Some(link) = core.fleet.as_mut() {
-                        link.refuse(&counted);
-                    }
-                    Ok(())
-                })
-                .await;
-            return Err(format!("the fleet's snapshot is refused: {why}"));
-        }
-    };
-    let covers = entry.covers.clone();
-    let state = fleet::state(&entry).map_err(|e| format!("the fleet's snapshot: {e}"))?;
-    let visitors = state.history.len();
-    let joined = covers.clone();
-    handle.with(move |core| core.fleet_join(&state, Some(joined))).await.map_err(message)?;
-    info!(
-        covers,
-        visitors,
-        bytes = entry.body.len(),
-        ms = started.elapsed().as_millis() as u64,
-        "fleet: joined the fleet's snapshot"
-    );
-    Ok(covers)
+/// The last id the stream handed out and the last it deleted (Redis 7's `XINFO STREAM`).
+struct Ends {
+    last_generated: Option<String>,
+    max_deleted: Option<String>,
 }
 
-/// Whether the stream was trimmed past `position` (Redis 7's `max-deleted-entry-id`): entries
-/// after it may be gone, and only the snapshot has them.
-async fn trimmed_past(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    position: &str,
-) -> Result<bool, String> {
+impl Ends {
+    /// Whether entries after `position` may have been trimmed: only the snapshot has them.
+    fn deleted_past(&self, position: &str) -> bool {
+        self.max_deleted.as_deref().and_then(fleet::stream_id) > fleet::stream_id(position)
+    }
+}
+
+async fn stream_ends(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<Ends, String> {
     if !within(ROUND_TRIP, conn.exists::<_, bool>(&keys.stream)).await? {
-        return Ok(false); // No stream yet: nothing was trimmed.
+        return Ok(Ends { last_generated: None, max_deleted: None });
     }
+    // The answer holds the first and last entries whole: a long limit.
     let info = redis::cmd("XINFO").arg("STREAM").arg(&keys.stream).clone();
-    let info: HashMap<String, Value> = within(ROUND_TRIP, info.query_async(conn)).await?;
-    let deleted = match info.get("max-deleted-entry-id") {
-        Some(Value::BulkString(id)) => String::from_utf8_lossy(id).into_owned(),
-        Some(Value::SimpleString(id)) => id.clone(),
-        _ => return Ok(false),
+    let info: HashMap<String, Value> = within(BULK_TRIP, info.query_async(conn)).await?;
+    let id = |name: &str| match info.get(name) {
+        Some(Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+        Some(Value::SimpleString(id)) => Some(id.clone()),
+        _ => None,
     };
-    Ok(fleet::stream_id(&deleted) > fleet::stream_id(position))
+    Ok(Ends { last_generated: id("last-generated-id"), max_deleted: id("max-deleted-entry-id") })
 }
 
-/// Publishes what the outbox holds (or the whole state, when that is due).
-async fn publish(
-    handle: &Handle,
-    settings: &policy::Fleet,
-    ring: &mut KeyFile,
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-) -> Result<(), String> {
-    loop {
-        let taken = handle.with(|core| Ok(core.fleet_outgoing(PUBLISH_MAX))).await;
-        let Some((outgoing, through)) = taken.map_err(message)? else { return Ok(()) };
-        let (kind, body) = match &outgoing {
-            Outgoing::Changes(changes) => (Kind::Change, fleet::change_body(changes)),
-            Outgoing::State(bytes) => (Kind::State, bytes.clone()),
-        };
-        let entry = fleet::seal(ring.current()?, &settings.stream, &settings.node, kind, "", body);
-        let fields = fleet::fields(&entry);
-        let limit = if kind == Kind::State { BULK_TRIP } else { ROUND_TRIP };
-        let added =
-            within(limit, conn.xadd::<_, _, _, _, String>(&keys.stream, "*", &fields)).await;
-        if let Err(e) = added {
-            let _ = handle
-                .with(move |core| {
-                    core.fleet_unsent(outgoing);
-                    Ok(())
-                })
-                .await;
-            return Err(e);
-        }
-        if kind == Kind::State {
-            info!(bytes = entry.body.len(), "fleet: published this node's whole state");
-        }
-        handle.with(move |core| core.fleet_published(through)).await.map_err(message)?;
-    }
-}
-
-/// Reads the entries after `position` and applies the others' (in order; a whole state joins
-/// between changes). Returns the new position.
-async fn read(
-    handle: &Handle,
-    settings: &policy::Fleet,
-    ring: &mut KeyFile,
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    position: String,
-) -> Result<String, String> {
-    let options = redis::streams::StreamReadOptions::default().count(READ_COUNT).block(BLOCK_MS);
-    let reply: StreamReadReply =
-        within(ROUND_TRIP, conn.xread_options(&[&keys.stream], &[&position], &options)).await?;
-    let mut changes: Vec<Stamped> = Vec::new();
-    let mut refused: Vec<Refused> = Vec::new();
-    let mut last = None;
-    for id in reply.keys.into_iter().flat_map(|k| k.ids) {
-        let fields = id.map.iter().filter_map(|(name, value)| match value {
-            Value::BulkString(bytes) => Some((name.as_str(), bytes.as_slice())),
-            _ => None,
-        });
-        let entry = fleet::from_fields(fields);
-        last = Some(id.id.clone());
-        if entry.as_ref().is_ok_and(|e| e.node == settings.node) {
-            continue; // This node's own: applied when it was made.
-        }
-        let checked = entry.and_then(|entry| {
-            fleet::open(ring.current().map_err(Refused::Malformed)?, &settings.stream, &entry)?;
-            Ok(entry)
-        });
-        match checked {
-            Err(why) => {
-                warn!(entry = %id.id, "fleet: refused an entry: {why}");
-                refused.push(why);
-            }
-            Ok(entry) if entry.kind == Some(Kind::Change) => match fleet::changes(&entry) {
-                Ok(mut more) => changes.append(&mut more),
-                Err(why) => refused.push(why),
-            },
-            Ok(entry) if entry.kind == Some(Kind::State) => {
-                let state = match fleet::state(&entry) {
-                    Ok(state) => state,
-                    Err(why) => {
-                        refused.push(why);
-                        continue;
-                    }
-                };
-                // What came before it lands first; the join then covers through this entry.
-                let before = std::mem::take(&mut changes);
-                let at = id.id.clone();
-                handle
-                    .with(move |core| {
-                        core.fleet_apply(before, at.clone())?;
-                        core.fleet_join(&state, Some(at))
-                    })
-                    .await
-                    .map_err(message)?;
-                info!(node = %entry.node, "fleet: joined a node's whole state");
-            }
-            Ok(_) => refused.push(Refused::Malformed("a snapshot in the stream".into())),
-        }
-    }
-    let Some(last) = last else { return Ok(position) };
-    let at = last.clone();
-    handle
-        .with(move |core| {
-            if let Some(link) = core.fleet.as_mut() {
-                refused.iter().for_each(|why| link.refuse(why));
-            }
-            core.fleet_apply(changes, at)
-        })
-        .await
-        .map_err(message)?;
-    Ok(last)
-}
-
-/// Writes this node's report and reads everyone's, and the snapshot's age and size.
-async fn exchange_reports(
-    handle: &Handle,
-    settings: &policy::Fleet,
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-) -> Result<(), String> {
-    let mine = handle.with(|core| Ok(core.fleet_node_report())).await.map_err(message)?;
-    let json = serde_json::to_string(&mine).expect("a report encodes");
-    within(ROUND_TRIP, conn.hset::<_, _, _, ()>(&keys.nodes, &settings.node, json)).await?;
-    let all: HashMap<String, String> = within(ROUND_TRIP, conn.hgetall(&keys.nodes)).await?;
-    let mut nodes: Vec<NodeReport> =
-        all.values().filter_map(|json| serde_json::from_str(json).ok()).collect();
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    let (covers, at): (Option<String>, Option<u64>) = within(
-        ROUND_TRIP,
-        redis::cmd("HMGET")
-            .arg(&keys.snapshot)
-            .arg(fleet::COVERS)
-            .arg(fleet::MADE_AT)
-            .query_async(conn),
+/// Why reading stopped short of the entries Redis gave: the position stays where it is.
+fn stuck(id: &str, why: &Refused) -> String {
+    format!(
+        "stream entry {id}: {why}; not reading past it (install the fleet's current key ring \
+         on this node)"
     )
-    .await?;
-    let strlen = redis::cmd("HSTRLEN").arg(&keys.snapshot).arg(fleet::BODY).clone();
-    let bytes: u64 = within(ROUND_TRIP, strlen.query_async(conn)).await?;
-    let snapshot = covers.map(|covers| (covers, at.unwrap_or(0), bytes));
-    handle
-        .with(move |core| {
-            if let Some(link) = core.fleet.as_mut() {
-                link.nodes = nodes;
-                link.snapshot = snapshot;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(message)
 }
 
-/// Once per interval, one node of the fleet (whoever takes the lock) writes its state as the
-/// fleet's snapshot, covering the stream through its position; then the stream is trimmed
-/// below the snapshot and below every node still reporting.
-async fn offer_snapshot(
-    handle: &Handle,
-    settings: &policy::Fleet,
-    ring: &mut KeyFile,
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-    position: &str,
-) -> Result<(), String> {
-    if fleet::stream_id(position).is_none_or(|id| id == (0, 0)) {
-        return Ok(());
+impl Session<'_> {
+    async fn count_refused(&self, why: Vec<Refused>) {
+        if why.is_empty() {
+            return;
+        }
+        let _ = self
+            .handle
+            .with(move |core| {
+                if let Some(link) = core.fleet.as_mut() {
+                    why.iter().for_each(|why| link.refuse(why));
+                }
+                Ok(())
+            })
+            .await;
     }
-    let mut covers: Option<String> =
-        within(ROUND_TRIP, conn.hget(&keys.snapshot, fleet::COVERS)).await?;
-    let lock = redis::cmd("SET")
-        .arg(&keys.snapshot_lock)
-        .arg(&settings.node)
-        .arg("NX")
-        .arg("EX")
-        .arg(settings.snapshot_interval_s.max(2))
-        .clone();
-    if covers.as_deref() != Some(position)
-        && within(ROUND_TRIP, lock.query_async::<Option<String>>(conn)).await?.is_some()
-    {
+
+    /// Joins the fleet's snapshot if this node is behind it (new, wiped, or down while the
+    /// stream was trimmed); returns the position to read the stream from.
+    async fn catch_up(
+        &mut self,
+        ring: &mut KeyFile,
+        position: Option<String>,
+    ) -> Result<String, String> {
+        let snapshot = &self.keys.snapshot;
+        let covers: Option<String> =
+            within(ROUND_TRIP, self.conn.hget(snapshot, fleet::COVERS)).await?;
+        let behind = match (&position, &covers) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(at), Some(covers)) => fleet::stream_id(at) < fleet::stream_id(covers),
+        };
+        if !behind {
+            return Ok(position.unwrap_or_else(|| "0-0".into()));
+        }
         let started = Instant::now();
-        // The state covers the stream through `position`: it applied every entry up to it.
-        let body = handle
-            .with(|core| Ok(crate::store::encode_state(core.state())))
-            .await
-            .map_err(message)?;
-        let (node, stream) = (&settings.node, &settings.stream);
-        let entry = fleet::seal(ring.current()?, stream, node, Kind::Snapshot, position, body);
-        let mut fields = fleet::fields(&entry);
-        fields.push((fleet::MADE_AT, unix_now().to_string().into_bytes()));
-        within(BULK_TRIP, conn.hset_multiple::<_, _, _, ()>(&keys.snapshot, &fields)).await?;
+        let fields: HashMap<String, Vec<u8>> =
+            within(BULK_TRIP, self.conn.hgetall(snapshot)).await?;
+        let ring = ring.current()?;
+        let entry = fleet::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .and_then(|entry| {
+                fleet::open(ring, &self.settings.stream, &entry)?;
+                if entry.kind != Some(Kind::Snapshot) {
+                    return Err(Refused::Malformed("the snapshot is not of kind snapshot".into()));
+                }
+                Ok(entry)
+            });
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(why) => {
+                let error = format!("the fleet's snapshot is refused: {why}");
+                self.count_refused(vec![why]).await;
+                return Err(error);
+            }
+        };
+        let covers = entry.covers.clone();
+        let state = fleet::state(&entry).map_err(|e| format!("the fleet's snapshot: {e}"))?;
+        let visitors = state.history.len();
+        let joined = covers.clone();
+        let join = move |core: &mut super::core::Core| core.fleet_join(&state, Some(joined));
+        self.handle.with(join).await.map_err(message)?;
         info!(
-            covers = position,
+            covers,
+            visitors,
             bytes = entry.body.len(),
             ms = started.elapsed().as_millis() as u64,
-            "fleet: wrote the fleet's snapshot"
+            "fleet: joined the fleet's snapshot"
         );
-        covers = Some(position.to_string());
+        Ok(covers)
     }
-    // A live node that is behind reads on without a gap; one silent past `node_timeout_s`
-    // rejoins from the snapshot.
-    let Some(covers) = covers.as_deref().and_then(fleet::stream_id) else { return Ok(()) };
-    let reports: HashMap<String, String> = within(ROUND_TRIP, conn.hgetall(&keys.nodes)).await?;
-    let now = unix_now();
-    let live = reports
-        .values()
-        .filter_map(|json| serde_json::from_str::<NodeReport>(json).ok())
-        .filter(|r| now.saturating_sub(r.at) < u64::from(settings.node_timeout_s))
-        .map(|r| fleet::stream_id(&r.position).unwrap_or((0, 0)));
-    let trim_to = live.chain([covers]).min().expect("covers is one");
-    if trim_to == (0, 0) {
-        return Ok(());
+
+    /// Publishes what the outbox holds (or the whole state, when that is due). What the
+    /// stream did not take stays in the outbox.
+    async fn publish(&mut self, ring: &Keyring) -> Result<(), String> {
+        loop {
+            let taken = self.handle.with(|core| Ok(core.fleet_outgoing(PUBLISH_BYTES))).await;
+            let Some(outgoing) = taken.map_err(message)? else { return Ok(()) };
+            let (kind, body, through) = match outgoing {
+                Outgoing::Changes(changes, through) => {
+                    (Kind::Change, fleet::change_body(&changes), through)
+                }
+                Outgoing::State(bytes, through) => (Kind::State, bytes, through),
+            };
+            let entry = fleet::seal(ring, &self.settings.stream, &self.writer, kind, "", body);
+            let fields = fleet::fields(&entry);
+            let limit = if entry.body.len() > BULK_BYTES { BULK_TRIP } else { ROUND_TRIP };
+            let add = self.conn.xadd::<_, _, _, _, String>(&self.keys.stream, "*", &fields);
+            within(limit, add).await?;
+            let whole = kind == Kind::State;
+            if whole {
+                info!(bytes = entry.body.len(), "fleet: published this node's whole state");
+            }
+            let published =
+                move |core: &mut super::core::Core| core.fleet_published(whole, through);
+            self.handle.with(published).await.map_err(message)?;
+        }
     }
-    let trim_id = format!("{}-{}", trim_to.0, trim_to.1);
-    let trim = redis::cmd("XTRIM").arg(&keys.stream).arg("MINID").arg(&trim_id).clone();
-    let trimmed: u64 = within(ROUND_TRIP, trim.query_async(conn)).await?;
-    if trimmed > 0 {
-        info!(below = trim_id, entries = trimmed, "fleet: trimmed the stream");
+
+    /// Reads the entries after `position` and applies the others' in order (a whole state
+    /// joins between changes). Returns the new position: the last entry applied or refused.
+    /// An entry sealed with a key this node does not hold stops the read before it.
+    async fn read(&mut self, ring: &Keyring, position: String) -> Result<String, String> {
+        let options =
+            redis::streams::StreamReadOptions::default().count(READ_COUNT).block(BLOCK_MS);
+        let (streams, from) = ([&self.keys.stream], [&position]);
+        let read = self.conn.xread_options(&streams, &from, &options);
+        let reply: StreamReadReply = within(READ_TRIP, read).await?;
+        let mut changes: Vec<Stamped> = Vec::new();
+        let mut refused: Vec<Refused> = Vec::new();
+        let mut last: Option<String> = None;
+        let mut stop = None;
+        for id in reply.keys.into_iter().flat_map(|k| k.ids) {
+            let fields = id.map.iter().filter_map(|(name, value)| match value {
+                Value::BulkString(bytes) => Some((name.as_str(), bytes.as_slice())),
+                _ => None,
+            });
+            let checked = fleet::from_fields(fields).and_then(|entry| {
+                fleet::open(ring, &self.settings.stream, &entry)?;
+                Ok(entry)
+            });
+            let entry = match checked {
+                Err(why @ Refused::UnknownKey(_)) => {
+                    stop = Some(stuck(&id.id, &why));
+                    break;
+                }
+                Err(why) => {
+                    warn!(entry = %id.id, "fleet: refused an entry: {why}");
+                    refused.push(why);
+                    last = Some(id.id);
+                    continue;
+                }
+                Ok(entry) => entry,
+            };
+            if entry.incarnation == self.writer.incarnation {
+                last = Some(id.id); // This node's own: applied when it was made.
+                continue;
+            }
+            match entry.kind {
+                Some(Kind::Change) => match fleet::changes(&entry) {
+                    Ok(mut more) => changes.append(&mut more),
+                    Err(why) => refused.push(why),
+                },
+                Some(Kind::State) => match fleet::state(&entry) {
+                    Ok(state) => {
+                        // What came before lands first, through the entry before this one;
+                        // the join then covers through this entry (in the snapshot it writes).
+                        let before = std::mem::take(&mut changes);
+                        let through = last.clone().unwrap_or_else(|| position.clone());
+                        let at = id.id.clone();
+                        self.handle
+                            .with(move |core| {
+                                core.fleet_apply(before, through)?;
+                                core.fleet_join(&state, Some(at))
+                            })
+                            .await
+                            .map_err(message)?;
+                        info!(node = %entry.node, "fleet: joined a node's whole state");
+                    }
+                    Err(why) => refused.push(why),
+                },
+                _ => refused.push(Refused::Malformed("a snapshot in the stream".into())),
+            }
+            last = Some(id.id);
+        }
+        self.count_refused(refused).await;
+        let Some(last) = last else {
+            return match stop {
+                Some(why) => Err(why),
+                None => Ok(position),
+            };
+        };
+        let at = last.clone();
+        let apply = move |core: &mut super::core::Core| core.fleet_apply(changes, at);
+        self.handle.with(apply).await.map_err(message)?;
+        match stop {
+            Some(why) => Err(why),
+            None => Ok(last),
+        }
     }
-    Ok(())
+
+    /// Redis's clock (unix seconds): reports are stamped and judged on it, one clock for all.
+    async fn redis_now(&mut self) -> Result<u64, String> {
+        let (secs, _): (u64, u64) =
+            within(ROUND_TRIP, redis::cmd("TIME").query_async(self.conn)).await?;
+        Ok(secs)
+    }
+
+    /// Writes this node's report and reads everyone's, and the snapshot's age and size.
+    async fn exchange_reports(&mut self) -> Result<(), String> {
+        let now = self.redis_now().await?;
+        let mut mine =
+            self.handle.with(|core| Ok(core.fleet_node_report())).await.map_err(message)?;
+        mine.at = now;
+        let json = serde_json::to_string(&mine).expect("a report encodes");
+        let nodes = &self.keys.nodes;
+        let node = &self.settings.node;
+        let held: Option<String> = within(ROUND_TRIP, self.conn.hget(nodes, node)).await?;
+        if let Some(other) = held.and_then(|j| serde_json::from_str::<NodeReport>(&j).ok()) {
+            let recent = now.saturating_sub(other.at) < u64::from(self.settings.node_timeout_s);
+            if recent && !other.incarnation.is_empty() && other.incarnation != mine.incarnation {
+                warn!(
+                    node,
+                    "fleet: another node reports under this node's name (or this node's state \
+                     was wiped less than node_timeout_s ago); give each node its own name"
+                );
+            }
+        }
+        within(ROUND_TRIP, self.conn.hset::<_, _, _, ()>(nodes, node, json)).await?;
+        let all: HashMap<String, String> = within(ROUND_TRIP, self.conn.hgetall(nodes)).await?;
+        let mut reports: Vec<NodeReport> =
+            all.values().filter_map(|json| serde_json::from_str(json).ok()).collect();
+        reports.sort_by(|a, b| a.node.cmp(&b.node));
+        let snapshot = &self.keys.snapshot;
+        let meta = redis::cmd("HMGET").arg(snapshot).arg(fleet::COVERS).arg(fleet::MADE_AT).clone();
+        let (covers, at): (Option<String>, Option<u64>) =
+            within(ROUND_TRIP, meta.query_async(self.conn)).await?;
+        let strlen = redis::cmd("HSTRLEN").arg(snapshot).arg(fleet::BODY).clone();
+        let bytes: u64 = within(ROUND_TRIP, strlen.query_async(self.conn)).await?;
+        let snapshot = covers.map(|covers| (covers, at.unwrap_or(0), bytes));
+        self.handle
+            .with(move |core| {
+                if let Some(link) = core.fleet.as_mut() {
+                    link.nodes = reports;
+                    link.snapshot = snapshot;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(message)
+    }
+
+    /// Once per interval, one node of the fleet (whoever takes the lock) writes its state as
+    /// the fleet's snapshot, covering the stream through its position; then the stream is
+    /// trimmed below the snapshot and below every node still reporting.
+    async fn offer_snapshot(&mut self, ring: &Keyring, position: &str) -> Result<(), String> {
+        if fleet::stream_id(position).is_none_or(|id| id == (0, 0)) {
+            return Ok(());
+        }
+        let snapshot = self.keys.snapshot.clone();
+        let covers: Option<String> =
+            within(ROUND_TRIP, self.conn.hget(&snapshot, fleet::COVERS)).await?;
+        let lock = redis::cmd("SET")
+            .arg(&self.keys.snapshot_lock)
+            .arg(&self.settings.node)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.settings.snapshot_interval_s.max(2))
+            .clone();
+        let behind = covers.as_deref().and_then(fleet::stream_id) < fleet::stream_id(position);
+        if behind
+            && within(ROUND_TRIP, lock.query_async::<Option<String>>(self.conn)).await?.is_some()
+        {
+            let started = Instant::now();
+            // The state covers the stream through `position`: it applied every entry up to it.
+            let body =
+                self.handle.with(|core| Ok(core.fleet_state_bytes())).await.map_err(message)?;
+            let stream = &self.settings.stream;
+            let entry = fleet::seal(ring, stream, &self.writer, Kind::Snapshot, position, body);
+            let mut put = redis::cmd("EVAL");
+            put.arg(PUT_SNAPSHOT).arg(1).arg(&snapshot).arg(position);
+            for (name, value) in fleet::fields(&entry) {
+                put.arg(name).arg(value);
+            }
+            put.arg(fleet::MADE_AT).arg(unix_now());
+            let written: u64 = within(BULK_TRIP, put.query_async(self.conn)).await?;
+            if written == 1 {
+                info!(
+                    covers = position,
+                    bytes = entry.body.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "fleet: wrote the fleet's snapshot"
+                );
+            }
+        }
+        // A live node that is behind reads on without a gap; one silent past `node_timeout_s`
+        // rejoins from the snapshot.
+        let covers: Option<String> =
+            within(ROUND_TRIP, self.conn.hget(&snapshot, fleet::COVERS)).await?;
+        let Some(covers) = covers.as_deref().and_then(fleet::stream_id) else { return Ok(()) };
+        let now = self.redis_now().await?;
+        let reports: HashMap<String, String> =
+            within(ROUND_TRIP, self.conn.hgetall(&self.keys.nodes)).await?;
+        let live = reports
+            .values()
+            .filter_map(|json| serde_json::from_str::<NodeReport>(json).ok())
+            .filter(|r| now.saturating_sub(r.at) < u64::from(self.settings.node_timeout_s))
+            .map(|r| fleet::stream_id(&r.position).unwrap_or((0, 0)));
+        let trim_to = live.chain([covers]).min().expect("covers is one");
+        if trim_to == (0, 0) {
+            return Ok(());
+        }
+        let trim_id = format!("{}-{}", trim_to.0, trim_to.1);
+        let trim = redis::cmd("XTRIM").arg(&self.keys.stream).arg("MINID").arg(&trim_id).clone();
+        let trimmed: u64 = within(ROUND_TRIP, trim.query_async(self.conn)).await?;
+        if trimmed > 0 {
+            info!(below = trim_id, entries = trimmed, "fleet: trimmed the stream");
+        }
+        Ok(())
+    }
 }
 
 fn unix_now() -> u64 {

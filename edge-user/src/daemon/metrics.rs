@@ -242,7 +242,9 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
              key).",
             &["reason"],
         )?;
-        for reason in ["malformed", "unknown_key", "bad_mac", "wrong_node"] {
+        for reason in
+            ["malformed", "unknown_key", "bad_mac", "wrong_node", "future_stamp", "invalid"]
+        {
             refused
                 .with_label_values(&[reason])
                 .inc_by(link.refused.get(reason).copied().unwrap_or(0));

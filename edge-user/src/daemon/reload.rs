@@ -99,7 +99,8 @@ impl Core {
 }
 
 /// The first setting that differs and that only a restart can change: the `[daemon]` table
-/// (sockets, interfaces, state), learning and the feed (their tasks are started once).
+/// (sockets, interfaces, state), learning, the feed and the fleet (their tasks are started
+/// once).
 fn restart_only_change(old: &Policy, new: &Policy) -> Option<&'static str> {
     let (Some(a), Some(b)) = (&old.daemon, &new.daemon) else {
         return Some("[daemon]");
@@ -109,6 +110,9 @@ fn restart_only_change(old: &Policy, new: &Policy) -> Option<&'static str> {
     }
     if old.learn_handshakes != new.learn_handshakes {
         return Some("learning.handshakes");
+    }
+    if old.fleet != new.fleet {
+        return Some("[fleet]");
     }
     (old.admission.feed != new.admission.feed).then_some("the admission feed (redis_url, ...)")
 }

@@ -286,18 +286,40 @@ impl Fleet {
     }
 }
 
-/// A URL with the password of its user info (`user:password@`) replaced.
+/// A URL with its password replaced: the user info's (`user:password@`) and a `pass` or
+/// `password` query parameter's (how redis-rs takes one for `unix://`).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) if user_info.contains(':') => {
-            let user = user_info.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:REDACTED@{host}{path}")
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((user_info, host)) if user_info.contains(':') => {
+                    let user = user_info.split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:REDACTED@{host}{path}")
+                }
+                Some((_, host)) => format!("{scheme}://REDACTED@{host}{path}"),
+                None => url.to_string(),
+            }
         }
-        Some((_, host)) => format!("{scheme}://REDACTED@{host}{path}"),
         None => url.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if ["pass", "password"].contains(&name) => {
+                    format!("{name}=REDACTED")
+                }
+                _ => param.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", params.join("&"));
     }
+    out
 }
 
 /// What a queue-service outage does. There is no fail-open.

@@ -266,7 +266,14 @@ impl Policy {
                 let reason = "the fleet is the daemons' (a [daemon] table) to share";
                 return Err(src.error(0..0, "fleet", reason.into()));
             }
-            policy.fleet = Some(fleet(&src, &f, text)?);
+            let settings = fleet(&src, &f, text)?;
+            if policy.admission.keys.as_ref() == Some(&settings.key_file) {
+                let span = f.key_file.as_ref().map_or(0..0, |k| k.span());
+                let reason = "the ticket key ring: the queue service holds it, and could then \
+                              write to the fleet; give the fleet its own (`edge key generate`)";
+                return Err(src.error(span, "fleet.key_file", reason.into()));
+            }
+            policy.fleet = Some(settings);
         }
         if let Some(d) = raw.daemon {
             policy.daemon = Some(daemon(&src, &d)?);
@@ -958,9 +965,19 @@ visitors = "visitors.csv"
             assert_eq!((e.field.as_str(), (e.line, e.column)), (field, at), "{lines}: {e}");
             assert!(e.reason.contains(reason), "{lines}: {e}");
         }
-        // A password never reaches an error.
+        // A password never reaches an error, nor `config show`.
         let e = fleet("redis_url = \"http://u:hunter2@x\"\nkey_file = \"k\"").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+        let unix =
+            fleet("redis_url = \"unix:///run/redis.sock?db=1&pass=hunter2\"\nkey_file = \"k\"");
+        let shown = unix.unwrap().fleet.unwrap().redis_url_redacted();
+        assert_eq!(shown, "unix:///run/redis.sock?db=1&pass=REDACTED");
+        // The fleet's key is its own, never the ticket key ring the queue service holds.
+        let e = parse(&format!(
+            "[admission]\nkeys = \"t.keys\"\n[fleet]\nredis_url = \"redis://x\"\nkey_file = \"t.keys\"\n{daemon}"
+        ))
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.line), ("fleet.key_file", 5), "{e}");
         // Without a daemon there is nothing to share.
         let e = parse("[fleet]\nredis_url = \"redis://x\"\nkey_file = \"k\"\n").unwrap_err();
         assert_eq!(e.field, "fleet");

@@ -59,13 +59,26 @@ pub struct FleetState {
     pub removed: VisitorHistory,
     /// The highest clock reading seen.
     pub clock: u64,
-    /// The fleet this store last joined (the id its Redis holds), and the last stream entry
-    /// applied from it.
-    pub epoch: Option<String>,
-    pub position: Option<String>,
-    /// Changes stamped here, and how many of them reached the fleet's stream.
+    /// Changes stamped here (the outbox numbers them by this count).
     pub made: u64,
+    pub cursor: Cursor,
+}
+
+/// Where this node stands in the fleet, logged whenever it moves (`Op::FleetCursor`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The fleet this store last joined (the id its Redis holds).
+    pub epoch: Option<String>,
+    /// The last stream entry applied.
+    pub position: Option<String>,
+    /// How many of the changes made here reached the stream.
     pub published: u64,
+    /// This store's whole state is owed to the fleet (it joined with state of its own, or the
+    /// fleet's Redis came back empty): published before anything else.
+    pub owes_state: bool,
+    /// A random name for this store's life in the fleet: entries from it are this node's own.
+    /// A wiped or rebuilt node gets a new one, so it applies what its former self published.
+    pub incarnation: Option<String>,
 }
 
 impl FleetState {
@@ -178,7 +191,7 @@ impl State {
                 done
             }
             // Each node rolls its own window and records its own cursor: never carried.
-            Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor { .. } => Vec::new(),
+            Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor(_) => Vec::new(),
         }
     }
 
@@ -336,6 +349,11 @@ mod tests {
             repeats in proptest::collection::vec(any::<proptest::sample::Index>(), 0..8),
             split in any::<proptest::sample::Index>(),
         ) {
+            // A stamp is one change's: a node's clock never gives the same reading twice.
+            let mut changes = changes;
+            for (n, change) in changes.iter_mut().enumerate() {
+                change.stamp.hlc += n as u64;
+            }
             let reference = digest(&applied(&changes));
 
             // Shuffled (a rotation and a reversal of halves), with some delivered again.

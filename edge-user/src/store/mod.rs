@@ -27,7 +27,7 @@ use std::{
 };
 
 pub use crate::policy::List;
-pub use fleet::{FleetState, Stamp, Stamped};
+pub use fleet::{Cursor, FleetState, Stamp, Stamped};
 pub use snapshot::FORMAT_VERSION;
 pub use state::{DayBatch, Op, State, StoredRule};
 

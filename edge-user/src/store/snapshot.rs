@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use ipnet::IpNet;
 
 use super::{
-    fleet::{FleetState, Stamp},
+    fleet::{Cursor as FleetCursor, FleetState, Stamp},
     io_at,
     state::{State, StoredRule},
     StoreError,
@@ -41,10 +41,8 @@ struct FleetMeta {
     rule_stamps: Vec<((List, IpNet), Stamp)>,
     mode_stamp: Option<Stamp>,
     clock: u64,
-    epoch: Option<String>,
-    position: Option<String>,
     made: u64,
-    published: u64,
+    cursor: FleetCursor,
 }
 
 /// The metadata of a version-2 snapshot (no roll day).
@@ -83,10 +81,8 @@ pub(super) fn encode(state: &State, last_seq: u64) -> Vec<u8> {
         rule_stamps: fleet.rule_stamps.iter().map(|(k, s)| (*k, s.clone())).collect(),
         mode_stamp: fleet.mode_stamp.clone(),
         clock: fleet.clock,
-        epoch: fleet.epoch.clone(),
-        position: fleet.position.clone(),
         made: fleet.made,
-        published: fleet.published,
+        cursor: fleet.cursor.clone(),
     };
     put_section(&mut out, &postcard::to_stdvec(&meta).expect("encoding fleet metadata"));
     put_history(&mut out, &fleet.removed);
@@ -189,10 +185,8 @@ pub(super) fn decode(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64
             mode_stamp: meta.mode_stamp,
             removed,
             clock: meta.clock,
-            epoch: meta.epoch,
-            position: meta.position,
             made: meta.made,
-            published: meta.published,
+            cursor: meta.cursor,
         };
     }
     if cursor.at != body.len() {

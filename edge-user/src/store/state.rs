@@ -6,7 +6,7 @@ use edge_common::keys::Addr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::fleet::{FleetState, Stamped};
+use super::fleet::{Cursor, FleetState, Stamped};
 use crate::{
     history::{Departed, VisitorHistory},
     policy::{List, Mode},
@@ -70,13 +70,8 @@ pub enum Op {
         changes: Vec<Stamped>,
         position: Option<String>,
     },
-    /// Where this node stands in the fleet: the fleet it joined, the stream entry it applied
-    /// last, and how many of its own changes reached the stream.
-    FleetCursor {
-        epoch: Option<String>,
-        position: Option<String>,
-        published: u64,
-    },
+    /// Where this node stands in the fleet (store/fleet.rs, `Cursor`).
+    FleetCursor(Cursor),
 }
 
 impl Op {
@@ -157,19 +152,13 @@ impl State {
                     gone.v4 |= departed.v4;
                     gone.v6 |= departed.v6;
                 }
-                let made_here = position.is_none();
-                if made_here {
-                    self.fleet.made += changes.len() as u64;
-                } else {
-                    self.fleet.position.clone_from(position);
+                match position {
+                    None => self.fleet.made += changes.len() as u64,
+                    Some(_) => self.fleet.cursor.position.clone_from(position),
                 }
                 return gone;
             }
-            Op::FleetCursor { epoch, position, published } => {
-                self.fleet.epoch.clone_from(epoch);
-                self.fleet.position.clone_from(position);
-                self.fleet.published = *published;
-            }
+            Op::FleetCursor(cursor) => self.fleet.cursor = cursor.clone(),
         }
         Departed::default()
     }
