@@ -26,16 +26,22 @@ pub fn redis_url(n: usize) -> String {
 pub struct RedisNet {
     ns: String,
     server: Option<Child>,
+    /// `requirepass`, if the server was started with one.
+    password: Option<String>,
 }
+
+/// The TLS port of [`RedisNet::start_tls`] (the plain port then listens on its loopback only).
+pub const REDIS_TLS_PORT: u16 = 6392;
 
 impl RedisNet {
     pub fn new(labs: &[&Lab]) -> Self {
-        let ns = format!("edge-{}-redis", std::process::id() % 100_000);
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = format!("edge-{}{n}-redis", std::process::id() % 100_000);
         run(Command::new("ip").args(["netns", "add", &ns]));
         run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
         for (n, lab) in labs.iter().enumerate() {
-            let (node_if, redis_if) =
-                (format!("{}r", lab.server_if), format!("rd{n}{}", &ns[5..10]));
+            let (node_if, redis_if) = (format!("{}r", lab.server_if), format!("rd{n}"));
             run(Command::new("ip").args([
                 "link",
                 "add",
@@ -58,14 +64,47 @@ impl RedisNet {
                 run(Command::new("ip").args(["-n", netns, "link", "set", dev, "up"]));
             }
         }
-        Self { ns, server: None }
+        Self { ns, server: None, password: None }
     }
 
     /// Starts redis-server persisting to `dir` (append-only, fsync always).
     pub fn start(&mut self, dir: &Path) {
+        self.start_with(dir, &["--bind", "0.0.0.0"]);
+    }
+
+    /// Starts redis-server with TLS on [`REDIS_TLS_PORT`] (server certificate and key from
+    /// `pki`; no client certificates) and a password.
+    pub fn start_tls(&mut self, dir: &Path, pki: &crate::tls::Pki, password: &str) {
+        self.password = Some(password.to_string());
+        let path = |p: &Path| p.display().to_string();
+        let port = REDIS_TLS_PORT.to_string();
+        let (cert, key, ca) = (path(&pki.server_cert), path(&pki.server_key), path(&pki.ca));
+        self.start_with(
+            dir,
+            &[
+                "--bind",
+                "0.0.0.0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+                "--requirepass",
+                password,
+            ],
+        );
+    }
+
+    fn start_with(&mut self, dir: &Path, args: &[&str]) {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
-            .args(["--", "redis-server", "--port", &REDIS_PORT.to_string(), "--bind", "0.0.0.0"])
+            .args(["--", "redis-server", "--port", &REDIS_PORT.to_string()])
+            .args(args)
             .args(["--protected-mode", "no", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--dir"])
             .arg(dir)
@@ -117,13 +156,14 @@ impl RedisNet {
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T> + Send + 'static,
     ) -> redis::RedisResult<T> {
         let netns = format!("/run/netns/{}", self.ns);
+        let auth = self.password.as_ref().map_or(String::new(), |p| format!(":{p}@"));
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&netns).unwrap();
             // SAFETY: valid fd; only this thread changes namespace.
             let rc =
                 unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns into {netns}");
-            let client = redis::Client::open(format!("redis://127.0.0.1:{REDIS_PORT}"))?;
+            let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{REDIS_PORT}"))?;
             let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
             f(&mut conn)
         })

@@ -23,13 +23,18 @@ fn ca() -> CertifiedIssuer<'static, KeyPair> {
 impl Pki {
     /// Makes the files in `dir` (private keys mode 0600).
     pub fn new(dir: &Path) -> Pki {
+        Self::for_server(dir, &["localhost", "127.0.0.1"])
+    }
+
+    /// As [`Pki::new`], with a server certificate for `names` (host names or addresses).
+    pub fn for_server(dir: &Path, names: &[&str]) -> Pki {
         let ca = ca();
         let issue = |names: Vec<String>| {
             let key = KeyPair::generate().unwrap();
             let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
             (cert.pem(), key.serialize_pem())
         };
-        let (server_cert, server_key) = issue(vec!["localhost".into(), "127.0.0.1".into()]);
+        let (server_cert, server_key) = issue(names.iter().map(|n| n.to_string()).collect());
         let (client_cert, client_key) = issue(vec!["edge-client".into()]);
         let write = |name: &str, text: &str| {
             let path = dir.join(name);

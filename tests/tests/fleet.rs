@@ -7,7 +7,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use edge_tests::{
     daemon::Daemon,
-    fleet::{redis_url, RedisNet, STREAM},
+    fleet::{redis_url, RedisNet, REDIS_TLS_PORT, STREAM},
     lab::Lab,
     privileged, probe,
 };
@@ -297,4 +297,48 @@ fn a_fleet_of_three_acts_as_one_filter() {
         assert!(now == held || now == held + 1_000_000, "{now} visitors; had {held}");
     }
     eprintln!("the cut import landed {}", if v4(&b) == held { "nowhere" } else { "everywhere" });
+}
+
+#[test]
+fn a_node_reaches_its_fleet_over_tls_with_a_password() {
+    if !privileged("a_node_reaches_its_fleet_over_tls_with_a_password") {
+        return;
+    }
+    const PASSWORD: &str = "s3cret-fleet-pw";
+    let lab = Lab::new(&[]).expect("lab");
+    let mut redis = RedisNet::new(&[&lab]);
+    let files = tempfile::tempdir().unwrap();
+    let pki = edge_tests::tls::Pki::for_server(files.path(), &["10.98.0.2"]);
+    redis.start_tls(files.path(), &pki, PASSWORD);
+    let policy = format!(
+        "mode = \"enforce\"\n[fleet]\nredis_url = \"rediss://:{PASSWORD}@10.98.0.2:{REDIS_TLS_PORT}\"\n\
+         node = \"tls\"\nkey_file = \"fleet.keys\"\ntls_ca_file = \"{}\"\n",
+        pki.ca.display(),
+    );
+    let today = edge::Day::today_utc().to_string();
+    let mut daemon = Daemon::configure(&lab, &[&lab.server_if], &policy, &today).unwrap();
+    edge::ticket::Keyring::generate()
+        .unwrap()
+        .create(&daemon.config_dir().join("fleet.keys"))
+        .unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.wait_status("in the fleet over TLS", |s| s["fleet"] == "ok").unwrap();
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    edge_tests::wait_until(
+        "the visit in the stream",
+        Duration::from_secs(10),
+        || redis.query(|c| redis::cmd("XLEN").arg(STREAM).query::<u64>(c)).unwrap() >= 1,
+        || daemon.log(),
+    );
+    let fleet: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["fleet", "status", "--json"]).ok("fleet status"))
+            .unwrap();
+    assert_eq!(fleet["redis"], format!("rediss://:REDACTED@10.98.0.2:{REDIS_TLS_PORT}"));
+    // The password is in no answer and no log line.
+    let config = daemon.cli(&["config", "show"]).ok("config show");
+    let status = daemon.cli(&["status", "--json"]).ok("status");
+    for text in [fleet.to_string(), config, status, daemon.log()] {
+        assert!(!text.contains(PASSWORD), "the password shows: {text}");
+    }
 }

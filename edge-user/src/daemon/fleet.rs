@@ -36,8 +36,9 @@ pub struct FleetLink {
     /// The next publication is this node's whole state: it is owed (see `Cursor`), the
     /// outbox overflowed, or changes made before a restart may not have reached the stream.
     pub publish_state: bool,
-    /// Unix seconds of the last round trip that worked.
+    /// Unix seconds of the last round trip that worked, and whether one has since start.
     pub ok_at: u64,
+    pub contacted: bool,
     pub degraded: bool,
     pub error: String,
     pub published: u64,
@@ -72,6 +73,7 @@ impl FleetLink {
             outbox: VecDeque::new(),
             publish_state: fleet.cursor.owes_state || fleet.made > fleet.cursor.published,
             ok_at: now,
+            contacted: false,
             degraded: false,
             error: String::new(),
             published: 0,
@@ -373,6 +375,11 @@ impl Core {
         self.mirror(Mirror::Everything)
     }
 
+    /// Whether the fleet is serving this node: Redis has answered and is not out.
+    pub fn fleet_ok(&self) -> Option<bool> {
+        self.fleet.as_ref().map(|link| link.contacted && !link.degraded)
+    }
+
     /// Redis answered (`Ok`) or failed. Past `degraded_after_s` the fleet is degraded: said
     /// once in the log, in status, health and metrics; enforcement goes on from the store.
     pub fn fleet_report(&mut self, result: Result<(), String>) {
@@ -381,6 +388,7 @@ impl Core {
         match result {
             Ok(()) => {
                 link.ok_at = now;
+                link.contacted = true;
                 link.error.clear();
                 if link.degraded {
                     link.degraded = false;
@@ -402,10 +410,12 @@ impl Core {
         }
     }
 
-    /// `fleet` in status: off, ok, or degraded and why.
+    /// `fleet` in status: off, connecting (no answer from Redis since start, not degraded
+    /// yet), ok, or degraded and why.
     pub fn fleet_state(&self) -> String {
         match &self.fleet {
             None => "off".into(),
+            Some(link) if !link.degraded && !link.contacted => "connecting".into(),
             Some(link) if !link.degraded => "ok".into(),
             Some(link) => format!(
                 "degraded: {} unreachable since unix {} ({}); enforcing and learning locally",

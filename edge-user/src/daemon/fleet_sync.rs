@@ -62,10 +62,10 @@ return 1
 
 pub async fn run(handle: Handle, settings: policy::Fleet) {
     let redis = settings.redis_url_redacted();
-    let client = match redis::Client::open(settings.redis_url.as_str()) {
+    let client = match client(&settings) {
         Ok(client) => client,
         Err(e) => {
-            error!(%redis, "fleet: {}; the fleet is off", e.detail().unwrap_or("bad URL"));
+            error!(%redis, "fleet: {e}; the fleet is off");
             return;
         }
     };
@@ -90,6 +90,31 @@ pub async fn run(handle: Handle, settings: policy::Fleet) {
     }
 }
 
+/// The Redis client: the URL's, with the configured CA and client certificate for TLS.
+fn client(settings: &policy::Fleet) -> Result<redis::Client, String> {
+    let url = settings.redis_url.as_str();
+    let bad = |e: redis::RedisError| e.detail().unwrap_or("not a Redis URL").to_string();
+    if settings.tls_ca_file.is_none() && settings.tls_client.is_none() {
+        return redis::Client::open(url).map_err(bad);
+    }
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| format!("fleet.{what} {}: {e}", path.display()))
+    };
+    let root_cert = match &settings.tls_ca_file {
+        Some(path) => Some(read(path, "tls_ca_file")?),
+        None => None,
+    };
+    let client_tls = match &settings.tls_client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "tls_client_cert")?,
+            client_key: read(key, "tls_client_key")?,
+        }),
+        None => None,
+    };
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert })
+        .map_err(bad)
+}
+
 /// Runs a Redis call with a deadline; errors become text (with no credentials in them).
 async fn within<T>(
     limit: Duration,
@@ -97,10 +122,8 @@ async fn within<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(format!(
-            "Redis: {}",
-            e.detail().map_or(e.category().to_string(), |d| format!("{}: {d}", e.category()))
-        )),
+        // redis-rs errors name the failure and the server's message, never the URL.
+        Ok(Err(e)) => Err(format!("Redis: {e}")),
         Err(_) => Err(format!("Redis did not answer within {} s", limit.as_secs())),
     }
 }

@@ -194,7 +194,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let tick = handle
             .with(|core| {
                 core.tick();
-                let fleet_ok = core.fleet.as_ref().map(|link| !link.degraded);
+                let fleet_ok = core.fleet_ok();
                 Ok((
                     core.ready(),
                     core.feed.degraded,

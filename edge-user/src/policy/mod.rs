@@ -277,6 +277,10 @@ pub struct Fleet {
     /// How long a node may go without reporting before it no longer holds back the stream's
     /// trim (it then rejoins from the snapshot).
     pub node_timeout_s: u32,
+    /// `rediss://` only: the CA to trust instead of the system's, and a client certificate
+    /// and key for a Redis that asks for one (PEM files).
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 impl Fleet {

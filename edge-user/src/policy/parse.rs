@@ -44,6 +44,9 @@ struct RawFleet {
     snapshot_interval_s: Option<Spanned<i64>>,
     degraded_after_s: Option<Spanned<i64>>,
     node_timeout_s: Option<Spanned<i64>>,
+    tls_ca_file: Option<Spanned<String>>,
+    tls_client_cert: Option<Spanned<String>>,
+    tls_client_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -474,6 +477,21 @@ fn fleet(src: &Source, f: &RawFleet, text: &str) -> Checked<Fleet> {
         node_timeout_s: match &f.node_timeout_s {
             Some(v) => src.int(v, "fleet.node_timeout_s", 10..86_401)? as u32,
             None => 600,
+        },
+        tls_ca_file: match &f.tls_ca_file {
+            Some(v) => Some(src.path(v, "fleet.tls_ca_file")?),
+            None => None,
+        },
+        tls_client: match (&f.tls_client_cert, &f.tls_client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((
+                src.path(cert, "fleet.tls_client_cert")?,
+                src.path(key, "fleet.tls_client_key")?,
+            )),
+            (Some(v), None) | (None, Some(v)) => {
+                let reason = "a client certificate needs both tls_client_cert and tls_client_key";
+                return Err(src.error(v.span(), "fleet", reason.into()));
+            }
         },
     })
 }

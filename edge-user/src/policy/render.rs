@@ -94,6 +94,14 @@ impl Policy {
             fleet.insert("snapshot_interval_s".into(), Value::Integer(interval));
             fleet.insert("degraded_after_s".into(), Value::Integer(i64::from(f.degraded_after_s)));
             fleet.insert("node_timeout_s".into(), Value::Integer(i64::from(f.node_timeout_s)));
+            let path = |p: &std::path::Path| Value::String(p.display().to_string());
+            if let Some(ca) = &f.tls_ca_file {
+                fleet.insert("tls_ca_file".into(), path(ca));
+            }
+            if let Some((cert, key)) = &f.tls_client {
+                fleet.insert("tls_client_cert".into(), path(cert));
+                fleet.insert("tls_client_key".into(), path(key));
+            }
             root.insert("fleet".into(), Value::Table(fleet));
         }
         if let Some(d) = &self.daemon {
