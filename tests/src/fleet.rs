@@ -73,7 +73,7 @@ impl RedisNet {
     }
 
     /// Starts redis-server with TLS on [`REDIS_TLS_PORT`] (server certificate and key from
-    /// `pki`; no client certificates) and a password.
+    /// `pki`; client certificates signed by its CA required) and a password.
     pub fn start_tls(&mut self, dir: &Path, pki: &crate::tls::Pki, password: &str) {
         self.password = Some(password.to_string());
         let path = |p: &Path| p.display().to_string();
@@ -93,7 +93,7 @@ impl RedisNet {
                 "--tls-ca-cert-file",
                 &ca,
                 "--tls-auth-clients",
-                "no",
+                "yes",
                 "--requirepass",
                 password,
             ],

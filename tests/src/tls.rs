@@ -2,7 +2,17 @@
 //! client certificate, written as PEM files into a directory.
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+};
+
+/// A name of its own for each certificate: OpenSSL takes a certificate whose subject is its
+/// issuer's for a self-signed one (rcgen's default gives every certificate the same).
+fn named(mut params: CertificateParams, name: &str) -> CertificateParams {
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+}
 
 pub struct Pki {
     pub ca: PathBuf,
@@ -15,7 +25,7 @@ pub struct Pki {
 }
 
 fn ca() -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut params = named(CertificateParams::new(Vec::<String>::new()).unwrap(), "edge test CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
@@ -31,7 +41,8 @@ impl Pki {
         let ca = ca();
         let issue = |names: Vec<String>| {
             let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+            let params = named(CertificateParams::new(names.clone()).unwrap(), &names[0]);
+            let cert = params.signed_by(&key, &ca).unwrap();
             (cert.pem(), key.serialize_pem())
         };
         let (server_cert, server_key) = issue(names.iter().map(|n| n.to_string()).collect());

@@ -300,8 +300,8 @@ fn a_fleet_of_three_acts_as_one_filter() {
 }
 
 #[test]
-fn a_node_reaches_its_fleet_over_tls_with_a_password() {
-    if !privileged("a_node_reaches_its_fleet_over_tls_with_a_password") {
+fn a_node_reaches_its_fleet_over_tls_with_a_client_certificate_and_a_password() {
+    if !privileged("a_node_reaches_its_fleet_over_tls_with_a_client_certificate_and_a_password") {
         return;
     }
     const PASSWORD: &str = "s3cret-fleet-pw";
@@ -312,8 +312,11 @@ fn a_node_reaches_its_fleet_over_tls_with_a_password() {
     redis.start_tls(files.path(), &pki, PASSWORD);
     let policy = format!(
         "mode = \"enforce\"\n[fleet]\nredis_url = \"rediss://:{PASSWORD}@10.98.0.2:{REDIS_TLS_PORT}\"\n\
-         node = \"tls\"\nkey_file = \"fleet.keys\"\ntls_ca_file = \"{}\"\n",
+         node = \"tls\"\nkey_file = \"fleet.keys\"\ntls_ca_file = \"{}\"\n\
+         tls_client_cert = \"{}\"\ntls_client_key = \"{}\"\n",
         pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
     );
     let today = edge::Day::today_utc().to_string();
     let mut daemon = Daemon::configure(&lab, &[&lab.server_if], &policy, &today).unwrap();

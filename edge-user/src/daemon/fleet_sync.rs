@@ -43,6 +43,8 @@ const READ_COUNT: usize = 100;
 const READ_TRIP: Duration = Duration::from_secs(20);
 /// The bytes of changes one published entry carries (a bigger single change goes alone).
 const PUBLISH_BYTES: usize = 4 << 20;
+/// Entries published before the loop reads again (so a busy node still reads the others').
+const PUBLISH_ROUNDS: usize = 8;
 /// How often a node reports itself and reads the others' reports.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
@@ -324,10 +326,10 @@ impl Session<'_> {
         Ok(covers)
     }
 
-    /// Publishes what the outbox holds (or the whole state, when that is due). What the
-    /// stream did not take stays in the outbox.
+    /// Publishes what the outbox holds (or the whole state, when that is due), a few entries
+    /// at a time. What the stream did not take stays in the outbox.
     async fn publish(&mut self, ring: &Keyring) -> Result<(), String> {
-        loop {
+        for _ in 0..PUBLISH_ROUNDS {
             let taken = self.handle.with(|core| Ok(core.fleet_outgoing(PUBLISH_BYTES))).await;
             let Some(outgoing) = taken.map_err(message)? else { return Ok(()) };
             let (kind, body, through) = match outgoing {
@@ -349,6 +351,7 @@ impl Session<'_> {
                 move |core: &mut super::core::Core| core.fleet_published(whole, through);
             self.handle.with(published).await.map_err(message)?;
         }
+        Ok(())
     }
 
     /// Reads the entries after `position` and applies the others' in order (a whole state
