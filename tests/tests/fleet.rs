@@ -3,7 +3,11 @@
 //! node learns or is told, every node enforces; a stopped node catches up; a wiped node joins
 //! from the snapshot after the stream was trimmed; an outage degrades and then heals with
 //! nothing lost; a Redis that comes back empty is re-seeded; a forged entry is refused.
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use edge_tests::{
     daemon::Daemon,
@@ -20,6 +24,8 @@ const LATER: &str = "192.0.2.153";
 const DURING_A: &str = "192.0.2.154";
 const DURING_B: &str = "192.0.2.155";
 const FORGED: &str = "192.0.2.156";
+/// Recorded just before a failover that loses it from Redis (no client uses it).
+const TAIL: &str = "192.0.2.157";
 const CLIENTS: [&str; 7] = [VISITOR, DENIED, LEARNED, LATER, DURING_A, DURING_B, FORGED];
 
 struct Node {
@@ -274,6 +280,33 @@ fn a_fleet_of_three_acts_as_one_filter() {
     for n in [&a, &b, &c] {
         assert!(n.connects(DURING_A) && n.connects(LEARNED) && n.connects(LATER));
     }
+
+    // Redis fails over to a copy that lacks the stream's tail (a replica that had not caught
+    // up): A's last entry is gone, and A publishes its state again, so C, down meanwhile,
+    // still gets what A added.
+    c.daemon.stop().unwrap();
+    redis.stop();
+    let older = tempfile::tempdir().unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", empty.path().display()))
+        .arg(older.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    redis.start(empty.path());
+    wait("A back in the fleet", 15, || a.status()["fleet"] == "ok");
+    a.daemon.cli(&["visitors", "add", TAIL]).ok("visitors add");
+    wait("B holding the tail", 10, || {
+        b.daemon.cli(&["visitors", "export"]).ok("export").contains(TAIL)
+    });
+    redis.stop();
+    redis.start(older.path());
+    a.daemon.wait_log("Redis lost its tail", 1);
+    c.daemon.start().unwrap();
+    c.daemon.wait_ready().unwrap();
+    wait_same(&[&a, &b, &c], "after the failover");
+    assert!(c.daemon.cli(&["visitors", "export"]).ok("export").contains(TAIL));
 
     // A is killed (-9) in the middle of a million-line import: every node ends with none of
     // it or all of it.

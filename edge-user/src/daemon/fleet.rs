@@ -127,9 +127,7 @@ impl Core {
         let (Some(link), Op::Fleet { changes, position: None }) = (&mut self.fleet, op) else {
             return;
         };
-        if link.publish_state {
-            return; // The whole state goes out, with these in it.
-        }
+        // Queued even while a whole state is due: one encoded before these does not hold them.
         if link.outbox.len() + changes.len() > OUTBOX_MAX {
             warn!(
                 "fleet: over {OUTBOX_MAX} changes wait for Redis; the whole state goes out \
@@ -175,6 +173,25 @@ impl Core {
         (!changes.is_empty()).then_some(Outgoing::Changes(changes, through))
     }
 
+    /// The last entry this node added to the stream.
+    pub fn fleet_last_added(&self) -> Option<String> {
+        self.state.fleet.cursor.last_added.clone()
+    }
+
+    /// Whether this node's state may stand for the fleet's (the snapshot): not a canary's
+    /// (it skips the fleet's mode), nor one that refused a change since it started.
+    pub fn fleet_may_snapshot(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|link| {
+            !link.settings.local_mode
+                && ["invalid", "future_stamp"].iter().all(|r| !link.refused.contains_key(r))
+        })
+    }
+
+    /// The highest clock reading this node has seen (its own changes are at or below it).
+    pub fn fleet_clock(&self) -> u64 {
+        self.state.fleet.clock
+    }
+
     /// This node's whole state as the fleet gets it: without its mode on a canary.
     pub fn fleet_state_bytes(&self) -> Vec<u8> {
         if self.fleet.as_ref().is_some_and(|l| l.settings.local_mode) {
@@ -186,9 +203,15 @@ impl Core {
         crate::store::encode_state(&self.state)
     }
 
-    /// The stream took a publication: what it covers leaves the outbox, and the cursor is
-    /// logged, so a restart knows whether anything is still to publish.
-    pub fn fleet_published(&mut self, whole_state: bool, through: u64) -> Result<(), Fault> {
+    /// The stream took a publication (as entry `id`): what it covers leaves the outbox, and
+    /// the cursor is logged, so a restart knows whether anything is still to publish and can
+    /// tell whether Redis still holds what it took.
+    pub fn fleet_published(
+        &mut self,
+        whole_state: bool,
+        through: u64,
+        id: String,
+    ) -> Result<(), Fault> {
         let Some(link) = self.fleet.as_mut() else { return Ok(()) };
         link.published += 1;
         while link.outbox.front().is_some_and(|(seq, _)| *seq <= through) {
@@ -200,6 +223,7 @@ impl Core {
         let mut cursor = self.state.fleet.cursor.clone();
         cursor.published = cursor.published.max(through);
         cursor.owes_state &= !whole_state;
+        cursor.last_added = Some(id);
         self.log_cursor(cursor)
     }
 
@@ -214,14 +238,17 @@ impl Core {
     }
 
     /// The session's start: the fleet's Redis names its life `epoch`, and its stream has
-    /// handed out ids up to `last_id`. A node that knew another epoch (Redis came back empty)
-    /// or whose position is past `last_id` (Redis lost the stream's tail) or that is new here
-    /// with state of its own owes the fleet its whole state, and reads the stream from its
-    /// start. Returns this store's incarnation and the position to read from.
+    /// handed out ids up to `last_id`; `lost` says it no longer holds the last entry this node
+    /// added (and did not trim it). A node that knew another epoch (Redis came back empty), or
+    /// whose position is past `last_id` or whose last entry is lost (Redis lost the stream's
+    /// tail), or that is new here with state of its own, owes the fleet its whole state and
+    /// reads the stream from its start. Returns this store's incarnation and the position to
+    /// read from.
     pub fn fleet_session(
         &mut self,
         epoch: &str,
         last_id: Option<&str>,
+        lost: bool,
     ) -> Result<(String, Option<String>), Fault> {
         let mut cursor = self.state.fleet.cursor.clone();
         let incarnation = match &cursor.incarnation {
@@ -234,7 +261,7 @@ impl Core {
         };
         cursor.incarnation = Some(incarnation.clone());
         let lost_tail =
-            cursor.position.as_deref().and_then(stream_id) > last_id.and_then(stream_id);
+            lost || cursor.position.as_deref().and_then(stream_id) > last_id.and_then(stream_id);
         if cursor.epoch.as_deref() != Some(epoch) || lost_tail {
             let has_state = !self.state.history.is_empty() || !self.state.rules.is_empty();
             match &cursor.epoch {

@@ -39,7 +39,7 @@ const BULK_BYTES: usize = 1 << 20;
 /// How long a read waits for new entries (the bound on how late a change is seen when the
 /// outbox is idle), entries per read, and how long a read of that many may take.
 const BLOCK_MS: usize = 100;
-const READ_COUNT: usize = 100;
+const READ_COUNT: usize = 32;
 const READ_TRIP: Duration = Duration::from_secs(20);
 /// The bytes of changes one published entry carries (a bigger single change goes alone).
 const PUBLISH_BYTES: usize = 4 << 20;
@@ -60,6 +60,31 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
+";
+
+/// Trims the stream below the snapshot (ARGV[1]) and below the position of every node that
+/// reported within ARGV[2] seconds (Redis's clock); returns the entries trimmed.
+const TRIM: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+local timeout = tonumber(ARGV[2])
+local function id(text)
+  local ms, seq = string.match(text or '', '^(%d+)-(%d+)$')
+  if not ms then return nil end
+  return {tonumber(ms), tonumber(seq)}
+end
+local function less(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end
+local trim = id(ARGV[1])
+if not trim then return 0 end
+for _, json in ipairs(redis.call('HVALS', KEYS[2])) do
+  local ok, report = pcall(cjson.decode, json)
+  if ok and type(report) == 'table' and type(report.at) == 'number'
+     and now - report.at < timeout then
+    local at = id(report.position) or {0, 0}
+    if less(at, trim) then trim = at end
+  end
+end
+if trim[1] == 0 and trim[2] == 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', trim[1], trim[2]))
 ";
 
 pub async fn run(handle: Handle, settings: policy::Fleet) {
@@ -149,8 +174,17 @@ async fn session(
     let epoch = epoch(conn, &keys).await?;
     let ends = stream_ends(conn, &keys).await?;
     let last_id = ends.last_generated.clone();
+    let added = handle.with(|core| Ok(core.fleet_last_added())).await.map_err(message)?;
+    let lost = match &added {
+        Some(id) if !ends.deleted_past(id) => {
+            let range = redis::cmd("XRANGE").arg(&keys.stream).arg(id).arg(id).clone();
+            let held: Vec<Value> = within(BULK_TRIP, range.query_async(conn)).await?;
+            held.is_empty()
+        }
+        _ => false,
+    };
     let (incarnation, position) = handle
-        .with(move |core| core.fleet_session(&epoch, last_id.as_deref()))
+        .with(move |core| core.fleet_session(&epoch, last_id.as_deref(), lost))
         .await
         .map_err(message)?;
     report(handle, Ok(())).await;
@@ -342,13 +376,13 @@ impl Session<'_> {
             let fields = fleet::fields(&entry);
             let limit = if entry.body.len() > BULK_BYTES { BULK_TRIP } else { ROUND_TRIP };
             let add = self.conn.xadd::<_, _, _, _, String>(&self.keys.stream, "*", &fields);
-            within(limit, add).await?;
+            let id = within(limit, add).await?;
             let whole = kind == Kind::State;
             if whole {
                 info!(bytes = entry.body.len(), "fleet: published this node's whole state");
             }
             let published =
-                move |core: &mut super::core::Core| core.fleet_published(whole, through);
+                move |core: &mut super::core::Core| core.fleet_published(whole, through, id);
             self.handle.with(published).await.map_err(message)?;
         }
         Ok(())
@@ -363,6 +397,12 @@ impl Session<'_> {
         let (streams, from) = ([&self.keys.stream], [&position]);
         let read = self.conn.xread_options(&streams, &from, &options);
         let reply: StreamReadReply = within(READ_TRIP, read).await?;
+        if reply.keys.iter().all(|k| k.ids.is_empty()) {
+            return Ok(position);
+        }
+        // This node's own changes are at or below its clock; a store restored from a backup
+        // has an older clock, and applies what its former self published since.
+        let clock = self.handle.with(|core| Ok(core.fleet_clock())).await.map_err(message)?;
         let mut changes: Vec<Stamped> = Vec::new();
         let mut refused: Vec<Refused> = Vec::new();
         let mut last: Option<String> = None;
@@ -389,15 +429,16 @@ impl Session<'_> {
                 }
                 Ok(entry) => entry,
             };
-            if entry.incarnation == self.writer.incarnation {
-                last = Some(id.id); // This node's own: applied when it was made.
-                continue;
-            }
+            let own =
+                entry.incarnation == self.writer.incarnation && entry.node == self.writer.node;
             match entry.kind {
                 Some(Kind::Change) => match fleet::changes(&entry) {
+                    // Applied when it was made.
+                    Ok(more) if own && more.iter().all(|c| c.stamp.hlc <= clock) => {}
                     Ok(mut more) => changes.append(&mut more),
                     Err(why) => refused.push(why),
                 },
+                Some(Kind::State) if own => {}
                 Some(Kind::State) => match fleet::state(&entry) {
                     Ok(state) => {
                         // What came before lands first, through the entry before this one;
@@ -531,27 +572,17 @@ impl Session<'_> {
             }
         }
         // A live node that is behind reads on without a gap; one silent past `node_timeout_s`
-        // rejoins from the snapshot.
+        // rejoins from the snapshot. One script: a node that reports meanwhile is either
+        // counted or sees the trim (`deleted_past`) after its report.
         let covers: Option<String> =
             within(ROUND_TRIP, self.conn.hget(&snapshot, fleet::COVERS)).await?;
-        let Some(covers) = covers.as_deref().and_then(fleet::stream_id) else { return Ok(()) };
-        let now = self.redis_now().await?;
-        let reports: HashMap<String, String> =
-            within(ROUND_TRIP, self.conn.hgetall(&self.keys.nodes)).await?;
-        let live = reports
-            .values()
-            .filter_map(|json| serde_json::from_str::<NodeReport>(json).ok())
-            .filter(|r| now.saturating_sub(r.at) < u64::from(self.settings.node_timeout_s))
-            .map(|r| fleet::stream_id(&r.position).unwrap_or((0, 0)));
-        let trim_to = live.chain([covers]).min().expect("covers is one");
-        if trim_to == (0, 0) {
-            return Ok(());
-        }
-        let trim_id = format!("{}-{}", trim_to.0, trim_to.1);
-        let trim = redis::cmd("XTRIM").arg(&self.keys.stream).arg("MINID").arg(&trim_id).clone();
+        let Some(covers) = covers else { return Ok(()) };
+        let mut trim = redis::cmd("EVAL");
+        trim.arg(TRIM).arg(2).arg(&self.keys.stream).arg(&self.keys.nodes);
+        trim.arg(covers).arg(self.settings.node_timeout_s);
         let trimmed: u64 = within(ROUND_TRIP, trim.query_async(self.conn)).await?;
         if trimmed > 0 {
-            info!(below = trim_id, entries = trimmed, "fleet: trimmed the stream");
+            info!(entries = trimmed, "fleet: trimmed the stream");
         }
         Ok(())
     }

@@ -79,6 +79,8 @@ pub struct Cursor {
     /// A random name for this store's life in the fleet: entries from it are this node's own.
     /// A wiped or rebuilt node gets a new one, so it applies what its former self published.
     pub incarnation: Option<String>,
+    /// The last stream entry this node added: a Redis that lost it lost the stream's tail.
+    pub last_added: Option<String>,
 }
 
 impl FleetState {
