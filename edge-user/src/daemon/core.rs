@@ -305,7 +305,7 @@ impl Core {
     }
 
     /// Refuses rules that would not fit their maps with those in force.
-    pub(super) fn check_rule_capacity(&self, rules: &[StoredRule]) -> Result<(), Fault> {
+    fn check_rule_capacity(&self, rules: &[StoredRule]) -> Result<(), Fault> {
         let policy = self.effective_policy();
         for (list, held, capacity) in [
             (List::Allow, &policy.allow, names::ALLOW_CAPACITY),
@@ -324,7 +324,7 @@ impl Core {
 
     /// Refuses admissions that would not fit the admitted map, or (as today's visitors) the
     /// IPv6 visitor map.
-    pub(super) fn check_admission_capacity(&self, entries: &[(Addr, u64)]) -> Result<(), Fault> {
+    fn check_admission_capacity(&self, entries: &[(Addr, u64)]) -> Result<(), Fault> {
         let new = entries.iter().filter(|(k, _)| !self.state.admissions.contains_key(k));
         let wanted = self.state.admissions.len() + new.count();
         check_capacity(names::ADMITTED, names::ADMITTED_CAPACITY, wanted)?;
@@ -335,10 +335,7 @@ impl Core {
     }
 
     /// Refuses IPv6 visitor prefixes that would not fit the kernel's map with those it holds.
-    pub(super) fn check_v6_visitors(
-        &self,
-        prefixes: impl Iterator<Item = u64>,
-    ) -> Result<(), Fault> {
+    fn check_v6_visitors(&self, prefixes: impl Iterator<Item = u64>) -> Result<(), Fault> {
         let known = self.state.history.v6.all();
         let new: HashSet<u64> = prefixes.filter(|p| !known.contains(*p)).collect();
         let wanted = known.len() as usize + new.len();
@@ -446,7 +443,7 @@ impl Core {
     }
 }
 
-fn check_capacity(map: &'static str, capacity: u32, wanted: usize) -> Result<(), Fault> {
+pub(super) fn check_capacity(map: &'static str, capacity: u32, wanted: usize) -> Result<(), Fault> {
     if wanted > capacity as usize {
         return Err(Fault::from(Error::MapFull { map, capacity, wanted }));
     }

@@ -3,12 +3,15 @@
 //! mirror path as a local change), the outbox of changes the stream has not taken yet, and
 //! how the fleet is doing. The Redis side is `fleet_sync.rs`; the merge rules are
 //! `store/fleet.rs`.
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use edge_common::{keys::Addr, maps as names};
+use ipnet::IpNet;
 
 use tracing::{info, warn};
 
 use super::{
-    core::{Core, Mirror, Origin},
+    core::{check_capacity, Core, Mirror, Origin},
     fault::Fault,
 };
 use crate::{
@@ -17,7 +20,7 @@ use crate::{
     history::Departed,
     policy::{self, List, Mode},
     store::{Cursor, Op, Stamped, State},
-    visitors::Day,
+    visitors::{admission_visitor, Day, VisitorKey},
 };
 
 /// Changes held for the stream while Redis is out, before the node gives up on the list and
@@ -101,6 +104,15 @@ impl FleetLink {
     pub fn refuse(&mut self, why: &Refused) {
         *self.refused.entry(why.reason()).or_default() += 1;
     }
+}
+
+/// What the changes of one read add, as far as the maps' capacities go.
+#[derive(Default)]
+struct Taking {
+    v6: HashSet<u64>,
+    admitted: HashSet<Addr>,
+    /// Allow, then deny.
+    rules: [HashSet<IpNet>; 2],
 }
 
 /// What the next publication carries, and the count of changes made here it covers.
@@ -298,13 +310,14 @@ impl Core {
         let local_mode = link.settings.local_mode;
         let horizon = (self.now_ms() + MAX_CLOCK_AHEAD_MS) << 16;
         let mut taken = Vec::with_capacity(changes.len());
+        let mut taking = Taking::default();
         for change in changes {
             if local_mode && matches!(change.op, Op::SetMode(_)) {
                 continue;
             }
             let checked = match change.stamp.hlc > horizon {
                 true => Err(Refused::Future(change.stamp.node.clone())),
-                false => self.validate_remote(&change.op).map_err(Refused::Invalid),
+                false => self.validate_remote(&change.op, &mut taking).map_err(Refused::Invalid),
             };
             match checked {
                 Ok(()) => taken.push(change),
@@ -322,9 +335,10 @@ impl Core {
         Ok(())
     }
 
-    /// A change from another node: what this node's maps and store can take. Removals of what
-    /// is not here are no error (the fleet's order is not this node's).
-    fn validate_remote(&self, op: &Op) -> Result<(), String> {
+    /// A change from another node: what this node's maps and store can take, together with
+    /// the changes of the same read already taken (`taking`). Removals of what is not here are
+    /// no error (the fleet's order is not this node's).
+    fn validate_remote(&self, op: &Op, taking: &mut Taking) -> Result<(), String> {
         match op {
             Op::Visits(batches) => {
                 // A node whose clock is a little ahead may record tomorrow before we roll.
@@ -332,18 +346,87 @@ impl Core {
                 if let Some(batch) = batches.iter().find(|b| Day(b.day) > tomorrow) {
                     return Err(format!("a visit on {}, after tomorrow", Day(batch.day)));
                 }
-                let v6 = batches.iter().flat_map(|b| b.v6.iter().copied());
-                self.check_v6_visitors(v6).map_err(|f| f.to_string())
+                self.take_v6(batches.iter().flat_map(|b| b.v6.iter().copied()), taking)
             }
-            Op::PutRules(rules) => self.check_rule_capacity(rules).map_err(|f| f.to_string()),
+            Op::PutRules(rules) => {
+                let policy = self.effective_policy();
+                for (n, (list, held, capacity)) in [
+                    (List::Allow, &policy.allow, names::ALLOW_CAPACITY),
+                    (List::Deny, &policy.deny, names::DENY_CAPACITY),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let held: HashSet<&IpNet> = held.iter().collect();
+                    let new: HashSet<IpNet> = rules
+                        .iter()
+                        .filter(|r| r.list == list && !held.contains(&r.net))
+                        .map(|r| r.net)
+                        .filter(|net| !taking.rules[n].contains(net))
+                        .collect();
+                    let wanted = held.len() + taking.rules[n].len() + new.len();
+                    check_capacity(list.name(), capacity, wanted).map_err(|f| f.to_string())?;
+                    taking.rules[n].extend(new);
+                }
+                Ok(())
+            }
             Op::Admit { entries, .. } => {
-                self.check_admission_capacity(entries).map_err(|f| f.to_string())
+                let new: HashSet<Addr> = entries
+                    .iter()
+                    .map(|(key, _)| *key)
+                    .filter(|key| !self.state.admissions.contains_key(key))
+                    .filter(|key| !taking.admitted.contains(key))
+                    .collect();
+                let wanted = self.state.admissions.len() + taking.admitted.len() + new.len();
+                check_capacity(names::ADMITTED, names::ADMITTED_CAPACITY, wanted)
+                    .map_err(|f| f.to_string())?;
+                let v6 = entries.iter().filter_map(|(key, _)| match admission_visitor(key) {
+                    VisitorKey::V6(prefix) => Some(u64::from_be_bytes(prefix)),
+                    VisitorKey::V4(_) => None,
+                });
+                self.take_v6(v6, taking)?;
+                taking.admitted.extend(new);
+                Ok(())
             }
             Op::RemoveVisitors { .. } | Op::RemoveRules { .. } | Op::SetMode(_) => Ok(()),
             Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor(_) => {
                 Err("not a change the fleet carries".into())
             }
         }
+    }
+
+    /// New IPv6 visitor prefixes, if the map holds them with those known and being taken.
+    fn take_v6(
+        &self,
+        prefixes: impl Iterator<Item = u64>,
+        taking: &mut Taking,
+    ) -> Result<(), String> {
+        let known = self.state.history.v6.all();
+        let new: HashSet<u64> =
+            prefixes.filter(|p| !known.contains(*p) && !taking.v6.contains(p)).collect();
+        let wanted = known.len() as usize + taking.v6.len() + new.len();
+        check_capacity(names::VISITORS_V6, names::VISITORS_V6_CAPACITY, wanted)
+            .map_err(|f| f.to_string())?;
+        taking.v6.extend(new);
+        Ok(())
+    }
+
+    /// Refuses a joined state the maps cannot hold.
+    fn check_joined(&self, joined: &State) -> Result<(), Fault> {
+        check_capacity(
+            names::VISITORS_V6,
+            names::VISITORS_V6_CAPACITY,
+            joined.history.v6.len() as usize,
+        )?;
+        check_capacity(names::ADMITTED, names::ADMITTED_CAPACITY, joined.admissions.len())?;
+        for (list, capacity) in
+            [(List::Allow, names::ALLOW_CAPACITY), (List::Deny, names::DENY_CAPACITY)]
+        {
+            let mut nets: HashSet<IpNet> = self.config_list(list).iter().copied().collect();
+            nets.extend(joined.rules(list).map(|r| r.net));
+            check_capacity(list.name(), capacity, nets.len())?;
+        }
+        Ok(())
     }
 
     /// Stores, applies and mirrors a stamped record (made here or read from the stream).
@@ -392,6 +475,7 @@ impl Core {
         let share_mode = self.fleet.as_ref().is_some_and(|l| !l.settings.local_mode);
         let mut joined = self.state.clone();
         joined.join(other, share_mode);
+        self.check_joined(&joined)?;
         if let Some(covers) = covers {
             joined.fleet.cursor.position = Some(covers);
         }

@@ -446,14 +446,24 @@ impl Session<'_> {
                         let before = std::mem::take(&mut changes);
                         let through = last.clone().unwrap_or_else(|| position.clone());
                         let at = id.id.clone();
-                        self.handle
+                        let joined = self
+                            .handle
                             .with(move |core| {
                                 core.fleet_apply(before, through)?;
                                 core.fleet_join(&state, Some(at))
                             })
-                            .await
-                            .map_err(message)?;
-                        info!(node = %entry.node, "fleet: joined a node's whole state");
+                            .await;
+                        match joined {
+                            Ok(()) => {
+                                info!(node = %entry.node, "fleet: joined a node's whole state")
+                            }
+                            // More than this node's maps hold: refused, as a change would be.
+                            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                                warn!(node = %entry.node, "fleet: refused a whole state: {}", status.message());
+                                refused.push(Refused::Invalid(status.message().to_string()));
+                            }
+                            Err(status) => return Err(message(status)),
+                        }
                     }
                     Err(why) => refused.push(why),
                 },
