@@ -15,6 +15,7 @@ pub mod fault;
 pub mod feed;
 pub mod feed_health;
 pub mod fleet;
+pub mod fleet_health;
 pub mod fleet_sync;
 pub mod handle;
 pub mod interfaces;
