@@ -19,6 +19,7 @@ pub mod stats;
 pub mod store;
 pub mod text;
 pub mod ticket;
+pub mod token;
 pub mod visitors;
 
 pub use error::{Error, Result};

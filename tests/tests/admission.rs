@@ -44,7 +44,11 @@ fn admit(tickets: &[(&str, &str)]) -> api::AdmitRequest {
     api::AdmitRequest {
         admissions: tickets
             .iter()
-            .map(|(t, ip)| api::AdmissionTicket { ticket: t.to_string(), ip: ip.to_string() })
+            .map(|(t, ip)| api::AdmissionTicket {
+                ticket: t.to_string(),
+                ip: ip.to_string(),
+                kind: String::new(),
+            })
             .collect(),
     }
 }
@@ -124,7 +128,7 @@ fn knocks_and_queue_admissions_let_exactly_the_admitted_through() {
         refused(
             admissions.admit(admit(&[("not-a-ticket", "")])).await,
             Code::InvalidArgument,
-            &["admissions[0].ticket"],
+            &["admissions[0]", "malformed"],
         );
         assert!(!connects(&lab, QUEUED), "nothing unverified reached a map");
 

@@ -103,6 +103,10 @@ pub enum Command {
     /// Mint and check admission tickets (docs/tickets.md).
     #[command(subcommand)]
     Ticket(TicketCommand),
+    /// Check a waiting room's token (edge ticket, Queue-it, JWT) as the daemon would
+    /// (docs/tokens.md).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Load the filter with a policy and attach it to an interface; it stays attached (pinned
     /// under /sys/fs/bpf/edge/IFACE) after this command exits.
     Attach {
@@ -299,6 +303,27 @@ pub enum TicketCommand {
         key: PathBuf,
         #[arg(long)]
         ip: Option<std::net::IpAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Verify TOKEN with the verifiers the config file sets up ([admission] keys,
+    /// [admission.queueit], [admission.jwt]; a jwks_url is fetched). Says which check failed.
+    /// Exit 0 only for a token that would admit (the replay limit is the daemon's to count).
+    Verify {
+        token: String,
+        #[arg(long, default_value = "/etc/edge/edge.toml")]
+        config: PathBuf,
+        /// edge, queueit or jwt; detected from the token's text when left out.
+        #[arg(long, value_parser = ["edge", "queueit", "jwt"])]
+        kind: Option<String>,
+        /// The address presenting the token (Queue-it tokens and JWTs admit it; required for
+        /// them to admit anything).
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -9,7 +9,7 @@ use edge::{
     Day, Filter, Policy, VisitorHistory,
 };
 
-use crate::args::{Cli, Command, KeyCommand, StoreCommand, TicketCommand};
+use crate::args::{Cli, Command, KeyCommand, StoreCommand, TicketCommand, TokenCommand};
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
@@ -52,6 +52,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 ok.key_id,
                 ok.ticket_id
             )?;
+        }
+        Command::Token(TokenCommand::Verify { token, config, kind, ip, json }) => {
+            crate::token::verify(&token, &config, kind.as_deref(), ip, json)?
         }
         Command::Attach { iface, policy: path, xdp_mode, force } => {
             let (policy, history, today) = load_policy(&path)?;

@@ -3,7 +3,7 @@
 //!
 //! Rooms: `args` (the command line), `remote` (commands that call the daemon's API),
 //! `render` (how their answers print), `offline` (status and stats from the pins when the
-//! daemon is down), `local` (commands that need no daemon).
+//! daemon is down), `local` (commands that need no daemon), `token` (`edge token verify`).
 
 /// `println!` that returns the write's error instead of panicking, so a closed pipe
 /// (`edge visitors list | head -1`) ends the command quietly.
@@ -19,6 +19,7 @@ mod local;
 mod offline;
 mod remote;
 mod render;
+mod token;
 
 use std::process::ExitCode;
 

@@ -109,6 +109,23 @@ pub fn status(s: &api::GetStatusResponse) -> anyhow::Result<()> {
     } else {
         format!(" (at {})", s.feed_position)
     };
+    for kind in s.tokens.iter().filter(|k| k.kind != "edge") {
+        let refused: Vec<String> =
+            kind.refused.iter().map(|r| format!("{} {}", r.count, r.reason)).collect();
+        let refused = if refused.is_empty() { "none".to_string() } else { refused.join(", ") };
+        outln!(
+            "  {} tokens: {} verified, {} sources admitted, refused: {refused}",
+            kind.kind,
+            kind.verified,
+            kind.admitted
+        )?;
+    }
+    if !s.jwks.is_empty() {
+        outln!("  jwt keys: {}", printable(&s.jwks))?;
+    }
+    if !s.admission_endpoint.is_empty() {
+        outln!("  admission endpoint: {}", s.admission_endpoint)?;
+    }
     outln!("  admission feed: {}{position}", s.feed)?;
     outln!("  fleet: {}", printable(&s.fleet))?;
     for job in &s.failing_jobs {

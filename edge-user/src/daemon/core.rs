@@ -20,14 +20,15 @@ use ipnet::IpNet;
 use tracing::error;
 
 use super::{
-    admissions::TicketCounts,
     auto::{Phase, Watch},
     clock::Clock,
+    endpoint::EndpointCounts,
     fault::Fault,
     feed_health::FeedHealth,
     fleet::FleetLink,
     interfaces::{Interface, Link},
     jobs::Jobs,
+    tokens::Tokens,
     top::Top,
 };
 use crate::{
@@ -53,8 +54,10 @@ pub struct Core {
     pub(super) xdp_mode: XdpModeSetting,
     /// The ticket key ring and the modification time it was read at.
     pub(super) keys: Option<(Keyring, Option<SystemTime>)>,
-    /// Tickets verified and refused since start.
-    pub tickets: TicketCounts,
+    /// The token verifiers and their counts, shared with the API, the feed and the endpoint.
+    pub tokens: Arc<Tokens>,
+    /// The admission endpoint's answers by outcome (daemon/endpoint.rs).
+    pub endpoint: Arc<EndpointCounts>,
     /// When expired admissions were last purged (unix seconds).
     pub(super) purged_at: u64,
     /// The admission feed's health.
@@ -119,6 +122,7 @@ impl Core {
             None => None,
         };
         let interfaces = settings.interfaces.iter().map(|name| Interface::new(name)).collect();
+        let policy_admission = policy.admission.clone();
         let mut core = Self {
             config_path: config_path.to_path_buf(),
             policy,
@@ -129,7 +133,8 @@ impl Core {
             maps: None,
             xdp_mode: settings.xdp_mode,
             keys,
-            tickets: TicketCounts::default(),
+            tokens: Arc::new(Tokens::load(&policy_admission, &settings.state_dir)?),
+            endpoint: Arc::default(),
             purged_at: 0,
             feed: FeedHealth::new(clock.now()),
             auto: Watch::new(Phase::Calm, clock.now()),
@@ -296,7 +301,9 @@ impl Core {
                 }
                 Ok(())
             }
-            Op::Admit { entries, .. } => self.check_admission_capacity(entries),
+            Op::Admit { entries, .. } | Op::Redeem { entries, .. } => {
+                self.check_admission_capacity(entries)
+            }
             Op::SetMode(_) | Op::Roll { .. } => Ok(()),
             Op::Fleet { .. } | Op::FleetCursor(_) => {
                 Err(Fault::Internal("a fleet record is not a change to validate".into()))
@@ -419,7 +426,7 @@ impl Core {
             Op::SetMode(_) => self.mirror(Mirror::Config)?,
             // Fleet records are mirrored change by change (`change_stamped`).
             Op::Fleet { .. } | Op::FleetCursor(_) => {}
-            Op::Admit { entries, .. } => {
+            Op::Admit { entries, .. } | Op::Redeem { entries, .. } => {
                 let mut v4 = Vec::new();
                 let mut v6 = Vec::new();
                 for (key, _) in entries {

@@ -1,14 +1,14 @@
 //! Why a verb failed, in gRPC's terms: each failure keeps the code a client can act on.
 use tonic::Status;
 
-use crate::{store::StoreError, ticket::Rejected, Error};
+use crate::{store::StoreError, token::Refusal, Error};
 
 #[derive(Debug)]
 pub enum Fault {
-    /// A ticket refused: the `index`-th of the request.
+    /// A token refused: the `index`-th of the request.
     Refused {
         index: usize,
-        refused: Rejected,
+        refused: Refusal,
     },
     InvalidArgument(String),
     NotFound(String),
@@ -36,7 +36,7 @@ impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Refused { index, refused } => {
-                write!(f, "admissions[{index}]: {} ({refused})", refused.reason())
+                write!(f, "admissions[{index}]: {} ({})", refused.reason, refused.detail)
             }
             Self::InvalidArgument(m)
             | Self::NotFound(m)
@@ -64,8 +64,11 @@ impl From<Error> for Fault {
 impl From<Fault> for Status {
     fn from(f: Fault) -> Self {
         match f {
-            Fault::Refused { ref refused, .. } => match refused {
-                Rejected::Malformed(_) => Status::invalid_argument(f.to_string()),
+            Fault::Refused { ref refused, .. } => match refused.reason {
+                "malformed" | "oversized" => Status::invalid_argument(f.to_string()),
+                "not_configured" => Status::failed_precondition(f.to_string()),
+                // The keys to check it with are missing or too old: retry once they are back.
+                "no_keys" | "keys_stale" => Status::unavailable(f.to_string()),
                 _ => Status::permission_denied(f.to_string()),
             },
             Fault::InvalidArgument(m) => Status::invalid_argument(m),

@@ -1,5 +1,5 @@
-//! The fleet feed: the queue service appends admissions to a Redis Stream (fields `ticket`, and
-//! optionally `ip`); every edge daemon reads it from the position it stored last, verifies each
+//! The admission feed: the queue service appends admissions to a Redis Stream (fields `token`
+//! or `ticket`, and optionally `kind` and `ip`); every edge daemon reads it from the position it stored last, verifies each
 //! ticket, and stores the admissions together with the new position in one log record. So a
 //! restart, a Redis outage or a network cut loses nothing and applies nothing twice. A fresh
 //! daemon starts at the beginning of the stream (old tickets are refused as expired).
@@ -12,8 +12,11 @@ use redis::{
 
 use tracing::{error, warn};
 
-use super::handle::Handle;
-use crate::{policy::Feed, ticket};
+use super::{core::Origin, handle::Handle, tokens::Batch};
+use crate::{
+    policy::Feed,
+    token::{Kind, Refusal},
+};
 
 /// Entries read per round trip, and how long a read waits for new ones.
 const BATCH: usize = 1_000;
@@ -81,25 +84,22 @@ pub async fn run(handle: Handle, feed: Feed) {
                 }
             };
             report(&handle, true, &mut last_error, "").await;
-            let mut batch = Vec::new();
+            // Verified before the core is taken; refused entries are counted and skipped (the
+            // producer is not there to be told), and the position covers them too.
+            let now = handle.clock.now();
+            let mut accepted = Vec::new();
             let mut last = None;
-            let mut malformed = 0;
             for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
-                let ticket = entry.get::<String>("ticket").and_then(|t| ticket::decode(&t).ok());
-                let ip = entry.get::<String>("ip").and_then(|ip| ip.parse().ok());
-                match ticket {
-                    Some(ticket) => batch.push((ticket, ip)),
-                    None => malformed += 1,
+                if let Some(token) = entry_token(&handle, &entry, now) {
+                    accepted.push(token);
                 }
                 last = Some(entry.id);
             }
             let Some(last) = last else { continue };
             let applied = handle
                 .with(move |core| {
-                    for _ in 0..malformed {
-                        core.count_malformed();
-                    }
-                    core.admit_from_feed(&batch, last)
+                    core.feed.applied_up_to(&last);
+                    core.redeem(&accepted, Batch::EachAlone, Some(last), Origin::Daemon)
                 })
                 .await;
             if let Err(status) = applied {
@@ -109,6 +109,38 @@ pub async fn run(handle: Handle, feed: Feed) {
             }
         }
     }
+}
+
+/// An entry's token verified: fields `token` (or `ticket`, edge's first name for it), `kind`
+/// (detected when absent) and `ip`.
+fn entry_token(
+    handle: &Handle,
+    entry: &redis::streams::StreamId,
+    now: u64,
+) -> Option<crate::token::Accepted> {
+    let refuse = |detail: String| {
+        let refusal = Refusal { kind: None, reason: "malformed", detail };
+        handle.tokens.count_refused(&refusal);
+        None
+    };
+    let Some(token) = entry.get::<String>("token").or_else(|| entry.get::<String>("ticket")) else {
+        return refuse(format!("entry {}: no `token` field", entry.id));
+    };
+    let kind = match entry.get::<String>("kind") {
+        None => None,
+        Some(name) => match Kind::parse(&name) {
+            Ok(kind) => Some(kind),
+            Err(e) => return refuse(format!("entry {}: {e}", entry.id)),
+        },
+    };
+    let ip = match entry.get::<String>("ip") {
+        None => None,
+        Some(text) => match text.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => return refuse(format!("entry {}: `ip` is not an IP address", entry.id)),
+        },
+    };
+    handle.tokens.verify(kind, &token, ip, now).ok()
 }
 
 /// Tells the core how the feed is doing; logs changes (not every failed retry).

@@ -95,7 +95,7 @@ impl FleetLink {
             Op::RemoveRules { .. } => origin == Origin::Api,
             Op::SetMode(_) => !self.settings.local_mode,
             // The admission feed's entries reach every node from the feed itself.
-            Op::Admit { feed, .. } => feed.is_none(),
+            Op::Admit { feed, .. } | Op::Redeem { feed, .. } => feed.is_none(),
             Op::Roll { .. } | Op::Fleet { .. } | Op::FleetCursor(_) => false,
         }
     }
@@ -369,7 +369,7 @@ impl Core {
                 }
                 Ok(())
             }
-            Op::Admit { entries, .. } => {
+            Op::Admit { entries, .. } | Op::Redeem { entries, .. } => {
                 let new: HashSet<Addr> = entries
                     .iter()
                     .map(|(key, _)| *key)

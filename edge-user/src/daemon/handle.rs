@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{Mutex, Semaphore};
 use tonic::Status;
 
-use super::{clock::Clock, core::Core, fault::Fault};
+use super::{clock::Clock, core::Core, endpoint::EndpointCounts, fault::Fault, tokens::Tokens};
 use crate::visitors::Day;
 
 /// Longest a request waits for the core before it is refused (fail fast: a client retries,
@@ -21,6 +21,10 @@ pub const MAX_EXPORTS: usize = 2;
 pub struct Handle {
     core: Arc<Mutex<Core>>,
     pub clock: Clock,
+    /// The token verifiers: tokens are verified before the core is taken.
+    pub tokens: Arc<Tokens>,
+    /// The admission endpoint's answers, by outcome.
+    pub endpoint: Arc<EndpointCounts>,
     pub imports: Arc<Semaphore>,
     pub exports: Arc<Semaphore>,
 }
@@ -28,6 +32,8 @@ pub struct Handle {
 impl Handle {
     pub fn new(core: Core, clock: Clock) -> Self {
         Self {
+            tokens: core.tokens.clone(),
+            endpoint: core.endpoint.clone(),
             core: Arc::new(Mutex::new(core)),
             clock,
             imports: Arc::new(Semaphore::new(MAX_IMPORTS)),

@@ -14,8 +14,15 @@ use super::core::{Core, Mirror};
 const COMPACT_AT_BYTES: u64 = 256 << 20;
 
 /// The jobs, in the order a tick runs them (the names `edge status` and metrics use).
-pub const JOBS: [&str; 6] =
-    ["window_roll", "rule_expiry", "admission_purge", "ticket_keys", "reconcile", "snapshot"];
+pub const JOBS: [&str; 7] = [
+    "window_roll",
+    "rule_expiry",
+    "admission_purge",
+    "ticket_keys",
+    "token_keys",
+    "reconcile",
+    "snapshot",
+];
 
 /// One job's record.
 #[derive(Clone, Debug, Default)]
@@ -87,6 +94,8 @@ impl Core {
         self.watch_unknown();
         let keys = self.reload_keys();
         self.jobs.report("ticket_keys", keys, now);
+        let token_keys = self.reload_token_files();
+        self.jobs.report("token_keys", token_keys, now);
         self.follow_links();
         if self.needs_reconcile {
             let rebuilt = self.mirror(Mirror::Everything);

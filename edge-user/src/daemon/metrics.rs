@@ -8,6 +8,7 @@ use prometheus::{
 };
 
 use super::{core::Core, handle::Handle, interfaces::Link, jobs::JOBS};
+use crate::token::Kind;
 
 /// The exposition of the daemon's state now. `buckets` is the token-bucket table's occupancy,
 /// walked from the pins before the core was locked.
@@ -160,20 +161,66 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
         "Visitors recorded from completed TCP handshakes since the daemon started.",
         core.learned,
     )?;
+    let tokens = core.tokens.counts();
     counter(
         "tickets_verified_total",
         "Tickets verified by the daemon since it started.",
-        core.tickets.verified,
+        tokens.verified.get(&Kind::Edge).copied().unwrap_or(0),
     )?;
     let refused = counter_vec(
         "tickets_refused_total",
         "Tickets refused by the daemon since it started.",
         &["reason"],
     )?;
+    let edge_refused: std::collections::BTreeMap<_, _> = tokens.refused_of(Kind::Edge).collect();
     for reason in ["malformed", "unknown_key", "bad_hash", "expired", "wrong_ip"] {
-        refused
-            .with_label_values(&[reason])
-            .inc_by(core.tickets.rejections.get(reason).copied().unwrap_or(0));
+        refused.with_label_values(&[reason]).inc_by(edge_refused.get(reason).copied().unwrap_or(0));
+    }
+    let verified = counter_vec(
+        "tokens_verified_total",
+        "Admission tokens whose form, signature and claims held, by kind (edge, queueit, jwt).",
+        &["kind"],
+    )?;
+    let admitted = counter_vec(
+        "tokens_admitted_total",
+        "Sources admitted by a token, by kind (a verified token may still be refused as replayed).",
+        &["kind"],
+    )?;
+    for kind in core.tokens.verifiers().kinds() {
+        let name = [kind.name()];
+        verified.with_label_values(&name).inc_by(tokens.verified.get(&kind).copied().unwrap_or(0));
+        admitted.with_label_values(&name).inc_by(tokens.admitted.get(&kind).copied().unwrap_or(0));
+    }
+    let refused = counter_vec(
+        "tokens_refused_total",
+        "Admission tokens refused, by kind and reason (replayed: presented from more sources \
+         than admission.max_sources).",
+        &["kind", "reason"],
+    )?;
+    for ((kind, reason), count) in &tokens.refused {
+        refused.with_label_values(&[kind, reason]).inc_by(*count);
+    }
+    if core.policy.admission.http.is_some() {
+        let requests = counter_vec(
+            "admission_endpoint_requests_total",
+            "Requests the admission endpoint answered, by outcome (admitted, refused, bad_target, \
+             busy, unavailable, not_found).",
+            &["outcome"],
+        )?;
+        let outcomes = core.endpoint.snapshot();
+        for outcome in super::endpoint::OUTCOMES {
+            requests
+                .with_label_values(&[outcome])
+                .inc_by(outcomes.get(outcome).copied().unwrap_or(0));
+        }
+    }
+    if let Some(age) = core.tokens.jwks_age(core.clock.now()) {
+        gauge(
+            "jwks_age_seconds",
+            "Age of the JWT keys fetched from admission.jwt.jwks_url; past jwks_max_age_s every \
+             JWT is refused.",
+            age as i64,
+        )?;
     }
     let failing = gauge_vec(
         "background_job_failing",

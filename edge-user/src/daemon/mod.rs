@@ -10,6 +10,7 @@ pub mod admissions;
 pub mod auto;
 pub mod clock;
 pub mod core;
+pub mod endpoint;
 pub mod events;
 pub mod fault;
 pub mod feed;
@@ -20,6 +21,7 @@ pub mod fleet_sync;
 pub mod handle;
 pub mod interfaces;
 pub mod jobs;
+pub mod jwks_fetch;
 pub mod listen;
 pub mod metrics;
 pub mod mode;
@@ -27,6 +29,7 @@ pub mod netlink;
 pub mod reload;
 pub mod rules;
 pub mod service;
+pub mod tokens;
 pub mod top;
 pub mod unix_relay;
 pub mod visits;
@@ -94,6 +97,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let feed = policy.admission.feed.clone();
     let fleet = policy.fleet.clone();
+    let endpoint = policy.admission.http.clone();
+    let jwks_url = match policy.admission.jwt.as_ref().map(|j| &j.keys) {
+        Some(crate::policy::JwksSource::Url { url, ca_file, refresh_s, .. }) => {
+            Some((url.clone(), ca_file.clone(), u64::from(*refresh_s)))
+        }
+        _ => None,
+    };
     let learn = policy.learn_handshakes;
     if learn {
         // Refused before anything starts, so a kernel whose tracepoint moved is found now.
@@ -150,6 +160,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
         tokio::spawn(self::fleet_sync::run(handle.clone(), fleet))
     });
+
+    let jwks_task = jwks_url.map(|(url, ca_file, refresh_s)| {
+        let keys = handle.tokens.verifiers().jwt.as_ref().expect("jwt configured").keys.clone();
+        let cache = self::jwks_fetch::cache_path(&settings.state_dir);
+        tokio::spawn(self::jwks_fetch::run(handle.clone(), keys, url, ca_file, refresh_s, cache))
+    });
+    let endpoint_task = match endpoint {
+        Some(endpoint) => {
+            // Bound here so a taken port or a bad certificate fails start-up clearly.
+            let bound = self::endpoint::bind(&endpoint)?;
+            Some(tokio::spawn(self::endpoint::serve(handle.clone(), endpoint, bound)))
+        }
+        None => None,
+    };
 
     // Attach or adopt, then report SERVING; afterwards, the periodic work.
     let mut serving = false;
@@ -275,7 +299,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     for server in &servers {
         server.abort();
     }
-    for task in [feed_task, metrics_task, fleet_task].into_iter().flatten() {
+    for task in
+        [feed_task, metrics_task, fleet_task, jwks_task, endpoint_task].into_iter().flatten()
+    {
         task.abort();
     }
     if let Err(e) = handle.with(|core| core.compact()).await {

@@ -1,7 +1,6 @@
 //! The gRPC services: parse and bound each request, call the core, translate the answer.
 use std::{pin::Pin, time::Duration};
 
-use edge_common::ticket::TicketBytes;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
@@ -9,8 +8,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     core::Origin,
+    fault::Fault,
     handle::{Handle, MAX_EXPORTS, MAX_IMPORTS},
     interfaces::Link,
+    tokens::{Batch, TokenCounts},
 };
 use crate::{
     api::{
@@ -21,7 +22,7 @@ use crate::{
     import::{visitor_key, Format, Importer},
     policy::{parse_cidr, Mode},
     store::{List, StoredRule},
-    ticket,
+    token::Kind,
     visitors::{display_key, Day, VisitorKey},
 };
 
@@ -61,8 +62,9 @@ impl Control for Handle {
         &self,
         _: Request<api::GetStatusRequest>,
     ) -> Result<Response<api::GetStatusResponse>, Status> {
+        let counts = self.tokens.counts();
         let status = self
-            .with(|core| {
+            .with(move |core| {
                 let interfaces = core
                     .interfaces
                     .iter()
@@ -111,16 +113,14 @@ impl Control for Handle {
                     unknown_pps: core.auto.unknown_pps,
                     kernel_mode: core.kernel_mode().to_string(),
                     learned_visitors: core.learned,
-                    admission_rejections: core
-                        .tickets
-                        .rejections
-                        .iter()
-                        .map(|(reason, count)| api::RejectionCount {
-                            reason: (*reason).into(),
-                            count: *count,
-                        })
+                    admission_rejections: counts
+                        .refused_of(Kind::Edge)
+                        .map(|(reason, count)| api::RejectionCount { reason: reason.into(), count })
                         .collect(),
-                    tickets_verified: core.tickets.verified,
+                    tickets_verified: counts.verified.get(&Kind::Edge).copied().unwrap_or(0),
+                    tokens: token_status(&counts),
+                    jwks: core.jwks_status(),
+                    admission_endpoint: core.endpoint_status(),
                     failing_jobs: core
                         .jobs
                         .failing()
@@ -452,24 +452,58 @@ impl Visitors for Handle {
 
 /// Decodes a batch of admissions; a ticket that is not even base64 of the right length is
 /// refused here (INVALID_ARGUMENT) and counted as malformed by the core's verifier path.
-fn parse_admissions(
-    admissions: &[api::AdmissionTicket],
-) -> Result<Vec<(TicketBytes, Option<std::net::IpAddr>)>, Status> {
+/// A token as a request presents it: (kind, text, presented address).
+type Presented = (Option<Kind>, String, Option<std::net::IpAddr>);
+
+/// A request's tokens. Only the form of the fields is
+/// checked here; the tokens themselves are the verifiers' to judge.
+fn parse_admissions(admissions: &[api::AdmissionTicket]) -> Result<Vec<Presented>, Status> {
     check_batch("admissions", admissions.len())?;
     admissions
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let ticket = ticket::decode(&a.ticket)
-                .map_err(|e| invalid(format!("admissions[{i}].ticket"), e))?;
+            let kind = match a.kind.trim() {
+                "" => None,
+                name => Some(
+                    Kind::parse(name).map_err(|r| invalid(format!("admissions[{i}].kind"), r))?,
+                ),
+            };
             let ip = match a.ip.trim() {
                 "" => None,
                 text => Some(text.parse().map_err(|_| {
                     invalid(format!("admissions[{i}].ip"), format!("`{text}` is not an IP address"))
                 })?),
             };
-            Ok((ticket, ip))
+            Ok((kind, a.ticket.clone(), ip))
         })
+        .collect()
+}
+
+/// The status's per-kind token counts.
+fn token_status(counts: &TokenCounts) -> Vec<api::TokenKindStatus> {
+    let mut kinds: Vec<&'static str> = Kind::ALL.iter().map(|k| k.name()).collect();
+    kinds.push("unknown");
+    kinds
+        .into_iter()
+        .map(|name| {
+            let kind = Kind::parse(name).ok();
+            api::TokenKindStatus {
+                kind: name.into(),
+                verified: kind.and_then(|k| counts.verified.get(&k)).copied().unwrap_or(0),
+                admitted: kind.and_then(|k| counts.admitted.get(&k)).copied().unwrap_or(0),
+                refused: counts
+                    .refused
+                    .iter()
+                    .filter(|((k, _), _)| *k == name)
+                    .map(|((_, reason), count)| api::RejectionCount {
+                        reason: (*reason).into(),
+                        count: *count,
+                    })
+                    .collect(),
+            }
+        })
+        .filter(|k| k.verified + k.admitted > 0 || !k.refused.is_empty())
         .collect()
 }
 
@@ -479,19 +513,20 @@ impl Admissions for Handle {
         &self,
         request: Request<api::AdmitRequest>,
     ) -> Result<Response<api::AdmitResponse>, Status> {
-        let batch = parse_admissions(&request.into_inner().admissions);
-        let batch = match batch {
-            Ok(batch) => batch,
-            Err(status) => {
-                self.with(|core| {
-                    core.count_malformed();
-                    Ok(())
-                })
-                .await?;
-                return Err(status);
+        let presented = parse_admissions(&request.into_inner().admissions)?;
+        // Verified before the core is taken: signatures cost CPU, not the core's time.
+        let now = self.clock.now();
+        let mut accepted = Vec::with_capacity(presented.len());
+        for (index, (kind, token, ip)) in presented.iter().enumerate() {
+            match self.tokens.verify(*kind, token, *ip, now) {
+                Ok(token) => accepted.push(token),
+                Err(refused) => return Err(Fault::Refused { index, refused }.into()),
             }
-        };
-        let admitted = self.with(move |core| core.admit(&batch)).await?;
+        }
+        let admitted = self
+            .with(move |core| core.redeem(&accepted, Batch::AllOrNothing, None, Origin::Api))
+            .await?
+            .len() as u64;
         Ok(Response::new(api::AdmitResponse { admitted }))
     }
 

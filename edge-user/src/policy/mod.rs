@@ -1,6 +1,7 @@
 //! The config file's model: what a validated [`Policy`] holds. Reading a file into one is
 //! `parse.rs` (strict: unknown keys are errors, and every error names the file, line, column
 //! and field); writing one back is `render.rs`.
+mod admission;
 mod parse;
 mod render;
 
@@ -8,6 +9,7 @@ use std::{fmt, path::PathBuf};
 
 use ipnet::IpNet;
 
+pub use admission::{target_prefix, HttpSettings, JwksSource, JwtSettings, QueueitSettings};
 pub use parse::parse_cidr;
 
 /// What the filter does with its verdicts.
@@ -234,8 +236,8 @@ pub struct Policy {
 /// thousand) and enough samples for `edge top` at a few thousand drops a second.
 pub const DEFAULT_DROP_SAMPLE: u32 = 1000;
 
-/// Admission tickets (docs/tickets.md).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Admission tickets (docs/tickets.md) and waiting rooms' tokens (docs/tokens.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdmissionSettings {
     /// The key ring file (current and previous key); resolved against the config's directory.
     pub keys: Option<PathBuf>,
@@ -243,6 +245,26 @@ pub struct AdmissionSettings {
     pub knock_port: Option<u16>,
     /// The queue service's Redis Stream of admissions, if the daemon consumes one.
     pub feed: Option<Feed>,
+    /// `admission.max_sources`: the distinct sources one waiting-room token may admit.
+    pub max_sources: u32,
+    pub queueit: Option<QueueitSettings>,
+    pub jwt: Option<JwtSettings>,
+    /// The endpoint browsers are redirected to with their token.
+    pub http: Option<HttpSettings>,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            keys: None,
+            knock_port: None,
+            feed: None,
+            max_sources: 1,
+            queueit: None,
+            jwt: None,
+            http: None,
+        }
+    }
 }
 
 /// `admission.redis_url` and friends: the fleet feed and what an outage of it does.

@@ -13,8 +13,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AutoMode, DaemonSettings, Feed, Fleet, Mode, OnOutage, Policy, PolicyError, Protected, TcpApi,
-    UnknownBudget, XdpModeSetting, DEFAULT_METRICS, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+    admission::{admission, RawAdmission},
+    AutoMode, DaemonSettings, Fleet, Mode, Policy, PolicyError, Protected, TcpApi, UnknownBudget,
+    XdpModeSetting, DEFAULT_METRICS, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
 };
 
 #[derive(Deserialize)]
@@ -59,18 +60,6 @@ struct RawEvents {
 #[serde(deny_unknown_fields)]
 struct RawLearning {
     handshakes: Option<Spanned<bool>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmission {
-    keys: Option<Spanned<String>>,
-    knock_port: Option<Spanned<i64>>,
-    redis_url: Option<Spanned<String>>,
-    stream: Option<Spanned<String>>,
-    outage_grace_s: Option<Spanned<i64>>,
-    on_queue_outage: Option<Spanned<String>>,
-    outage_ceiling_pps: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -131,27 +120,27 @@ struct RawLists {
 }
 
 /// Most packets per second a budget takes: one token per nanosecond.
-const MAX_PPS: i64 = 1_000_000_000;
+pub(super) const MAX_PPS: i64 = 1_000_000_000;
 const U32_RANGE: Range<i64> = 1..u32::MAX as i64 + 1;
 
 /// The text being read, for errors that point into it.
-struct Source<'a> {
+pub(super) struct Source<'a> {
     text: &'a str,
     file: &'a str,
     /// Where relative paths resolve: the config file's directory.
     base: &'a Path,
 }
 
-type Checked<T> = Result<T, PolicyError>;
+pub(super) type Checked<T> = Result<T, PolicyError>;
 
 impl Source<'_> {
-    fn error(&self, span: Range<usize>, field: &str, reason: String) -> PolicyError {
+    pub(super) fn error(&self, span: Range<usize>, field: &str, reason: String) -> PolicyError {
         let (line, column) = line_col(self.text, span.start);
         PolicyError { file: self.file.into(), line, column, field: field.into(), reason }
     }
 
     /// An integer in `range`.
-    fn int(&self, v: &Spanned<i64>, field: &str, range: Range<i64>) -> Checked<i64> {
+    pub(super) fn int(&self, v: &Spanned<i64>, field: &str, range: Range<i64>) -> Checked<i64> {
         let n = *v.get_ref();
         if range.contains(&n) {
             return Ok(n);
@@ -161,14 +150,18 @@ impl Source<'_> {
     }
 
     /// A non-empty path, resolved against the config file's directory.
-    fn path(&self, v: &Spanned<String>, field: &str) -> Checked<PathBuf> {
+    pub(super) fn path(&self, v: &Spanned<String>, field: &str) -> Checked<PathBuf> {
         if v.get_ref().is_empty() {
             return Err(self.error(v.span(), field, "empty path".into()));
         }
         Ok(self.base.join(v.get_ref()))
     }
 
-    fn address(&self, v: &Spanned<String>, field: &str) -> Checked<std::net::SocketAddr> {
+    pub(super) fn address(
+        &self,
+        v: &Spanned<String>,
+        field: &str,
+    ) -> Checked<std::net::SocketAddr> {
         v.get_ref().parse().map_err(|_| {
             self.error(v.span(), field, format!("`{}` is not ADDRESS:PORT", v.get_ref()))
         })
@@ -360,62 +353,6 @@ fn cidrs(
         nets.push(net);
     }
     Ok(nets)
-}
-
-fn admission(src: &Source, a: &RawAdmission, policy: &mut Policy) -> Checked<()> {
-    if let Some(k) = &a.keys {
-        policy.admission.keys = Some(src.path(k, "admission.keys")?);
-    }
-    if let Some(url) = &a.redis_url {
-        if !url.get_ref().starts_with("redis://") && !url.get_ref().starts_with("unix://") {
-            let reason = format!("`{}` is not a redis:// or unix:// URL", url.get_ref());
-            return Err(src.error(url.span(), "admission.redis_url", reason));
-        }
-        if a.keys.is_none() {
-            let reason = "admissions are verified with keys: set `admission.keys` too";
-            return Err(src.error(url.span(), "admission.redis_url", reason.into()));
-        }
-        let on_outage = match &a.on_queue_outage {
-            None => OnOutage::Hold,
-            Some(v) if v.get_ref() == "hold" => OnOutage::Hold,
-            Some(v) if v.get_ref() == "open-rate-limited" => {
-                let ceiling = a.outage_ceiling_pps.as_ref().ok_or_else(|| {
-                    let reason = "open-rate-limited needs `outage_ceiling_pps` (there is no \
-                                  unlimited)";
-                    src.error(v.span(), "admission.on_queue_outage", reason.into())
-                })?;
-                let field = "admission.outage_ceiling_pps";
-                OnOutage::OpenRateLimited {
-                    ceiling_pps: src.int(ceiling, field, 1..MAX_PPS + 1)? as u32,
-                }
-            }
-            Some(v) => {
-                let reason = format!("`{}` is not hold or open-rate-limited", v.get_ref());
-                return Err(src.error(v.span(), "admission.on_queue_outage", reason));
-            }
-        };
-        policy.admission.feed = Some(Feed {
-            redis_url: url.get_ref().clone(),
-            stream: a.stream.as_ref().map_or("edge:admissions".into(), |s| s.get_ref().clone()),
-            outage_grace_s: match &a.outage_grace_s {
-                Some(v) => src.int(v, "admission.outage_grace_s", 1..86_401)? as u32,
-                None => 30,
-            },
-            on_outage,
-        });
-    } else if let Some(v) = a.on_queue_outage.as_ref().or(a.stream.as_ref()) {
-        let reason = "the outage policy and stream need `redis_url`";
-        return Err(src.error(v.span(), "admission", reason.into()));
-    }
-    if let Some(port) = &a.knock_port {
-        policy.admission.knock_port =
-            Some(src.int(port, "admission.knock_port", 1..65_536)? as u16);
-        if a.keys.is_none() {
-            let reason = "knocks are verified with keys: set `admission.keys` too";
-            return Err(src.error(port.span(), "admission.knock_port", reason.into()));
-        }
-    }
-    Ok(())
 }
 
 fn fleet(src: &Source, f: &RawFleet, text: &str) -> Checked<Fleet> {
@@ -690,6 +627,7 @@ fn find_key(table: &toml_edit::Table, offset: usize, path: &mut Vec<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::OnOutage;
 
     fn parse(text: &str) -> Result<Policy, PolicyError> {
         Policy::parse(text, "p.toml", Path::new("/etc/edge"))

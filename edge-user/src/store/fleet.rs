@@ -169,10 +169,19 @@ impl State {
                 self.fleet.mode_stamp = Some(stamp.clone());
                 vec![(op.clone(), self.apply(op))]
             }
-            Op::Admit { day, entries, .. } => {
+            Op::Admit { day, entries, .. } | Op::Redeem { day, entries, .. } => {
                 // The admissions all stand (a removal takes away the visitor, not the
-                // admission); the visits a removal covers are taken back at once.
-                let op = Op::Admit { day: *day, entries: entries.clone(), feed: None };
+                // admission); the visits a removal covers are taken back at once. A token's
+                // uses are a union: every node then counts every source it admitted.
+                let op = match op {
+                    Op::Redeem { uses, .. } => Op::Redeem {
+                        day: *day,
+                        entries: entries.clone(),
+                        uses: uses.clone(),
+                        feed: None,
+                    },
+                    _ => Op::Admit { day: *day, entries: entries.clone(), feed: None },
+                };
                 let departed = self.apply(&op);
                 let (mut v4, mut v6) = (Vec::new(), Vec::new());
                 for (key, _) in entries {

@@ -29,7 +29,7 @@ use std::{
 pub use crate::policy::List;
 pub use fleet::{Cursor, FleetState, Stamp, Stamped};
 pub use snapshot::FORMAT_VERSION;
-pub use state::{DayBatch, Op, State, StoredRule};
+pub use state::{DayBatch, Op, State, StoredRule, TokenUse, TokenUses};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -444,6 +444,16 @@ mod tests {
             Op::RemoveVisitors { v4: vec![2], v6: vec![] },
             visits(20_001, &[3], &[]),
             Op::Admit { day: 20_001, entries: vec![([9; 16], 77)], feed: Some("5-0".into()) },
+            Op::Redeem {
+                day: 20_001,
+                entries: vec![([8; 16], 78)],
+                uses: vec![super::state::TokenUse {
+                    claim: crate::token::ClaimId([3; 16]),
+                    expires: 90,
+                    source: [8; 16],
+                }],
+                feed: None,
+            },
         ];
         let mut expected = State::default();
         {
@@ -461,14 +471,17 @@ mod tests {
         }
         let (mut store, state, recovery) = Store::open(dir.path()).unwrap();
         assert_eq!(recovery.snapshot_seq, 3);
-        assert_eq!(recovery.replayed, 3);
+        assert_eq!(recovery.replayed, 4);
         assert_eq!(summary(&state), summary(&expected));
+        assert_eq!(state.token_uses, expected.token_uses);
         // And everything, admissions and the feed position included, through a snapshot.
         store.compact(&state).unwrap();
         drop(store);
         let (_, again, _) = Store::open(dir.path()).unwrap();
         assert_eq!(summary(&again), summary(&expected));
         assert_eq!(again.admissions, expected.admissions);
+        assert_eq!(again.token_uses, expected.token_uses);
+        assert_eq!(again.token_uses.len(), 1);
         assert_eq!(again.feed_position.as_deref(), Some("5-0"));
         assert_eq!(
             state.history.last_seen(crate::visitors::VisitorKey::V4(3.into())),

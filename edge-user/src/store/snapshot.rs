@@ -10,19 +10,20 @@ use ipnet::IpNet;
 use super::{
     fleet::{Cursor as FleetCursor, FleetState, Stamp},
     io_at,
-    state::{State, StoredRule},
+    state::{State, StoredRule, TokenUses},
     StoreError,
 };
 use crate::{
     history::{Days, KeySet, VisitorHistory},
     policy::{List, Mode},
+    token::ClaimId,
     visitors::Day,
 };
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"EDGESNAP";
-/// 2 added admissions to the snapshot's metadata, 3 the day the window rolled to; earlier
-/// versions are still read.
-pub const FORMAT_VERSION: u32 = 4;
+/// 2 added admissions to the snapshot's metadata, 3 the day the window rolled to, 4 the fleet,
+/// 5 the tokens' uses; earlier versions are still read.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Small state kept in the snapshot beside the visitor bitmaps.
 #[derive(Serialize, Deserialize)]
@@ -86,6 +87,8 @@ pub(super) fn encode(state: &State, last_seq: u64) -> Vec<u8> {
     };
     put_section(&mut out, &postcard::to_stdvec(&meta).expect("encoding fleet metadata"));
     put_history(&mut out, &fleet.removed);
+    let uses: Vec<(&ClaimId, &TokenUses)> = state.token_uses.iter().collect();
+    put_section(&mut out, &postcard::to_stdvec(&uses).expect("encoding token uses"));
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -188,6 +191,12 @@ pub(super) fn decode(path: &Path, bytes: &[u8], state: &mut State) -> Result<u64
             made: meta.made,
             cursor: meta.cursor,
         };
+    }
+    if version >= 5 {
+        let uses = cursor.section().ok_or_else(|| corrupt("truncated token uses"))?;
+        let uses: Vec<(ClaimId, TokenUses)> =
+            postcard::from_bytes(uses).map_err(|e| corrupt(&format!("token uses: {e}")))?;
+        state.token_uses = uses.into_iter().collect();
     }
     if cursor.at != body.len() {
         return Err(corrupt("unexpected bytes after the last section"));

@@ -10,6 +10,7 @@ use super::fleet::{Cursor, FleetState, Stamped};
 use crate::{
     history::{Departed, VisitorHistory},
     policy::{List, Mode},
+    token::ClaimId,
     visitors::{admission_visitor, Day},
 };
 
@@ -72,6 +73,29 @@ pub enum Op {
     },
     /// Where this node stands in the fleet (store/fleet.rs, `Cursor`).
     FleetCursor(Cursor),
+    /// Admissions from waiting rooms' tokens: as `Admit`, plus each token's use by its source
+    /// (the replay limit counts a token's distinct sources), in the same record.
+    Redeem {
+        day: u32,
+        entries: Vec<(Addr, u64)>,
+        uses: Vec<TokenUse>,
+        feed: Option<String>,
+    },
+}
+
+/// A token (by its replay id) admitted `source`; its uses are kept until `expires`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUse {
+    pub claim: ClaimId,
+    pub expires: u64,
+    pub source: Addr,
+}
+
+/// The sources a token admitted, and until when that matters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUses {
+    pub expires: u64,
+    pub sources: Vec<Addr>,
 }
 
 impl Op {
@@ -105,6 +129,8 @@ pub struct State {
     pub rolled_to: Option<Day>,
     /// Stamps, tombstones and the stream cursor of the fleet (empty without one).
     pub fleet: FleetState,
+    /// The sources each waiting-room token admitted (`Op::Redeem`), until the token expires.
+    pub token_uses: std::collections::HashMap<ClaimId, TokenUses>,
 }
 
 impl State {
@@ -130,9 +156,12 @@ impl State {
                 }
             }
             Op::SetMode(mode) => self.mode = Some(*mode),
-            Op::Admit { day, entries, feed } => {
+            Op::Admit { day, entries, feed } | Op::Redeem { day, entries, feed, .. } => {
                 if feed.is_some() {
                     self.feed_position.clone_from(feed);
+                }
+                if let Op::Redeem { uses, .. } = op {
+                    self.record_uses(uses);
                 }
                 for (key, until) in entries {
                     let held = self.admissions.entry(*key).or_insert(0);
@@ -161,6 +190,16 @@ impl State {
             Op::FleetCursor(cursor) => self.fleet.cursor = cursor.clone(),
         }
         Departed::default()
+    }
+
+    pub fn record_uses(&mut self, uses: &[TokenUse]) {
+        for u in uses {
+            let held = self.token_uses.entry(u.claim).or_default();
+            held.expires = held.expires.max(u.expires);
+            if !held.sources.contains(&u.source) {
+                held.sources.push(u.source);
+            }
+        }
     }
 
     pub fn rules(&self, list: List) -> impl Iterator<Item = &StoredRule> {

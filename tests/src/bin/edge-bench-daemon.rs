@@ -437,7 +437,7 @@ fn admission_bench(out: &Out) -> Result<()> {
             let batch = mint(1_000_000 + b * BATCH, BATCH);
             let admissions = batch
                 .iter()
-                .map(|(_, t)| api::AdmissionTicket { ticket: t.clone(), ip: String::new() })
+                .map(|(_, t)| api::AdmissionTicket { ticket: t.clone(), ..Default::default() })
                 .collect();
             client.admit(api::AdmitRequest { admissions }).await?;
             let acked = Instant::now();
