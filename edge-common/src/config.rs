@@ -43,8 +43,23 @@ pub struct Config {
     pub bucket_mask_v6: [u64; 2],
     /// CLOCK_TAI minus UTC in seconds at the time the control plane wrote this record.
     pub tai_offset_s: u64,
+    /// TCP port of the admission endpoint (`admission.http.listen`); 0 = none. Packets to it
+    /// from sources not otherwise let through take the endpoint's own budgets below.
+    pub endpoint_port: u32,
+    pub _pad: u32,
+    pub endpoint: Budget,
 }
-assert_size!(Config, 88);
+assert_size!(Config, 128);
+
+/// A per-source and a global budget, as GCRA intervals and tolerances (edge-ebpf/budget.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub source_interval_ns: u64,
+    pub source_tolerance_ns: u64,
+    pub global_interval_ns: u64,
+    pub global_tolerance_ns: u64,
+}
 const _: () = assert!(core::mem::offset_of!(Config, bucket_mask_v6) == 64);
 
 #[cfg(feature = "user")]

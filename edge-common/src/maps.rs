@@ -16,7 +16,7 @@ pub enum Holding {
 }
 
 /// Every map the program defines, by name, with how it is held.
-pub const INVENTORY: [(&str, Holding); 16] = [
+pub const INVENTORY: [(&str, Holding); 18] = [
     (CONFIG, Holding::Shared),
     (PROTECTED, Holding::Shared),
     (DENY, Holding::Shared),
@@ -28,6 +28,8 @@ pub const INVENTORY: [(&str, Holding); 16] = [
     (ADMITTED_HINT, Holding::Shared),
     (UNKNOWN_BUCKETS, Holding::Shared),
     (UNKNOWN_BUDGET, Holding::Shared),
+    (ENDPOINT_BUCKETS, Holding::Shared),
+    (ENDPOINT_BUDGET, Holding::Shared),
     (TICKET_KEYS, Holding::Shared),
     (DROP_EVENTS, Holding::Shared),
     (HANDSHAKES, Holding::Shared),
@@ -59,6 +61,10 @@ pub const UNKNOWN_BUCKETS: &str = "unknown_buckets";
 /// The global budget shared by all unknown sources, one entry.
 pub const UNKNOWN_BUDGET: &str = "unknown_budget";
 /// Per-CPU packet and byte counters per reason and disposition.
+/// The admission endpoint's port has budgets of its own (`admission.http`): per source, and
+/// for all sources together.
+pub const ENDPOINT_BUCKETS: &str = "endpoint_bucket";
+pub const ENDPOINT_BUDGET: &str = "endpoint_budget";
 pub const STATS: &str = "stats";
 /// Ticket keys for knock verification: slot 0 current, slot 1 previous.
 pub const TICKET_KEYS: &str = "ticket_keys";
@@ -133,5 +139,7 @@ pub const ALLOW_CAPACITY: u32 = 65_536;
 pub const DENY_CAPACITY: u32 = 65_536;
 /// Per-source token buckets kept at once; the least recently used are recycled.
 pub const UNKNOWN_BUCKETS_CAPACITY: u32 = 1_000_000;
+/// Per-source buckets for the admission endpoint's port; the least recently used are recycled.
+pub const ENDPOINT_BUCKETS_CAPACITY: u32 = 262_144;
 /// Words in the protected-port bitmap: 2 protocols x 65536 ports / 64.
 pub const PROTECTED_WORDS: u32 = 2 * 65_536 / 64;

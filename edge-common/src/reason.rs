@@ -48,8 +48,15 @@ pub const UNKNOWN_PASS: Reason = 17;
 pub const MALFORMED: Reason = 18;
 /// The program could not read or write its own maps (should never happen): XDP_ABORTED.
 pub const INTERNAL: Reason = 19;
+/// TCP to the admission endpoint's port from a source on no list, within the endpoint's
+/// budgets: passed (the daemon verifies what it brings).
+pub const ENDPOINT_PASS: Reason = 20;
+/// To the endpoint's port, over the source's own endpoint budget: dropped.
+pub const ENDPOINT_RATE: Reason = 21;
+/// To the endpoint's port, the endpoint's global budget spent: dropped, no per-source state.
+pub const ENDPOINT_GLOBAL: Reason = 22;
 
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 23;
 
 /// Stats slots: applied verdicts, then monitor-mode would-drops.
 pub const STATS_SLOTS: u32 = 2 * REASON_COUNT;
@@ -76,6 +83,9 @@ pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
     "unknown_pass",
     "malformed",
     "internal_error",
+    "endpoint_pass",
+    "endpoint_rate",
+    "endpoint_global",
 ];
 
 /// Whether a reason's verdict is a drop (in `enforce`; a would-drop in `monitor`).
@@ -93,6 +103,8 @@ pub const fn is_drop(reason: Reason) -> bool {
             | FRAGMENT
             | UNKNOWN_GLOBAL
             | UNKNOWN_RATE
+            | ENDPOINT_RATE
+            | ENDPOINT_GLOBAL
             | MALFORMED
             | INTERNAL
     )

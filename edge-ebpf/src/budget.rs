@@ -10,16 +10,30 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::maps::{Array, LruHashMap};
 use edge_common::{
-    config::Config,
-    keys::Bucket,
-    reason::{Reason, UNKNOWN_GLOBAL, UNKNOWN_PASS, UNKNOWN_RATE},
+    config::{Budget, Config},
+    keys::{Addr, Bucket},
+    reason::{
+        Reason, ENDPOINT_GLOBAL, ENDPOINT_PASS, ENDPOINT_RATE, UNKNOWN_GLOBAL, UNKNOWN_PASS,
+        UNKNOWN_RATE,
+    },
 };
 
 use crate::{
-    maps::{UNKNOWN_BUCKETS, UNKNOWN_BUDGET},
+    maps::{ENDPOINT_BUCKETS, ENDPOINT_BUDGET, UNKNOWN_BUCKETS, UNKNOWN_BUDGET},
     parse::Source,
 };
+
+/// One set of budgets: its maps, and the reasons for a pass, a source over its own budget and
+/// the global budget spent.
+struct Budgets {
+    buckets: &'static LruHashMap<Addr, Bucket>,
+    global: &'static Array<Bucket>,
+    pass: Reason,
+    rate: Reason,
+    spent: Reason,
+}
 
 #[inline(always)]
 fn fits(bucket: *const Bucket, now: u64, tolerance: u64) -> bool {
@@ -42,41 +56,74 @@ fn take(bucket: *mut Bucket, now: u64, interval: u64) {
     }
 }
 
-/// The unknown-traffic stage: the global budget first (a spent budget drops before any
-/// per-source state is touched, so a random-source flood cannot churn the bucket table), then
-/// the source's own bucket, created only for a packet that will pass.
+/// The unknown-traffic stage: the source masked to its aggregation prefix, against the
+/// unknown budgets.
 #[inline(always)]
 pub fn judge_unknown(src: &Source, mask: &[u64; 2], cfg: &Config) -> Reason {
-    if cfg.source_interval_ns == 0 {
-        return UNKNOWN_RATE;
+    let budget = Budget {
+        source_interval_ns: cfg.source_interval_ns,
+        source_tolerance_ns: cfg.source_tolerance_ns,
+        global_interval_ns: cfg.global_interval_ns,
+        global_tolerance_ns: cfg.global_tolerance_ns,
+    };
+    let budgets = Budgets {
+        buckets: &UNKNOWN_BUCKETS,
+        global: &UNKNOWN_BUDGET,
+        pass: UNKNOWN_PASS,
+        rate: UNKNOWN_RATE,
+        spent: UNKNOWN_GLOBAL,
+    };
+    judge(&bucket_key(src, mask), &budget, &budgets)
+}
+
+/// The admission endpoint's port: its own budgets, per whole source address, so a flood
+/// bounded here cannot spend the unknown budget (or the reverse).
+#[inline(always)]
+pub fn judge_endpoint(src: &Source, cfg: &Config) -> Reason {
+    let budgets = Budgets {
+        buckets: &ENDPOINT_BUCKETS,
+        global: &ENDPOINT_BUDGET,
+        pass: ENDPOINT_PASS,
+        rate: ENDPOINT_RATE,
+        spent: ENDPOINT_GLOBAL,
+    };
+    judge(src, &cfg.endpoint, &budgets)
+}
+
+/// The global budget first (a spent budget drops before any per-source state is touched, so a
+/// random-source flood cannot churn the bucket table), then the source's own bucket, created
+/// only for a packet that will pass.
+#[inline(always)]
+fn judge(key: &Source, budget: &Budget, budgets: &Budgets) -> Reason {
+    if budget.source_interval_ns == 0 {
+        return budgets.rate;
     }
-    if cfg.global_interval_ns == 0 {
-        return UNKNOWN_GLOBAL;
+    if budget.global_interval_ns == 0 {
+        return budgets.spent;
     }
-    let Some(global) = UNKNOWN_BUDGET.get_ptr_mut(0) else {
-        return UNKNOWN_GLOBAL;
+    let Some(global) = budgets.global.get_ptr_mut(0) else {
+        return budgets.spent;
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !fits(global, now, cfg.global_tolerance_ns) {
-        return UNKNOWN_GLOBAL;
+    if !fits(global, now, budget.global_tolerance_ns) {
+        return budgets.spent;
     }
 
-    let key = bucket_key(src, mask);
-    match UNKNOWN_BUCKETS.get_ptr_mut(key.addr()) {
+    match budgets.buckets.get_ptr_mut(key.addr()) {
         Some(bucket) => {
-            if !fits(bucket, now, cfg.source_tolerance_ns) {
-                return UNKNOWN_RATE;
+            if !fits(bucket, now, budget.source_tolerance_ns) {
+                return budgets.rate;
             }
-            take(bucket, now, cfg.source_interval_ns);
+            take(bucket, now, budget.source_interval_ns);
         }
         None => {
-            let fresh = Bucket { tat_ns: now + cfg.source_interval_ns };
+            let fresh = Bucket { tat_ns: now + budget.source_interval_ns };
             // A full LRU recycles its oldest entry; a failed insert only forgets a charge.
-            let _ = UNKNOWN_BUCKETS.insert(key.addr(), &fresh, 0);
+            let _ = budgets.buckets.insert(key.addr(), &fresh, 0);
         }
     }
-    take(global, now, cfg.global_interval_ns);
-    UNKNOWN_PASS
+    take(global, now, budget.global_interval_ns);
+    budgets.pass
 }
 
 /// The source masked to its aggregation prefix.

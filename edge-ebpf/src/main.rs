@@ -1,5 +1,6 @@
 //! edge: the XDP admission filter. The pipeline reads top to bottom in `edge()` and `judge()`:
-//! mode, parse, deny, knock, scope, allow, visitors, admitted, fragment, unknown budgets. The first
+//! mode, parse, deny, knock, admission endpoint, scope, allow, visitors, admitted, fragment,
+//! unknown budgets. The first
 //! stage that decides wins. The stage order with every reason and action is documented once,
 //! in the README ("Verdict pipeline"); reason numbers live in `edge_common::reason`.
 //!
@@ -30,7 +31,7 @@ use edge_common::{
     keys::{
         admitted_hint_byte, admitted_hint_slot_words, list_block_v4_slot, list_net_v4_slot,
         list_net_v6_slot, protected_slot, visitor_v4_block_slot, visitor_v4_net_slot,
-        visitor_v4_slot, Addr, Rule, IPPROTO_UDP, LIST_NETS_ALLOW, LIST_NETS_DENY,
+        visitor_v4_slot, Addr, Rule, IPPROTO_TCP, IPPROTO_UDP, LIST_NETS_ALLOW, LIST_NETS_DENY,
     },
     maps::ADMITTED_HINT_GENERATION,
     reason::*,
@@ -76,6 +77,13 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     {
         return knock::knock(ctx, pkt, cfg);
     }
+    if cfg.endpoint_port != 0
+        && pkt.proto == IPPROTO_TCP
+        && u32::from(pkt.dport) == cfg.endpoint_port
+        && pkt.fragment == Fragment::No
+    {
+        return endpoint(pkt, cfg);
+    }
     // A later fragment has no ports, so it cannot be out of scope: it must prove its source.
     if pkt.fragment == Fragment::No && !protected(pkt.proto, pkt.dport) {
         return PASS_UNPROTECTED;
@@ -94,6 +102,22 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     }
     let mask = if pkt.is_v4 { &cfg.bucket_mask_v4 } else { &cfg.bucket_mask_v6 };
     budget::judge_unknown(&pkt.src, mask, cfg)
+}
+
+/// The admission endpoint's port: the sources edge knows pass as anywhere; the rest take the
+/// endpoint's own budgets, so what reaches the daemon's endpoint is bounded whatever arrives.
+#[inline(always)]
+fn endpoint(pkt: &Packet, cfg: &Config) -> Reason {
+    if cfg.lists & LIST_ALLOW != 0 && listed(&maps::ALLOW_LIST, LIST_NETS_ALLOW, pkt) {
+        return ALLOW;
+    }
+    if visitor(pkt, cfg) {
+        return VISITOR;
+    }
+    if cfg.lists & LIST_ADMITTED != 0 && admitted(pkt, cfg) {
+        return ADMITTED;
+    }
+    budget::judge_endpoint(&pkt.src, cfg)
 }
 
 /// Whether a prefix of `list` holds the source. The list's bits for the source's IPv4 /16

@@ -72,6 +72,14 @@ pub static UNKNOWN_BUCKETS: LruHashMap<Addr, Bucket> =
 #[map(name = "unknown_budget")]
 pub static UNKNOWN_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
 
+/// The admission endpoint's port: per-source buckets (whole addresses) and the shared one.
+#[map(name = "endpoint_bucket")]
+pub static ENDPOINT_BUCKETS: LruHashMap<Addr, Bucket> =
+    LruHashMap::with_max_entries(ENDPOINT_BUCKETS_CAPACITY, 0);
+
+#[map(name = "endpoint_budget")]
+pub static ENDPOINT_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
+
 /// The current and previous ticket keys (knocks are verified here, so they keep working while
 /// the daemon is down). Written only by the control plane; never in the object file.
 #[map(name = "ticket_keys")]

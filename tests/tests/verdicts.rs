@@ -436,6 +436,54 @@ fn global_budget_exhaustion_creates_no_source_state() {
     s.check(&case("visitor unaffected", frame("192.0.2.10", L4::Tcp(443)).build(), Pass(VISITOR)));
 }
 
+/// The admission endpoint's port (`admission.http.listen`) has budgets of its own: what reaches
+/// the daemon's endpoint is bounded per source and in all, while known sources pass as
+/// anywhere and the unknown budgets stay untouched.
+#[test]
+fn the_endpoint_port_has_budgets_of_its_own() {
+    if !privileged("the_endpoint_port_has_budgets_of_its_own") {
+        return;
+    }
+    let endpoint = |budgets: &str| {
+        format!(
+            "mode = \"enforce\"\n[unknown]\nrate_pps = 0\n[lists]\ndeny = [\"203.0.113.0/24\"]\n\
+             [admission]\nkeys = \"ticket.keys\"\n[admission.http]\nlisten = \"0.0.0.0:8080\"\n\
+             targets = [\"https://shop.example/\"]\n{budgets}"
+        )
+    };
+    let mut s = loaded();
+    s.setup(&endpoint("source_pps = 1\nsource_burst = 3\nglobal_pps = 1000000\n"), VISITORS, TODAY);
+    let to = |ip: &str, l4| frame(ip, l4).build();
+    for i in 1..=3 {
+        let packet = to("192.0.2.99", L4::Tcp(8080));
+        s.check(&case(format!("unknown to the endpoint, {i}"), packet, Pass(ENDPOINT_PASS)));
+    }
+    s.check(&case(
+        "over its endpoint budget",
+        to("192.0.2.99", L4::Tcp(8080)),
+        Drop(ENDPOINT_RATE),
+    ));
+    s.check(&case("its own budget", to("2001:db8:9::9", L4::Tcp(8080)), Pass(ENDPOINT_PASS)));
+    s.check(&case("a visitor passes", to("192.0.2.10", L4::Tcp(8080)), Pass(VISITOR)));
+    s.check(&case("deny first", to("203.0.113.5", L4::Tcp(8080)), Drop(DENY)));
+    s.check(&case(
+        "udp is not the endpoint",
+        to("192.0.2.99", L4::Udp(8080)),
+        Pass(PASS_UNPROTECTED),
+    ));
+    s.check(&case("tcp/443 keeps its rules", to("192.0.2.99", L4::Tcp(443)), Drop(UNKNOWN_RATE)));
+
+    s.setup(&endpoint("source_pps = 100\nglobal_pps = 1\nglobal_burst = 2\n"), VISITORS, TODAY);
+    for i in 1..=2 {
+        let packet = to(&format!("198.18.0.{i}"), L4::Tcp(8080));
+        s.check(&case(format!("source {i} within the global budget"), packet, Pass(ENDPOINT_PASS)));
+    }
+    for i in 3..=10 {
+        let packet = to(&format!("198.18.0.{i}"), L4::Tcp(8080));
+        s.check(&case(format!("source {i}: spent"), packet, Drop(ENDPOINT_GLOBAL)));
+    }
+}
+
 /// The /24 bits in front of the allow and deny tries: every prefix length, IPv6 prefixes that
 /// cover IPv4 (v4-mapped), and removals that clear the bits no prefix touches any more while
 /// keeping those another prefix still does.

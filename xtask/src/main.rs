@@ -111,7 +111,7 @@ fn main() -> Result<()> {
             let benches: &[&str] = if lab {
                 &["edge-bench-lab"]
             } else {
-                &["edge-bench", "edge-bench-daemon", "edge-bench-fleet"]
+                &["edge-bench", "edge-bench-daemon", "edge-bench-tokens", "edge-bench-fleet"]
             };
             for bench in benches {
                 let mut cmd = Command::new(root.join("target/release").join(bench));
@@ -350,8 +350,10 @@ fn setup() -> Result<()> {
         ]))?;
     }
     // The other side's real tools for interop tests (grpcio and its health and reflection
-    // clients), pinned in the repo.
-    let imports = "import grpc, grpc_health.v1.health_pb2, grpc_reflection.v1alpha.reflection_pb2";
+    // clients; PyJWT and cryptography for waiting rooms' tokens), pinned in the repo.
+    let imports =
+        "import grpc, grpc_health.v1.health_pb2, grpc_reflection.v1alpha.reflection_pb2, \
+                   jwt, cryptography";
     if !quiet_ok(Command::new("python3").args(["-c", imports])) {
         eprintln!("setup: installing the Python interop clients (tests/python/requirements.txt)");
         run(Command::new("python3").args([

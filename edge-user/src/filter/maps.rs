@@ -452,7 +452,15 @@ impl Maps {
         }
         self.unknown_budget()?
             .set(0, Bucket::default(), 0)
-            .map_err(|e| kernel("resetting the unknown budget", e))
+            .map_err(|e| kernel("resetting the unknown budget", e))?;
+        let mut buckets: HashMap<&mut MapData, Addr, Bucket> =
+            view(&mut self.maps, names::ENDPOINT_BUCKETS)?;
+        let keys: Vec<Addr> = buckets.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            let _ = buckets.remove(&key);
+        }
+        let mut budget: Array<&mut MapData, Bucket> = view(&mut self.maps, names::ENDPOINT_BUDGET)?;
+        budget.set(0, Bucket::default(), 0).map_err(|e| kernel("resetting the endpoint budget", e))
     }
 }
 

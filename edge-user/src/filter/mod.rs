@@ -34,7 +34,7 @@ use crate::error::{chain, errno, kernel, Error, Result};
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
 
 /// The maps every interface of one daemon shares (from `edge_common::maps::INVENTORY`).
-pub const SHARED_MAPS: [&str; 14] = held(Holding::Shared);
+pub const SHARED_MAPS: [&str; 16] = held(Holding::Shared);
 
 /// Every map the program has that is pinned (these are also the pin file names): the shared
 /// ones and the per-interface counters.

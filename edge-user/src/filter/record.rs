@@ -1,5 +1,5 @@
 //! The config record the program reads once per packet, made from a policy.
-use edge_common::config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY};
+use edge_common::config::{Budget, Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY};
 
 use crate::policy::Policy;
 
@@ -13,11 +13,23 @@ fn mask_words(bits: u32) -> [u64; 2] {
     ]
 }
 
+/// A rate and burst per source and for all sources, as GCRA intervals and tolerances.
+fn budget(rate_pps: u32, burst: u32, global_pps: u32, global_burst: u32) -> Budget {
+    let interval = |pps: u32| if pps == 0 { 0 } else { 1_000_000_000 / u64::from(pps) };
+    let (source, global) = (interval(rate_pps), interval(global_pps));
+    Budget {
+        source_interval_ns: source,
+        source_tolerance_ns: u64::from(burst.saturating_sub(1)) * source,
+        global_interval_ns: global,
+        global_tolerance_ns: u64::from(global_burst.saturating_sub(1)) * global,
+    }
+}
+
 /// The kernel's view of a policy.
 pub fn kernel_config(policy: &Policy) -> Config {
     let u = &policy.unknown;
-    let interval = |pps: u32| if pps == 0 { 0 } else { 1_000_000_000 / u64::from(pps) };
-    let (source, global) = (interval(u.rate_pps), interval(u.global_pps));
+    let unknown = budget(u.rate_pps, u.burst, u.global_pps, u.global_burst);
+    let endpoint = policy.admission.http.as_ref();
     let mut lists = 0;
     if !policy.deny.is_empty() {
         lists |= LIST_DENY;
@@ -32,15 +44,20 @@ pub fn kernel_config(policy: &Policy) -> Config {
     Config {
         mode: policy.mode.to_kernel(),
         lists,
-        source_interval_ns: source,
-        source_tolerance_ns: u64::from(u.burst.saturating_sub(1)) * source,
-        global_interval_ns: global,
-        global_tolerance_ns: u64::from(u.global_burst.saturating_sub(1)) * global,
+        source_interval_ns: unknown.source_interval_ns,
+        source_tolerance_ns: unknown.source_tolerance_ns,
+        global_interval_ns: unknown.global_interval_ns,
+        global_tolerance_ns: unknown.global_tolerance_ns,
         tai_offset_s: tai_offset_s(),
         bucket_mask_v4: mask_words(96 + u32::from(u.prefix_v4)),
         bucket_mask_v6: mask_words(u32::from(u.prefix_v6)),
         knock_port: policy.admission.knock_port.map_or(0, u32::from),
         sample_every: policy.drop_sample,
+        endpoint_port: endpoint.map_or(0, |h| u32::from(h.listen.port())),
+        _pad: 0,
+        endpoint: endpoint.map_or(Budget::default(), |h| {
+            budget(h.source_pps, h.source_burst, h.global_pps, h.global_burst)
+        }),
     }
 }
 

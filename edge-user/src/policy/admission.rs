@@ -151,7 +151,19 @@ pub(super) fn admission(src: &Source, a: &RawAdmission, policy: &mut Policy) -> 
                           [admission.queueit] or [admission.jwt]";
             return Err(src.error(header(h), "admission.http", reason.into()));
         }
-        policy.admission.http = Some(http(src, h)?);
+        let settings = http(src, h)?;
+        let port = settings.listen.port();
+        let tcp = edge_common::keys::IPPROTO_TCP;
+        if policy.protect.iter().any(|p| p.proto == tcp && (p.ports.0..=p.ports.1).contains(&port))
+        {
+            let span = h.get_ref().listen.as_ref().map_or(header(h), |l| l.span());
+            let reason = format!(
+                "port {port} is protected (scope.protect): the endpoint needs a TCP port of its \
+                 own, which the kernel gives its own budgets"
+            );
+            return Err(src.error(span, "admission.http.listen", reason));
+        }
+        policy.admission.http = Some(settings);
     }
     if let Some(url) = &a.redis_url {
         if !url.get_ref().starts_with("redis://") && !url.get_ref().starts_with("unix://") {
@@ -436,4 +448,74 @@ pub fn target_prefix(text: &str) -> Result<String, String> {
         ));
     }
     Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::{JwksSource, Policy, PolicyError};
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(text, "edge.toml", std::path::Path::new("/etc/edge"))
+    }
+
+    const QUEUEIT: &str = "[admission.queueit]\nsecret_file = \"q.secret\"\nevents = [\"sale\"]\n";
+
+    #[test]
+    fn waiting_room_tables_parse_with_their_defaults() {
+        let text = format!(
+            "{QUEUEIT}[admission.jwt]\njwks_url = \"https://q.example/jwks.json\"\n\
+             issuer = \"https://q.example\"\naudience = [\"e1\", \"e2\"]\nalgorithms = [\"RS256\"]\n\
+             claims = {{ token_use = \"access\" }}\n\
+             [admission.http]\nlisten = \"0.0.0.0:8443\"\ntargets = [\"https://shop.example/\"]\n"
+        );
+        let p = parse(&text).unwrap();
+        let a = &p.admission;
+        assert_eq!(a.max_sources, 1);
+        let q = a.queueit.as_ref().unwrap();
+        assert_eq!((q.secret_file.to_str(), q.admit_for_s), (Some("/etc/edge/q.secret"), 3600));
+        let j = a.jwt.as_ref().unwrap();
+        assert!(matches!(&j.keys, JwksSource::Url { refresh_s: 300, max_age_s: 86_400, .. }));
+        assert_eq!(j.audience, ["e1", "e2"]);
+        assert_eq!(j.claims["token_use"], "access");
+        let h = a.http.as_ref().unwrap();
+        assert_eq!((h.max_connections, h.source_pps, h.tls.is_none()), (4096, 20, true));
+    }
+
+    #[test]
+    fn each_mistake_is_named_by_line_column_and_field() {
+        let at = |text: &str| {
+            let e = parse(text).unwrap_err();
+            (e.line, e.field, e.reason)
+        };
+        let (line, field, _) = at("[admission.queueit]\nevents = [\"sale\"]\n");
+        assert_eq!((line, field.as_str()), (1, "admission.queueit.secret_file"));
+        let (line, field, _) = at(&format!("{QUEUEIT}admit_for_s = 0\n"));
+        assert_eq!((line, field.as_str()), (4, "admission.queueit.admit_for_s"));
+        let (line, field, _) = at("[admission.queueit]\nsecret_file = \"s\"\nevents = [\"a~b\"]\n");
+        assert_eq!((line, field.as_str()), (3, "admission.queueit.events"));
+        let jwt = "[admission.jwt]\nissuer = \"i\"\naudience = \"a\"\n";
+        let (line, field, reason) =
+            at(&format!("{jwt}jwks_url = \"http://q.example/k\"\nalgorithms = [\"RS256\"]\n"));
+        assert_eq!((line, field.as_str()), (4, "admission.jwt.jwks_url"));
+        assert!(reason.contains("https://"), "{reason}");
+        let (line, field, _) =
+            at(&format!("{jwt}jwks_file = \"k\"\nalgorithms = [\"RS256\", \"none\"]\n"));
+        assert_eq!((line, field.as_str()), (5, "admission.jwt.algorithms"));
+        let (_, field, _) =
+            at(&format!("{jwt}jwks_file = \"k\"\nalgorithms = [\"RS256\"]\nfoo = 1\n"));
+        assert_eq!(field, "admission.jwt.foo");
+        let http =
+            "[admission.http]\nlisten = \"0.0.0.0:443\"\ntargets = [\"https://a.example/\"]\n";
+        let (line, field, reason) = at(&format!("{QUEUEIT}{http}"));
+        assert_eq!((line, field.as_str()), (5, "admission.http.listen"));
+        assert!(reason.contains("protected"), "{reason}");
+        let (_, field, reason) = at(&format!(
+            "{QUEUEIT}[admission.http]\nlisten = \"0.0.0.0:8443\"\ntargets = [\"https://a.example\"]\n"
+        ));
+        assert_eq!(field, "admission.http.targets");
+        assert!(reason.contains("ends at the host"), "{reason}");
+        let (_, field, _) =
+            at("[admission.http]\nlisten = \"0.0.0.0:8443\"\ntargets = [\"https://a.example/\"]\n");
+        assert_eq!(field, "admission.http", "an endpoint with nothing to verify");
+    }
 }
