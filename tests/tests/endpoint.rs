@@ -13,6 +13,9 @@ const BROWSER: &str = "192.0.2.30";
 const SECOND: &str = "192.0.2.31";
 const FORGER: &str = "192.0.2.32";
 const COOKIE_USER: &str = "192.0.2.33";
+const LATE_USER: &str = "192.0.2.34";
+/// A forged source: configured nowhere, so the server's answers go nowhere.
+const FLOODER: &str = "198.18.77.7";
 const ISSUER: &str = "https://queue.example/api";
 const AUDIENCE: &str = "evt-1";
 const EVENT: &str = "sale1";
@@ -29,6 +32,12 @@ struct Answer {
     status: u16,
     location: String,
     body: String,
+}
+
+fn packets(daemon: &Daemon, reason: &str) -> u64 {
+    let out = daemon.cli(&["stats", "--json"]).ok("stats");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    rows.iter().filter(|r| r["reason"] == reason).map(|r| r["packets"].as_u64().unwrap()).sum()
 }
 
 fn now() -> u64 {
@@ -72,7 +81,7 @@ fn a_browser_with_a_waiting_rooms_token_is_admitted_through_the_endpoint_and_no_
     ) {
         return;
     }
-    let mut lab = Lab::new(&[BROWSER, SECOND, FORGER, COOKIE_USER]).expect("lab");
+    let mut lab = Lab::new(&[BROWSER, SECOND, FORGER, COOKIE_USER, LATE_USER]).expect("lab");
     lab.serve(probe(), &["192.0.2.1:443"]).unwrap();
     let iface = lab.server_if.clone();
     let today = edge::Day::today_utc().to_string();
@@ -128,13 +137,32 @@ fn a_browser_with_a_waiting_rooms_token_is_admitted_through_the_endpoint_and_no_
     assert!(!connects(FORGER), "nothing forged or misdirected admitted anyone");
     assert_eq!(visit(&lab, FORGER, "http://192.0.2.1:8080/other", &[]).status, 404);
 
+    // The kernel bounds what reaches the endpoint: a source flooding its port (forged SYNs:
+    // they cannot be answered) is cut at its own budget, and a browser on another address
+    // still gets through.
+    let passed = packets(&daemon, "endpoint_pass");
+    assert!(passed > 0, "the endpoint's traffic is judged by its own stage");
+    for _ in 0..60 {
+        let status = lab
+            .in_client(probe())
+            .args(["spoof", "--from", FLOODER, "--to", "192.0.2.1:8080", "--flag", "syn"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "spoof");
+    }
+    assert!(packets(&daemon, "endpoint_rate") >= 15, "the flood was cut at its budget");
+    let ed = token("jwt ES256 valid");
+    let answer = visit(&lab, COOKIE_USER, &with("token", &ed, TARGET), &[]);
+    assert_eq!(answer.status, 302, "a browser during the flood: {answer:?}");
+    assert!(connects(COOKIE_USER));
+
     // Counted by kind and reason.
     let metrics = lab.scrape_metrics();
     for line in [
         "edge_tokens_refused_total{kind=\"jwt\",reason=\"replayed\"} 1",
         "edge_tokens_refused_total{kind=\"jwt\",reason=\"alg_key_mismatch\"} 1",
-        "edge_tokens_admitted_total{kind=\"jwt\"} 2",
-        "edge_admission_endpoint_requests_total{outcome=\"admitted\"} 2",
+        "edge_tokens_admitted_total{kind=\"jwt\"} 3",
+        "edge_admission_endpoint_requests_total{outcome=\"admitted\"} 3",
         "edge_admission_endpoint_requests_total{outcome=\"bad_target\"} 3",
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
@@ -160,9 +188,9 @@ fn a_browser_with_a_waiting_rooms_token_is_admitted_through_the_endpoint_and_no_
     assert!(answer.status == 403 && answer.body.contains("replayed"), "{answer:?}");
     assert!(!connects(SECOND), "still refused after the restart");
     let cookie = format!("queueittoken={queueit}");
-    let answer = visit(&lab, COOKIE_USER, &target, &[&ca[..], &["--cookie", &cookie]].concat());
+    let answer = visit(&lab, LATE_USER, &target, &[&ca[..], &["--cookie", &cookie]].concat());
     assert_eq!((answer.status, answer.location.as_str()), (302, TARGET), "{answer:?}");
-    assert!(connects(COOKIE_USER), "admitted through HTTPS with a cookie");
+    assert!(connects(LATE_USER), "admitted through HTTPS with a cookie");
     let bearer = token("jwt EdDSA valid");
     let answer = visit(&lab, SECOND, &target, &[&ca[..], &["--bearer", &bearer]].concat());
     assert_eq!(answer.status, 302, "{answer:?}");

@@ -194,3 +194,80 @@ fn open_rate_limited_raises_the_unknown_budget_to_its_ceiling_and_no_further() {
     daemon.stop().unwrap();
     stop(server);
 }
+
+/// Waiting rooms' tokens through the feed: an entry says its kind (or it is detected) and the
+/// address it admits; each is verified like any other, replays and forgeries are counted and
+/// skipped.
+#[test]
+fn waiting_room_tokens_come_through_the_feed_with_their_kind() {
+    if !privileged("waiting_room_tokens_come_through_the_feed_with_their_kind") {
+        return;
+    }
+    const QUEUED: &str = "192.0.2.40";
+    const JWT_USER: &str = "192.0.2.41";
+    const REPLAYER: &str = "192.0.2.42";
+    const FORGER: &str = "192.0.2.43";
+    let mut lab = Lab::new(&[QUEUED, JWT_USER, REPLAYER, FORGER]).expect("lab");
+    lab.serve(probe(), &["192.0.2.1:443"]).unwrap();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let server = redis(&lab, redis_dir.path());
+    let iface = lab.server_if.clone();
+    let policy = format!(
+        "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n[admission]\n\
+         redis_url = \"redis://127.0.0.1:{PORT}\"\nstream = \"{STREAM}\"\n\
+         [admission.queueit]\nsecret_file = \"queueit.secret\"\nevents = [\"sale1\"]\n\
+         [admission.jwt]\njwks_file = \"jwks.json\"\nissuer = \"https://queue.example/api\"\n\
+         audience = \"evt-1\"\nalgorithms = [\"RS256\", \"HS256\"]\n"
+    );
+    let today = edge::Day::today_utc().to_string();
+    let mut daemon = Daemon::configure(&lab, &[&iface], &policy, &today).unwrap();
+    let dir = daemon.config_dir().to_path_buf();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let minted = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/mint_tokens.py"))
+        .arg(&dir)
+        .args([&now.as_secs().to_string(), "https://queue.example/api", "evt-1", "sale1"])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+    let token = |name: &str| -> String {
+        cases.iter().find(|c| c["name"] == name).unwrap()["token"].as_str().unwrap().into()
+    };
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    let rs = token("jwt RS256 valid");
+    let entries: [&[&str]; 5] = [
+        &["kind", "queueit", "token", &token("queueit valid"), "ip", QUEUED],
+        &["kind", "jwt", "token", &rs, "ip", JWT_USER],
+        &["token", &rs, "ip", REPLAYER],
+        &["token", &token("jwt HS256 signed with the RSA public key"), "ip", FORGER],
+        &["kind", "saml", "token", "x", "ip", FORGER],
+    ];
+    let mut last = String::new();
+    for fields in entries {
+        let mut args = vec!["XADD", STREAM, "*"];
+        args.extend_from_slice(fields);
+        last = cli(&lab, &args).expect("XADD");
+    }
+    wait("the entries applied", || status(&daemon)["feed_position"] == last.as_str());
+    assert!(connects(&lab, QUEUED), "a Queue-it token from the feed");
+    assert!(connects(&lab, JWT_USER), "a JWT from the feed");
+    assert!(!connects(&lab, REPLAYER), "the same JWT for another address");
+    assert!(!connects(&lab, FORGER));
+    let s = status(&daemon);
+    let refused = |kind: &str, reason: &str| {
+        s["tokens"].as_array().unwrap().iter().filter(|k| k["kind"] == kind).any(|k| {
+            k["refused"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["reason"] == reason && r["count"] == 1)
+        })
+    };
+    assert!(refused("jwt", "replayed"), "{s}");
+    assert!(refused("jwt", "alg_key_mismatch"), "{s}");
+    assert!(refused("unknown", "malformed"), "{s}");
+    stop(server);
+}

@@ -10,6 +10,7 @@ use std::{
     time::SystemTime,
 };
 
+use edge_common::keys::Addr;
 use tracing::{info, warn};
 
 use super::{
@@ -22,9 +23,13 @@ use crate::{
     policy::{AdmissionSettings, JwksSource},
     store::{Op, TokenUse},
     ticket::Keyring,
-    token::{jwks, Accepted, Kind, Refusal, Verifiers},
+    token::{jwks, Accepted, ClaimId, Kind, Refusal, Verifiers},
     visitors::admission_key,
 };
+
+/// Tokens whose uses the store holds at once (each until the token expires): as many as the
+/// admitted map's capacity, twice over.
+pub const TOKEN_USES_CAPACITY: usize = 2 * edge_common::maps::ADMITTED_CAPACITY as usize;
 
 /// Verified, admitted and refused tokens since the daemon started.
 #[derive(Clone, Debug, Default)]
@@ -217,33 +222,19 @@ impl Core {
             self.require_ready()?;
         }
         let max = self.policy.admission.max_sources as usize;
-        let mut taken: BTreeMap<crate::token::ClaimId, Vec<[u8; 16]>> = BTreeMap::new();
+        let mut taken = BTreeMap::new();
         let (mut entries, mut uses, mut outcomes) = (Vec::new(), Vec::new(), Vec::new());
         for (index, token) in accepted.iter().enumerate() {
             let source = admission_key(token.source);
             if let Some(claim) = token.claim {
-                let held = self.state.token_uses.get(&claim.id).map_or(&[][..], |u| &u.sources[..]);
-                let new = taken.entry(claim.id).or_default();
-                let known = held.contains(&source) || new.contains(&source);
-                if !known && held.len() + new.len() >= max {
-                    let refusal = Refusal {
-                        kind: Some(token.kind),
-                        reason: "replayed",
-                        detail: format!(
-                            "this token admitted {} other source(s) already \
-                             (admission.max_sources = {max})",
-                            held.len() + new.len()
-                        ),
-                    };
-                    self.tokens.count_refused(&refusal);
+                if let Err((reason, detail)) = self.take_use(claim.id, source, &mut taken, max) {
+                    let refused = Refusal { kind: Some(token.kind), reason, detail };
+                    self.tokens.count_refused(&refused);
                     if batch == Batch::AllOrNothing {
-                        return Err(Fault::Refused { index, refused: refusal });
+                        return Err(Fault::Refused { index, refused });
                     }
-                    outcomes.push(Err(refusal));
+                    outcomes.push(Err(refused));
                     continue;
-                }
-                if !known {
-                    new.push(source);
                 }
                 uses.push(TokenUse { claim: claim.id, expires: claim.expires, source });
             }
@@ -274,6 +265,36 @@ impl Core {
 
     pub fn endpoint_status(&self) -> String {
         super::endpoint::status(self.policy.admission.http.as_ref())
+    }
+
+    /// Whether `source` may use the token `claim`: a source it admitted before (in the store or
+    /// earlier in this batch, `taken`) may, a new one while the token is under `max` sources.
+    fn take_use(
+        &self,
+        claim: ClaimId,
+        source: Addr,
+        taken: &mut BTreeMap<ClaimId, Vec<Addr>>,
+        max: usize,
+    ) -> Result<(), (&'static str, String)> {
+        let held = self.state.token_uses.get(&claim).map_or(&[][..], |u| &u.sources[..]);
+        let new = taken.entry(claim).or_default();
+        if held.contains(&source) || new.contains(&source) {
+            return Ok(());
+        }
+        let count = held.len() + new.len();
+        if count >= max {
+            let detail = format!(
+                "this token admitted {count} other source(s) already (admission.max_sources = {max})"
+            );
+            return Err(("replayed", detail));
+        }
+        if count == 0 && self.state.token_uses.len() >= TOKEN_USES_CAPACITY {
+            // Fail closed: a token whose use cannot be remembered admits nothing.
+            let detail = format!("{TOKEN_USES_CAPACITY} tokens are held until they expire");
+            return Err(("replay_state_full", detail));
+        }
+        new.push(source);
+        Ok(())
     }
 
     /// Re-reads token key files that changed (a periodic job).

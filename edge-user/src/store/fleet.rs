@@ -275,6 +275,13 @@ impl State {
             let held = self.admissions.entry(*key).or_insert(0);
             *held = (*held).max(*until);
         }
+        // A token's sources: the union, so the replay limit counts every node's.
+        for (claim, theirs) in &other.token_uses {
+            let held = self.token_uses.entry(*claim).or_default();
+            for source in &theirs.sources {
+                held.add(theirs.expires, *source);
+            }
+        }
     }
 }
 
@@ -319,6 +326,19 @@ mod tests {
                 entries: vec![(crate::visitors::admission_key([10, 1, 1, a].into()), until)],
                 feed: None,
             }),
+            (0u32..3, 0u8..4, 0u8..2, 0u64..5).prop_map(|(d, a, claim, until)| {
+                let source = crate::visitors::admission_key([10, 1, 1, a].into());
+                Op::Redeem {
+                    day: DAY + d,
+                    entries: vec![(source, until)],
+                    uses: vec![crate::store::TokenUse {
+                        claim: crate::token::ClaimId([claim; 16]),
+                        expires: until + 1,
+                        source,
+                    }],
+                    feed: None,
+                }
+            }),
         ];
         // The stamp's day is one of the visit days, so removals and visits interleave.
         (op, 0u64..3, 0u64..1000, 0usize..3).prop_map(|(op, day, ms, node)| Stamped {
@@ -334,8 +354,17 @@ mod tests {
     fn digest(state: &State) -> String {
         let visitors: Vec<_> = state.history.iter().collect();
         let admissions: std::collections::BTreeMap<_, _> = state.admissions.iter().collect();
+        // A token's sources are a set: the order they arrived in is not part of the state.
+        let uses: std::collections::BTreeMap<_, _> = state
+            .token_uses
+            .iter()
+            .map(|(claim, u)| {
+                let sources: std::collections::BTreeSet<_> = u.sources.iter().collect();
+                (claim, (u.expires, sources))
+            })
+            .collect();
         format!(
-            "{visitors:?}\n{:?}\n{:?}\n{admissions:?}\n{:?}",
+            "{visitors:?}\n{:?}\n{:?}\n{admissions:?}\n{:?}\n{uses:?}",
             state.rules,
             state.mode,
             state.fleet.removed.iter().collect::<Vec<_>>()

@@ -98,6 +98,16 @@ pub struct TokenUses {
     pub sources: Vec<Addr>,
 }
 
+impl TokenUses {
+    /// Records a use: the sources are a set, the expiry the latest.
+    pub fn add(&mut self, expires: u64, source: Addr) {
+        self.expires = self.expires.max(expires);
+        if !self.sources.contains(&source) {
+            self.sources.push(source);
+        }
+    }
+}
+
 impl Op {
     /// The batches of a history, a day at a time.
     pub fn visits(history: &VisitorHistory) -> Self {
@@ -194,11 +204,7 @@ impl State {
 
     pub fn record_uses(&mut self, uses: &[TokenUse]) {
         for u in uses {
-            let held = self.token_uses.entry(u.claim).or_default();
-            held.expires = held.expires.max(u.expires);
-            if !held.sources.contains(&u.source) {
-                held.sources.push(u.source);
-            }
+            self.token_uses.entry(u.claim).or_default().add(u.expires, u.source);
         }
     }
 
