@@ -76,7 +76,7 @@ pub fn judge_unknown(src: &Source, mask: &[u64; 2], cfg: &Config) -> Reason {
     judge(&bucket_key(src, mask), &budget, &budgets)
 }
 
-/// The admission endpoint's port: its own budgets, per whole source address, so a flood
+/// The admission endpoint's port: its own budgets, per source (an IPv6 /64), so a flood
 /// bounded here cannot spend the unknown budget (or the reverse).
 #[inline(always)]
 pub fn judge_endpoint(src: &Source, cfg: &Config) -> Reason {

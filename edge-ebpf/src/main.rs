@@ -117,7 +117,9 @@ fn endpoint(pkt: &Packet, cfg: &Config) -> Reason {
     if cfg.lists & LIST_ADMITTED != 0 && admitted(pkt, cfg) {
         return ADMITTED;
     }
-    budget::judge_endpoint(&pkt.src, cfg)
+    // Keyed as admissions are (an IPv6 /64 is one source), so rotating addresses inside a
+    // /64 gains nothing.
+    budget::judge_endpoint(&admission_key(pkt), cfg)
 }
 
 /// Whether a prefix of `list` holds the source. The list's bits for the source's IPv4 /16

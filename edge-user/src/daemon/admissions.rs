@@ -66,7 +66,7 @@ impl Core {
             previous = ring.keys().get(1).map(|k| k.id),
             "ticket keys reloaded"
         );
-        self.tokens.set_edge_ring(ring.clone());
+        self.tokens.set_edge_ring(Some(ring.clone()));
         self.keys = Some((ring, now));
         Ok(())
     }

@@ -10,7 +10,7 @@
 //! record per batch: `Core::redeem`); a full queue answers `503` at once. The kernel bounds
 //! what reaches this port from sources it does not know (its own budget, edge-ebpf).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
@@ -31,8 +31,13 @@ use super::{core::Origin, handle::Handle, tokens::Batch};
 use crate::{
     policy::HttpSettings,
     token::{Accepted, Kind, Refusal},
+    visitors::admission_key,
 };
+use edge_common::keys::Addr;
 
+/// Connections one source (an IPv6 /64) may hold at once: the rest of `max_connections` stays
+/// for everyone else, whoever the source is (admitted sources bypass the kernel's budget).
+const PER_SOURCE: u32 = 16;
 /// Admissions waiting to be committed; past this the endpoint answers 503.
 const QUEUE: usize = 8_192;
 /// Most admissions committed in one record.
@@ -99,6 +104,7 @@ pub async fn serve(handle: Handle, settings: HttpSettings, bound: Bound) {
     let (queue, pending) = mpsc::channel::<(Accepted, Reply)>(QUEUE);
     tokio::spawn(commit(handle.clone(), pending));
     let slots = Arc::new(Semaphore::new(settings.max_connections as usize));
+    let per_source: Arc<Mutex<HashMap<Addr, u32>>> = Arc::default();
     let settings = Arc::new(settings);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -115,10 +121,15 @@ pub async fn serve(handle: Handle, settings: HttpSettings, bound: Bound) {
             drop(stream);
             continue;
         };
+        let Some(held) = Held::take(&per_source, admission_key(peer.ip())) else {
+            handle.endpoint.count("busy");
+            drop(stream);
+            continue;
+        };
         let (handle, settings, queue, tls) =
             (handle.clone(), settings.clone(), queue.clone(), tls.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, held);
             let _ = stream.set_nodelay(true);
             let service = hyper::service::service_fn(move |request| {
                 let (handle, settings, queue) = (handle.clone(), settings.clone(), queue.clone());
@@ -145,6 +156,36 @@ pub async fn serve(handle: Handle, settings: HttpSettings, bound: Bound) {
             };
             let _ = tokio::time::timeout(CONNECTION, served).await;
         });
+    }
+}
+
+/// One connection counted against its source, until it is dropped.
+struct Held {
+    counts: Arc<Mutex<HashMap<Addr, u32>>>,
+    source: Addr,
+}
+
+impl Held {
+    fn take(counts: &Arc<Mutex<HashMap<Addr, u32>>>, source: Addr) -> Option<Self> {
+        let mut held = counts.lock().expect("per-source counts");
+        let count = held.entry(source).or_default();
+        if *count >= PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Self { counts: counts.clone(), source })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().expect("per-source counts");
+        if let Some(count) = held.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -190,8 +231,14 @@ async fn commit(handle: Handle, mut pending: mpsc::Receiver<(Accepted, Reply)>) 
                 }
             }
             Err(status) => {
+                // The reason is for the operator (the log), not for whoever asked.
+                warn!(
+                    "admission endpoint: {} admissions not made: {}",
+                    replies.len(),
+                    status.message()
+                );
                 for reply in replies {
-                    let _ = reply.send(Err(status.message().to_string()));
+                    let _ = reply.send(Err(status.code().to_string()));
                 }
             }
         }
@@ -269,9 +316,9 @@ async fn answer(
             counts.count("refused");
             text(StatusCode::FORBIDDEN, format!("refused: {}", refusal.reason))
         }
-        Ok(Err(why)) => {
+        Ok(Err(_)) => {
             counts.count("unavailable");
-            let mut down = text(StatusCode::SERVICE_UNAVAILABLE, format!("unavailable: {why}"));
+            let mut down = text(StatusCode::SERVICE_UNAVAILABLE, "unavailable: retry".into());
             down.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
             down
         }

@@ -47,6 +47,8 @@ pub async fn run(
             Some(since) => since >= interval || (since >= MIN_REFETCH_S && keys.take_refresh()),
         };
         if due {
+            // Any fetch answers the requests made before it.
+            keys.take_refresh();
             last_attempt = Some(now);
             match jwks::fetch(&url, ca_file.as_deref()).await {
                 Ok((set, document)) => {

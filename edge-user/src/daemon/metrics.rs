@@ -214,13 +214,21 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
                 .inc_by(outcomes.get(outcome).copied().unwrap_or(0));
         }
     }
-    if let Some(age) = core.tokens.jwks_age(core.clock.now()) {
+    if let Some((keys, age)) = core.tokens.jwks_held(core.clock.now()) {
         gauge(
-            "jwks_age_seconds",
-            "Age of the JWT keys fetched from admission.jwt.jwks_url; past jwks_max_age_s every \
-             JWT is refused.",
-            age as i64,
+            "jwks_keys",
+            "JWT keys held from admission.jwt.jwks_url (0 before the first good fetch: every JWT \
+             is refused).",
+            keys as i64,
         )?;
+        if let Some(age) = age {
+            gauge(
+                "jwks_age_seconds",
+                "Age of the JWT keys fetched from admission.jwt.jwks_url; past jwks_max_age_s \
+                 every JWT is refused.",
+                age as i64,
+            )?;
+        }
     }
     let failing = gauge_vec(
         "background_job_failing",

@@ -56,6 +56,7 @@ impl Core {
         // Past validation: the new config is in force; the kernel follows.
         let (mode, was) = (self.mode(), self.kernel_mode());
         self.policy = new;
+        self.tokens.set_edge_ring(keys.as_ref().map(|(ring, _)| ring.clone()));
         self.keys = keys;
         self.entering_auto(self.mode(), mode, was);
         self.mirror(Mirror::Everything)?;
@@ -114,7 +115,21 @@ fn restart_only_change(old: &Policy, new: &Policy) -> Option<&'static str> {
     if old.fleet != new.fleet {
         return Some("[fleet]");
     }
-    (old.admission.feed != new.admission.feed).then_some("the admission feed (redis_url, ...)")
+    if old.admission.feed != new.admission.feed {
+        return Some("the admission feed (redis_url, ...)");
+    }
+    // The verifiers and the endpoint are built once (their key files are re-read on change).
+    let (a, b) = (&old.admission, &new.admission);
+    if a.queueit != b.queueit {
+        return Some("[admission.queueit]");
+    }
+    if a.jwt != b.jwt {
+        return Some("[admission.jwt]");
+    }
+    if a.http != b.http {
+        return Some("[admission.http]");
+    }
+    (a.max_sources != b.max_sources).then_some("admission.max_sources")
 }
 
 /// One line per setting that a reload changes, in the config file's own terms.

@@ -90,11 +90,15 @@ impl Tokens {
         state.last_error = error;
     }
 
-    /// The age of the keys fetched from `jwks_url`, if that is where they come from.
-    pub fn jwks_age(&self, now: u64) -> Option<u64> {
+    /// For keys fetched from `jwks_url`: how many are held (0 before the first fetch) and
+    /// their age.
+    pub fn jwks_held(&self, now: u64) -> Option<(usize, Option<u64>)> {
         let jwt = self.verifiers().jwt.clone()?;
         jwt.keys.max_age_s?;
-        Some(jwt.keys.get().map_or(u64::MAX, |c| now.saturating_sub(c.fetched_at)))
+        Some(match jwt.keys.get() {
+            Some(c) => (c.set.entries.len(), Some(now.saturating_sub(c.fetched_at))),
+            None => (0, None),
+        })
     }
 
     /// `edge status`'s line for `jwks_url`: empty without one.
@@ -155,10 +159,11 @@ impl Tokens {
         self.counts.lock().expect("token counts lock")
     }
 
-    /// The edge ticket ring changed (`edge key rotate`): the core read it already.
-    pub fn set_edge_ring(&self, ring: Keyring) {
+    /// The edge ticket ring changed (`edge key rotate`, or a reload that set or removed
+    /// `admission.keys`): the core read it already.
+    pub fn set_edge_ring(&self, ring: Option<Keyring>) {
         let mut verifiers = (*self.verifiers()).clone();
-        verifiers.edge = Some(ring);
+        verifiers.edge = ring;
         *self.verifiers.write().expect("verifiers lock") = Arc::new(verifiers);
     }
 
@@ -222,12 +227,26 @@ impl Core {
             self.require_ready()?;
         }
         let max = self.policy.admission.max_sources as usize;
+        let now = self.clock.now();
         let mut taken = BTreeMap::new();
         let (mut entries, mut uses, mut outcomes) = (Vec::new(), Vec::new(), Vec::new());
         for (index, token) in accepted.iter().enumerate() {
             let source = admission_key(token.source);
+            let mut until = token.until;
             if let Some(claim) = token.claim {
-                if let Err((reason, detail)) = self.take_use(claim.id, source, &mut taken, max) {
+                let used = self.take_use(claim.id, source, &mut taken, max).and_then(|first| {
+                    // A token presented again admits no longer than its cap from its first use.
+                    if let (Some(first), Some(cap)) = (first, token.cap_s) {
+                        until = until.min(first.saturating_add(cap));
+                    }
+                    if until <= now {
+                        let detail = "the token's admission ran out (its cap counts from its \
+                                      first use)";
+                        return Err(("expired", detail.to_string()));
+                    }
+                    Ok(())
+                });
+                if let Err((reason, detail)) = used {
                     let refused = Refusal { kind: Some(token.kind), reason, detail };
                     self.tokens.count_refused(&refused);
                     if batch == Batch::AllOrNothing {
@@ -236,10 +255,15 @@ impl Core {
                     outcomes.push(Err(refused));
                     continue;
                 }
-                uses.push(TokenUse { claim: claim.id, expires: claim.expires, source });
+                uses.push(TokenUse {
+                    claim: claim.id,
+                    expires: claim.expires,
+                    source,
+                    used_at: now,
+                });
             }
-            entries.push((source, token.until));
-            outcomes.push(Ok(token.until));
+            entries.push((source, until));
+            outcomes.push(Ok(until));
         }
         if entries.is_empty() && feed.is_none() {
             return Ok(outcomes);
@@ -269,17 +293,20 @@ impl Core {
 
     /// Whether `source` may use the token `claim`: a source it admitted before (in the store or
     /// earlier in this batch, `taken`) may, a new one while the token is under `max` sources.
+    /// Returns when the token was first used, if it was before this batch.
     fn take_use(
         &self,
         claim: ClaimId,
         source: Addr,
         taken: &mut BTreeMap<ClaimId, Vec<Addr>>,
         max: usize,
-    ) -> Result<(), (&'static str, String)> {
-        let held = self.state.token_uses.get(&claim).map_or(&[][..], |u| &u.sources[..]);
+    ) -> Result<Option<u64>, (&'static str, String)> {
+        let uses = self.state.token_uses.get(&claim);
+        let first = uses.map(|u| u.first_used).filter(|t| *t != 0);
+        let held = uses.map_or(&[][..], |u| &u.sources[..]);
         let new = taken.entry(claim).or_default();
         if held.contains(&source) || new.contains(&source) {
-            return Ok(());
+            return Ok(first);
         }
         let count = held.len() + new.len();
         if count >= max {
@@ -294,7 +321,7 @@ impl Core {
             return Err(("replay_state_full", detail));
         }
         new.push(source);
-        Ok(())
+        Ok(first)
     }
 
     /// Re-reads token key files that changed (a periodic job).

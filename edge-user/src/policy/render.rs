@@ -1,11 +1,75 @@
 //! A policy written back in the config file's own schema: what `edge config show` prints.
-use super::{OnOutage, Policy};
+use toml::{Table, Value};
+
+use super::{AdmissionSettings, JwksSource, OnOutage, Policy};
+
+/// `max_sources` and the `[admission.queueit]`, `[admission.jwt]` and `[admission.http]` tables.
+fn waiting_rooms(a: &AdmissionSettings, admission: &mut Table) {
+    let path = |p: &std::path::Path| Value::String(p.display().to_string());
+    let int = |n: u32| Value::Integer(i64::from(n));
+    let strings =
+        |items: &[String]| Value::Array(items.iter().cloned().map(Value::String).collect());
+    if a.max_sources != AdmissionSettings::default().max_sources {
+        admission.insert("max_sources".into(), int(a.max_sources));
+    }
+    if let Some(q) = &a.queueit {
+        let mut t = Table::new();
+        t.insert("secret_file".into(), path(&q.secret_file));
+        t.insert("events".into(), strings(&q.events));
+        t.insert("admit_for_s".into(), int(q.admit_for_s));
+        admission.insert("queueit".into(), Value::Table(t));
+    }
+    if let Some(j) = &a.jwt {
+        let mut t = Table::new();
+        match &j.keys {
+            JwksSource::File(file) => {
+                t.insert("jwks_file".into(), path(file));
+            }
+            JwksSource::Url { url, ca_file, refresh_s, max_age_s } => {
+                t.insert("jwks_url".into(), Value::String(url.clone()));
+                if let Some(ca) = ca_file {
+                    t.insert("jwks_ca_file".into(), path(ca));
+                }
+                t.insert("jwks_refresh_s".into(), int(*refresh_s));
+                t.insert("jwks_max_age_s".into(), int(*max_age_s));
+            }
+        }
+        t.insert("issuer".into(), Value::String(j.issuer.clone()));
+        t.insert("audience".into(), strings(&j.audience));
+        t.insert("algorithms".into(), strings(&j.algorithms));
+        let claims = j.claims.iter().map(|(k, v)| (k.clone(), Value::String(v.clone())));
+        t.insert("claims".into(), Value::Table(claims.collect()));
+        t.insert("leeway_s".into(), int(j.leeway_s));
+        if let Some(cap) = j.max_admit_s {
+            t.insert("max_admit_s".into(), int(cap));
+        }
+        admission.insert("jwt".into(), Value::Table(t));
+    }
+    if let Some(h) = &a.http {
+        let mut t = Table::new();
+        t.insert("listen".into(), Value::String(h.listen.to_string()));
+        if let Some((cert, key)) = &h.tls {
+            t.insert("tls_cert".into(), path(cert));
+            t.insert("tls_key".into(), path(key));
+        }
+        t.insert("targets".into(), strings(&h.targets));
+        for (key, value) in [
+            ("max_connections", h.max_connections),
+            ("source_pps", h.source_pps),
+            ("source_burst", h.source_burst),
+            ("global_pps", h.global_pps),
+            ("global_burst", h.global_burst),
+        ] {
+            t.insert(key.into(), int(value));
+        }
+        admission.insert("http".into(), Value::Table(t));
+    }
+}
 
 impl Policy {
     /// The policy in the config file's own schema (what `edge config show` prints); parsing it
     /// back gives the same policy.
     pub fn to_toml(&self) -> String {
-        use toml::{Table, Value};
         let strings =
             |items: Vec<String>| Value::Array(items.into_iter().map(Value::String).collect());
         let mut root = Table::new();
@@ -80,6 +144,7 @@ impl Policy {
                 admission.insert("outage_ceiling_pps".into(), Value::Integer(i64::from(c)));
             }
         }
+        waiting_rooms(&self.admission, &mut admission);
         if !admission.is_empty() {
             root.insert("admission".into(), Value::Table(admission));
         }
@@ -168,5 +233,15 @@ mod tests {
         assert_eq!(parse(&plain.to_toml()), plain);
         let default = Policy::default();
         assert_eq!(parse(&default.to_toml()), default);
+        let tokens = parse(
+            "[admission]\nmax_sources = 2\nredis_url = \"redis://127.0.0.1:1\"\n\
+             [admission.queueit]\nsecret_file = \"q\"\nevents = [\"e1\"]\n\
+             [admission.jwt]\njwks_url = \"https://q.example/k\"\njwks_ca_file = \"ca\"\n\
+             issuer = \"i\"\naudience = [\"a\", \"b\"]\nalgorithms = [\"ES256\"]\n\
+             claims = { token_use = \"access\" }\nmax_admit_s = 60\n\
+             [admission.http]\nlisten = \"[::]:8443\"\ntls_cert = \"c\"\ntls_key = \"k\"\n\
+             targets = [\"https://shop.example/a/\"]\n",
+        );
+        assert_eq!(parse(&tokens.to_toml()), tokens);
     }
 }

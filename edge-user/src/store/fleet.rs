@@ -279,7 +279,7 @@ impl State {
         for (claim, theirs) in &other.token_uses {
             let held = self.token_uses.entry(*claim).or_default();
             for source in &theirs.sources {
-                held.add(theirs.expires, *source);
+                held.add(theirs.expires, *source, theirs.first_used);
             }
         }
     }
@@ -335,6 +335,7 @@ mod tests {
                         claim: crate::token::ClaimId([claim; 16]),
                         expires: until + 1,
                         source,
+                        used_at: u64::from(d) + 1,
                     }],
                     feed: None,
                 }
@@ -360,7 +361,7 @@ mod tests {
             .iter()
             .map(|(claim, u)| {
                 let sources: std::collections::BTreeSet<_> = u.sources.iter().collect();
-                (claim, (u.expires, sources))
+                (claim, (u.expires, u.first_used, sources))
             })
             .collect();
         format!(

@@ -451,6 +451,7 @@ mod tests {
                     claim: crate::token::ClaimId([3; 16]),
                     expires: 90,
                     source: [8; 16],
+                    used_at: 70,
                 }],
                 feed: None,
             },

@@ -83,25 +83,33 @@ pub enum Op {
     },
 }
 
-/// A token (by its replay id) admitted `source`; its uses are kept until `expires`.
+/// A token (by its replay id) admitted `source` at `used_at`; its uses are kept until
+/// `expires`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUse {
     pub claim: ClaimId,
     pub expires: u64,
     pub source: Addr,
+    pub used_at: u64,
 }
 
-/// The sources a token admitted, and until when that matters.
+/// The sources a token admitted, when it was first used (an admission's cap counts from
+/// then, however often the token is presented again), and until when that matters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUses {
     pub expires: u64,
+    pub first_used: u64,
     pub sources: Vec<Addr>,
 }
 
 impl TokenUses {
-    /// Records a use: the sources are a set, the expiry the latest.
-    pub fn add(&mut self, expires: u64, source: Addr) {
+    /// Records a use: the sources are a set, the expiry the latest, the first use the earliest.
+    pub fn add(&mut self, expires: u64, source: Addr, used_at: u64) {
         self.expires = self.expires.max(expires);
+        self.first_used = match self.first_used {
+            0 => used_at,
+            held => held.min(used_at),
+        };
         if !self.sources.contains(&source) {
             self.sources.push(source);
         }
@@ -204,7 +212,7 @@ impl State {
 
     pub fn record_uses(&mut self, uses: &[TokenUse]) {
         for u in uses {
-            self.token_uses.entry(u.claim).or_default().add(u.expires, u.source);
+            self.token_uses.entry(u.claim).or_default().add(u.expires, u.source, u.used_at);
         }
     }
 

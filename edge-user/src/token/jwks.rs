@@ -78,7 +78,12 @@ impl KeySet {
                 set.skipped += 1;
                 continue;
             };
-            let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("keys[{index}]: {e}"))?;
+            // A key whose parameters do not decode is skipped like any unusable one: one bad
+            // key must not take the set's good ones down with it.
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                set.skipped += 1;
+                continue;
+            };
             let kid = jwk.common.key_id.clone();
             if let Some(id) = kid.as_deref().filter(|_| set.entries.iter().any(|e| e.kid == kid)) {
                 return Err(format!("keys[{index}]: kid {id:?} appears twice"));

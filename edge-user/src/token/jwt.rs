@@ -35,6 +35,10 @@ pub struct Verifier {
     pub max_admit_s: Option<u64>,
 }
 
+/// The longest a JWT may still be valid for: a waiting room's admission lasts hours, and its
+/// replay record must be kept as long (a longer-lived token is not a waiting room's).
+pub const MAX_LIFETIME_S: u64 = 30 * 86_400;
+
 fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
     Refusal { kind: Some(Kind::Jwt), reason, detail: detail.into() }
 }
@@ -61,6 +65,15 @@ fn number(claims: &serde_json::Map<String, Value>, name: &str) -> Result<Option<
             .filter(|n| *n >= 0.0)
             .map(|n| Some(n as u64))
             .ok_or_else(|| refuse("malformed", format!("`{name}` is not a number of seconds"))),
+    }
+}
+
+/// A claim that names something: a string, or a number (some issuers number their tokens).
+fn identifier(claims: &serde_json::Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -110,7 +123,10 @@ impl Verifier {
             ));
         }
         let Some(entry) = cached.set.find(header.kid.as_deref()) else {
-            self.keys.want_refresh();
+            // A kid the set lacks may be the waiting room's new key: the fetcher looks.
+            if header.kid.is_some() {
+                self.keys.want_refresh();
+            }
             return Err(refuse(
                 "unknown_kid",
                 match &header.kid {
@@ -137,19 +153,27 @@ impl Verifier {
         let Value::Object(claims) = claims else {
             return Err(refuse("malformed", "the claims are not a JSON object"));
         };
-        self.check_claims(&claims, signature, source, now)
+        self.check_claims(&claims, signed, source, now)
     }
 
     fn check_claims(
         &self,
         claims: &serde_json::Map<String, Value>,
-        signature: &str,
+        signed: &str,
         source: Option<IpAddr>,
         now: u64,
     ) -> Result<Accepted, Refusal> {
         let exp = number(claims, "exp")?.ok_or_else(|| refuse("missing_claim", "no `exp`"))?;
         if exp.saturating_add(self.leeway_s) <= now {
             return Err(refuse("expired", format!("expired at {exp} (now {now}, unix seconds)")));
+        }
+        if exp > now.saturating_add(MAX_LIFETIME_S) {
+            return Err(refuse(
+                "exp_too_far",
+                format!(
+                    "valid until {exp}, over {MAX_LIFETIME_S} s from now: not a waiting room's"
+                ),
+            ));
         }
         if let Some(nbf) = number(claims, "nbf")? {
             if nbf > now.saturating_add(self.leeway_s) {
@@ -180,26 +204,29 @@ impl Verifier {
             refuse("no_source", "a JWT admits the address presenting it: none given")
         })?;
         // The replay id: the token's `jti`, else its subject; a token with neither is its own
-        // (its signature).
-        let id = string(claims, "jti")
+        // (its signed part: not the signature, which ECDSA lets anyone vary).
+        let id = identifier(claims, "jti")
             .map(|j| ("jti", j))
-            .or_else(|| string(claims, "sub").map(|s| ("sub", s)));
-        let subject = match id {
+            .or_else(|| identifier(claims, "sub").map(|s| ("sub", s)));
+        let subject = match &id {
             Some((name, value)) => format!("issuer {}, {name} {value}", self.issuer),
             None => format!("issuer {}, no jti or sub", self.issuer),
         };
-        let parts: Vec<&str> = match id {
+        let parts: Vec<&str> = match &id {
             Some((name, value)) => vec![&self.issuer, name, value],
-            None => vec![&self.issuer, "signature", signature],
+            None => vec![&self.issuer, "signed", signed],
         };
+        // Through the leeway: a token accepted within it must admit for that long at least.
+        let end = exp.saturating_add(self.leeway_s);
         let until = match self.max_admit_s {
-            Some(cap) => exp.min(now.saturating_add(cap)),
-            None => exp,
+            Some(cap) => end.min(now.saturating_add(cap)),
+            None => end,
         };
         Ok(Accepted {
             kind: Kind::Jwt,
             source,
             until,
+            cap_s: self.max_admit_s,
             claim: Some(Claim {
                 id: claim_id(Kind::Jwt, &parts),
                 expires: exp.saturating_add(self.leeway_s).saturating_add(1),

@@ -123,6 +123,9 @@ pub struct Accepted {
     pub source: IpAddr,
     /// Admitted until (unix seconds, exclusive).
     pub until: u64,
+    /// The longest the token admits, counted from its first use (a token presented again
+    /// admits no longer than that): Queue-it's `admit_for_s`, a JWT's `max_admit_s`.
+    pub cap_s: Option<u64>,
     /// None for an edge ticket: it names its source, so it cannot be replayed from another.
     pub claim: Option<Claim>,
     /// What the token says, for a person (`edge token verify`): never the token itself.
@@ -207,6 +210,7 @@ impl Verifiers {
                     kind,
                     source: verified.ip,
                     until: verified.not_after.saturating_add(1),
+                    cap_s: None,
                     claim: None,
                     subject: format!("ticket {:016x}, key {}", verified.ticket_id, verified.key_id),
                 })

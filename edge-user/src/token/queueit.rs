@@ -131,6 +131,7 @@ impl Verifier {
             kind: Kind::Queueit,
             source,
             until: now.saturating_add(self.admit_for_s),
+            cap_s: Some(self.admit_for_s),
             claim: Some(Claim {
                 id: claim_id(Kind::Queueit, &[&event, f.queue_id]),
                 // Past `ts_` the token is refused as expired: its uses need not be kept longer.
