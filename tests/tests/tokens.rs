@@ -68,6 +68,8 @@ fn tokens_minted_elsewhere_verify_and_every_forgery_is_refused_with_its_reason()
             ("refused", Err(_)) => mutated += 1,
             (reason, Err(refusal)) => {
                 assert_eq!(refusal.reason, reason, "{}: {refusal}", case.name);
+                let kind = refusal.kind.unwrap();
+                assert!(kind.reasons().contains(&reason), "{reason}: not in {kind}'s metric");
                 // Refusals never echo the token.
                 assert!(!refusal.to_string().contains(&case.token), "{}", case.name);
             }

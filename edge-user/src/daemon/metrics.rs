@@ -129,6 +129,12 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
         counter_vec("auto_switches_total", "Mode switches made by auto since start.", &["to"])?;
     switches.with_label_values(&["enforce"]).inc_by(core.auto.to_enforce);
     switches.with_label_values(&["monitor"]).inc_by(core.auto.to_monitor);
+    gauge(
+        "unknown_global_budget_pps",
+        "The global budget of unknown traffic the kernel runs now (unknown.global_pps, or the \
+         outage ceiling while the feed is degraded); 0 = none passes.",
+        i64::from(policy.unknown.global_pps),
+    )?;
     float_gauge(
         "unknown_packets_per_second",
         "Packets per second from sources on no list (all interfaces), measured each second.",
@@ -197,6 +203,13 @@ fn build(core: &mut Core, buckets: Option<u64>) -> prometheus::Result<Registry> 
          than admission.max_sources).",
         &["kind", "reason"],
     )?;
+    // Every reason of every configured kind, at zero until it happens: a rate over a series
+    // that does not exist yet is no rate at all.
+    for kind in core.tokens.verifiers().kinds() {
+        for reason in kind.reasons() {
+            refused.with_label_values(&[kind.name(), reason]).inc_by(0);
+        }
+    }
     for ((kind, reason), count) in &tokens.refused {
         refused.with_label_values(&[kind, reason]).inc_by(*count);
     }

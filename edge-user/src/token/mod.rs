@@ -51,6 +51,48 @@ impl Kind {
             .ok_or_else(|| format!("unknown token kind `{name}` (want edge, queueit or jwt)"))
     }
 
+    /// Every reason a token of this kind can be refused for (the metric's series exist from
+    /// the start, at zero).
+    pub fn reasons(self) -> &'static [&'static str] {
+        match self {
+            Self::Edge => {
+                &["malformed", "oversized", "unknown_key", "bad_hash", "expired", "wrong_ip"]
+            }
+            Self::Queueit => &[
+                "malformed",
+                "oversized",
+                "bad_hash",
+                "wrong_event",
+                "expired",
+                "wrong_ip",
+                "no_source",
+                "replayed",
+                "replay_state_full",
+            ],
+            Self::Jwt => &[
+                "malformed",
+                "oversized",
+                "alg_none",
+                "alg_not_allowed",
+                "no_keys",
+                "keys_stale",
+                "unknown_kid",
+                "alg_key_mismatch",
+                "bad_signature",
+                "missing_claim",
+                "expired",
+                "exp_too_far",
+                "not_yet_valid",
+                "wrong_issuer",
+                "wrong_audience",
+                "claim_mismatch",
+                "no_source",
+                "replayed",
+                "replay_state_full",
+            ],
+        }
+    }
+
     /// The kind a token's text has: a JWT has three dot-separated parts, a Queue-it token
     /// `~`-separated fields; anything else is read as an edge ticket.
     pub fn detect(token: &str) -> Self {
