@@ -5,6 +5,8 @@
 use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
+
+mod package;
 use clap::{Parser, Subcommand};
 
 /// The fuzz targets in fuzz/fuzz_targets, and how long `cargo xtask test` runs each.
@@ -65,6 +67,23 @@ enum Task {
     /// Build optimized and install the binary, man pages, shell completions, the systemd unit
     /// and (if there is none) an example config, under ROOT (default /). On /, also create the
     /// system user `edge` the unit runs as.
+    /// Build optimized and make a Debian package (dpkg-deb): the binary, man pages,
+    /// completions, the systemd unit, the example config as a conffile, the alert rules and the
+    /// dashboard; maintainer scripts create the `edge` user. Prints the .deb's path last.
+    Package {
+        /// Package this binary instead of building one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Where the .deb goes.
+        #[arg(long, default_value = "target/debian")]
+        out: std::path::PathBuf,
+        /// The package's version (default: the crate's).
+        #[arg(long)]
+        version: Option<String>,
+        /// Leave the package's contents uncompressed (the tests' debug binaries are large).
+        #[arg(long)]
+        no_compress: bool,
+    },
     Install {
         #[arg(long, default_value = "/")]
         root: std::path::PathBuf,
@@ -121,6 +140,20 @@ fn main() -> Result<()> {
                 }
                 run(&mut cmd)?;
             }
+            Ok(())
+        }
+        Task::Package { binary, out, version, no_compress } => {
+            let edge = match binary {
+                Some(path) => path,
+                None => {
+                    build_release()?;
+                    root.join("target/release/edge")
+                }
+            };
+            std::fs::create_dir_all(&out)?;
+            let version = version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+            let deb = package::package(&edge, &out, &version, !no_compress)?;
+            println!("{}", std::fs::canonicalize(deb)?.display());
             Ok(())
         }
         Task::Install { root: dest, prefix } => {
