@@ -63,6 +63,8 @@ bound = queueit(f"e_{event}~q_{uuid.uuid4()}~ts_{now + 300}~hip_{hip}")
 case("queueit bound to its address", "queueit", bound, "ok")
 case("queueit bound to another address", "queueit", bound, "wrong_ip", ip="192.0.2.31")
 case("queueit with no address", "queueit", valid_q, "no_source", ip="")
+case("queueit valid for a year", "queueit", queueit(f"e_{event}~q_{uuid.uuid4()}~ts_{now + 365 * 86400}"), "exp_too_far")
+case("queueit bound, from its v4-mapped address", "queueit", bound, "ok", ip="::ffff:" + IP)
 
 # --- JWTs ---------------------------------------------------------------------------------
 rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -138,6 +140,10 @@ case("jwt HS256 signed with the RSA public key", "jwt",
      "alg_key_mismatch")
 case("jwt oversized", "jwt", signed(rsa_key, "RS256", "rsa1", pad="x" * 5000), "oversized")
 case("jwt with no address", "jwt", valid_rs, "no_source", ip="")
+case("jwt whose alg would write to a terminal", "jwt",
+     by_hand({"alg": "X\u001b[2J\nedge: valid", "kid": "rsa1"}, claims(), lambda m: b"sig"), "alg_not_allowed")
+case("empty text", "", "", "malformed")
+case("a JWT with a part missing", "", valid_rs.rsplit(".", 1)[0], "malformed")
 
 # Every single-character change of a valid token must be refused.
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"

@@ -312,6 +312,7 @@ pub enum TokenCommand {
     /// [admission.queueit], [admission.jwt]; a jwks_url is fetched). Says which check failed.
     /// Exit 0 only for a token that would admit (the replay limit is the daemon's to count).
     Verify {
+        /// The token's text, or `-` to read it from standard input (out of `ps` and history).
         token: String,
         #[arg(long, default_value = "/etc/edge/edge.toml")]
         config: PathBuf,

@@ -93,6 +93,19 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { policy: path } => {
             let (policy, history, _) =
                 load_policy(&path).with_context(|| format!("{} is not valid", path.display()))?;
+            // The files the daemon reads at start: key files (their modes, their contents)
+            // and the endpoint's certificate.
+            edge::token::Verifiers::from_settings(&policy.admission)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let files = policy.admission.http.iter().flat_map(|h| h.tls.iter());
+            let ca = policy.admission.jwt.iter().filter_map(|j| match &j.keys {
+                edge::policy::JwksSource::Url { ca_file, .. } => ca_file.as_ref(),
+                edge::policy::JwksSource::File(_) => None,
+            });
+            for file in files.flat_map(|(cert, key)| [cert, key]).chain(ca) {
+                std::fs::metadata(file)
+                    .with_context(|| format!("{}: {}", path.display(), file.display()))?;
+            }
             outln!(
                 "{}: ok ({:?} mode, {} protected, {} allow, {} deny, {} visitors)",
                 path.display(),

@@ -19,6 +19,13 @@ pub fn verify(
     ip: Option<IpAddr>,
     json: bool,
 ) -> anyhow::Result<()> {
+    let stdin;
+    let token = if token == "-" {
+        stdin = std::io::read_to_string(std::io::stdin()).context("reading the token")?;
+        stdin.as_str()
+    } else {
+        token
+    };
     let policy = Policy::load(config)?;
     let verifiers = Verifiers::from_settings(&policy.admission).map_err(anyhow::Error::msg)?;
     if verifiers.kinds().is_empty() {
@@ -36,12 +43,16 @@ pub fn verify(
             Ok((set, _)) => jwt.keys.put(set, now),
             Err(e) => {
                 let state_dir = policy.daemon.as_ref().map(|d| d.state_dir.clone());
-                let cached = state_dir.and_then(|dir| jwks::read_cache(&cache_path(&dir), url));
-                let (set, fetched_at) = cached.with_context(|| {
-                    format!("admission.jwt.jwks_url: {e}; and no cached key set")
-                })?;
-                eprintln!("edge: fetching {url} failed ({e}); using the daemon's cached keys");
-                jwt.keys.put(set, fetched_at);
+                match state_dir.and_then(|dir| jwks::read_cache(&cache_path(&dir), url)) {
+                    Some((set, fetched_at)) => {
+                        eprintln!(
+                            "edge: fetching {url} failed ({e}); using the daemon's cached keys"
+                        );
+                        jwt.keys.put(set, fetched_at);
+                    }
+                    // JWTs are then refused (no_keys); the other kinds are still checked.
+                    None => eprintln!("edge: fetching {url} failed ({e}), and no cached key set"),
+                }
             }
         }
     }
@@ -58,10 +69,13 @@ pub fn verify(
                 });
                 outln!("{answer}")?;
             } else {
+                let source = match ok.source {
+                    IpAddr::V4(v4) => v4.to_string(),
+                    IpAddr::V6(v6) => format!("{}/64", ipnet::Ipv6Net::new(v6, 64)?.trunc().addr()),
+                };
                 outln!(
-                    "valid {} token: admits {} until {} (unix {}); {}",
+                    "valid {} token: admits {source} until {} (unix {}); {}",
                     ok.kind,
-                    ok.source,
                     utc(ok.until),
                     ok.until,
                     ok.subject

@@ -274,6 +274,10 @@ fn jwt(src: &Source, table: &Spanned<RawJwt>) -> Checked<JwtSettings> {
                 Some(url::Host::Domain(d)) => d == "localhost",
                 None => false,
             };
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                let reason = "no user info in the URL (it would be logged and shown)";
+                return Err(src.error(url.span(), &field("jwks_url"), reason.into()));
+            }
             if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
                 let reason = "keys are fetched over https:// (http:// only from this host): \
                               whoever can change them in flight could admit anyone";
@@ -312,9 +316,13 @@ fn jwt(src: &Source, table: &Spanned<RawJwt>) -> Checked<JwtSettings> {
         }
     };
     if j.jwks_file.is_some() {
-        if let Some(v) = j.jwks_refresh_s.as_ref().or(j.jwks_max_age_s.as_ref()) {
-            let reason = "the refresh and the age are for jwks_url; a file is re-read on change";
-            return Err(src.error(v.span(), "admission.jwt", reason.into()));
+        for (v, name) in
+            [(&j.jwks_refresh_s, "jwks_refresh_s"), (&j.jwks_max_age_s, "jwks_max_age_s")]
+        {
+            if let Some(v) = v {
+                let reason = "for jwks_url only: a jwks_file is re-read when it changes";
+                return Err(src.error(v.span(), &field(name), reason.into()));
+            }
         }
     }
     let issuer = j.issuer.as_ref().ok_or_else(|| {
@@ -383,7 +391,12 @@ fn http(src: &Source, table: &Spanned<RawHttp>) -> Checked<HttpSettings> {
         let reason = "missing: the ADDRESS:PORT the endpoint listens on";
         src.error(header(table), &field("listen"), reason.into())
     })?;
+    let span = listen.span();
     let listen = src.address(listen, &field("listen"))?;
+    if listen.port() == 0 {
+        let reason = "port 0 is a random port: the kernel's budgets need the endpoint's own";
+        return Err(src.error(span, &field("listen"), reason.into()));
+    }
     let tls = match (&h.tls_cert, &h.tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => {

@@ -43,15 +43,21 @@ pub struct Entry {
 /// A parsed key set.
 pub struct KeySet {
     pub entries: Vec<Entry>,
-    /// Keys in the set edge cannot use (other curves or algorithms, encryption keys).
-    pub skipped: usize,
+    /// Keys in the set edge cannot use (other curves or algorithms, encryption keys, short
+    /// RSA keys), by kid, and why.
+    pub skipped: Vec<(Option<String>, String)>,
 }
+
+/// The shortest keys accepted: an HS256 secret of 256 bits (RFC 7518 §3.2), an RSA modulus
+/// of 2048 bits (ring verifies no shorter).
+const MIN_HMAC_BYTES: usize = 32;
+const MIN_RSA_BITS: usize = 2048;
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kids: Vec<&str> =
             self.entries.iter().map(|e| e.kid.as_deref().unwrap_or("-")).collect();
-        write!(f, "KeySet {{ kids: {kids:?}, skipped: {} }}", self.skipped)
+        write!(f, "KeySet {{ kids: {kids:?}, skipped: {} }}", self.skipped.len())
     }
 }
 
@@ -66,25 +72,53 @@ impl KeySet {
         struct Document {
             keys: Vec<serde_json::Value>,
         }
-        let doc: Document = serde_json::from_slice(bytes)
-            .map_err(|e| format!("not a JWKS document ({{\"keys\": [...]}}): {e}"))?;
-        let mut set = KeySet { entries: Vec::new(), skipped: 0 };
+        // serde's message may quote the document (a secret among it): only where it broke.
+        let doc: Document = serde_json::from_slice(bytes).map_err(|e| {
+            format!(
+                "not a JWKS document ({{\"keys\": [...]}}): broken at line {}, column {}",
+                e.line(),
+                e.column()
+            )
+        })?;
+        let mut set = KeySet { entries: Vec::new(), skipped: Vec::new() };
         for (index, value) in doc.keys.into_iter().enumerate() {
+            let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_string);
+            if value.get("d").is_some() || value.get("p").is_some() {
+                return Err(format!(
+                    "keys[{index}] holds a private key: a key set must hold public keys only"
+                ));
+            }
+            let mut skip = |why: &str| set.skipped.push((kid.clone(), why.to_string()));
             let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
-                set.skipped += 1;
+                skip("not a JWK edge reads");
                 continue;
             };
             let Some(algorithm) = algorithm_of(&jwk) else {
-                set.skipped += 1;
+                skip("an encryption key, or not RSA/RS256, P-256/ES256, Ed25519/EdDSA, oct/HS256");
                 continue;
             };
             // A key whose parameters do not decode is skipped like any unusable one: one bad
             // key must not take the set's good ones down with it.
             let Ok(key) = DecodingKey::from_jwk(&jwk) else {
-                set.skipped += 1;
+                skip("its parameters are not valid base64url");
                 continue;
             };
-            let kid = jwk.common.key_id.clone();
+            match &jwk.algorithm {
+                AlgorithmParameters::OctetKey(p) => {
+                    let bytes = base64_len(&p.value);
+                    if bytes < MIN_HMAC_BYTES {
+                        return Err(format!(
+                            "keys[{index}]: an HS256 key of {bytes} bytes; at least \
+                             {MIN_HMAC_BYTES} (a shorter one can be guessed)"
+                        ));
+                    }
+                }
+                AlgorithmParameters::RSA(p) if base64_len(&p.n) * 8 < MIN_RSA_BITS => {
+                    skip(&format!("an RSA key under {MIN_RSA_BITS} bits"));
+                    continue;
+                }
+                _ => {}
+            }
             if let Some(id) = kid.as_deref().filter(|_| set.entries.iter().any(|e| e.kid == kid)) {
                 return Err(format!("keys[{index}]: kid {id:?} appears twice"));
             }
@@ -93,10 +127,15 @@ impl KeySet {
         if set.entries.is_empty() {
             return Err(format!(
                 "no usable key ({} skipped: edge verifies RSA, P-256, Ed25519 and oct keys)",
-                set.skipped
+                set.skipped.len()
             ));
         }
         Ok(set)
+    }
+
+    /// Why the key `kid` names was skipped, if the set has one it could not use.
+    pub fn skipped_why(&self, kid: &str) -> Option<&str> {
+        self.skipped.iter().find(|(k, _)| k.as_deref() == Some(kid)).map(|(_, why)| why.as_str())
     }
 
     /// The key a token names. A token without `kid` may only use a set of one key.
@@ -138,6 +177,11 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
         Some(_) => return None,
     };
     (named == algorithm).then_some(algorithm)
+}
+
+/// Bytes a base64url text decodes to (without decoding it).
+fn base64_len(text: &str) -> usize {
+    text.trim_end_matches('=').len() * 3 / 4
 }
 
 /// Reads a key set file. One that holds a symmetric key must be mode 600.

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::{
     claim_id,
     jwks::{self, KeyStore},
-    Accepted, Claim, Kind, Refusal,
+    shown, Accepted, Claim, Kind, Refusal, MAX_LIFETIME_S,
 };
 
 /// The `[admission.jwt]` settings, with the keys.
@@ -34,10 +34,6 @@ pub struct Verifier {
     /// An admission lasts until the token's `exp`, or this long if that is sooner.
     pub max_admit_s: Option<u64>,
 }
-
-/// The longest a JWT may still be valid for: a waiting room's admission lasts hours, and its
-/// replay record must be kept as long (a longer-lived token is not a waiting room's).
-pub const MAX_LIFETIME_S: u64 = 30 * 86_400;
 
 fn refuse(reason: &'static str, detail: impl Into<String>) -> Refusal {
     Refusal { kind: Some(Kind::Jwt), reason, detail: detail.into() }
@@ -104,7 +100,7 @@ impl Verifier {
             .ok_or_else(|| {
                 refuse(
                     "alg_not_allowed",
-                    format!("`alg: {}` is not in admission.jwt.algorithms", header.alg),
+                    format!("`alg: {}` is not in admission.jwt.algorithms", shown(&header.alg)),
                 )
             })?;
         if header.crit.is_some() {
@@ -130,7 +126,12 @@ impl Verifier {
             return Err(refuse(
                 "unknown_kid",
                 match &header.kid {
-                    Some(kid) => format!("no key with kid {kid:?} in the key set"),
+                    Some(kid) => match cached.set.skipped_why(kid) {
+                        Some(why) => {
+                            format!("the key with kid `{}` is unusable: {why}", shown(kid))
+                        }
+                        None => format!("no key with kid `{}` in the key set", shown(kid)),
+                    },
                     None => "no `kid`, and the key set holds more than one key".into(),
                 },
             ));
@@ -138,7 +139,7 @@ impl Verifier {
         if entry.algorithm != algorithm {
             return Err(refuse(
                 "alg_key_mismatch",
-                format!("`alg: {}` names another algorithm than the key's", header.alg),
+                format!("`alg: {}` names another algorithm than the key's", shown(&header.alg)),
             ));
         }
         let signed = &token[..header_len(token) + 1 + payload.len()];
@@ -183,7 +184,7 @@ impl Verifier {
         match string(claims, "iss") {
             None => return Err(refuse("missing_claim", "no `iss`")),
             Some(iss) if iss != self.issuer => {
-                return Err(refuse("wrong_issuer", format!("issued by {iss:?}")))
+                return Err(refuse("wrong_issuer", format!("issued by `{}`", shown(iss))))
             }
             Some(_) => {}
         }
@@ -193,11 +194,12 @@ impl Verifier {
             _ => return Err(refuse("missing_claim", "no `aud`")),
         };
         if !audiences.iter().any(|a| self.audience.iter().any(|want| want == a)) {
+            let audiences: Vec<String> = audiences.iter().map(|a| shown(a)).collect();
             return Err(refuse("wrong_audience", format!("for audience {audiences:?}")));
         }
         for (name, want) in &self.claims {
             if string(claims, name) != Some(want.as_str()) {
-                return Err(refuse("claim_mismatch", format!("`{name}` is not {want:?}")));
+                return Err(refuse("claim_mismatch", format!("`{}` is not {want:?}", shown(name))));
             }
         }
         let source = source.ok_or_else(|| {
@@ -209,7 +211,7 @@ impl Verifier {
             .map(|j| ("jti", j))
             .or_else(|| identifier(claims, "sub").map(|s| ("sub", s)));
         let subject = match &id {
-            Some((name, value)) => format!("issuer {}, {name} {value}", self.issuer),
+            Some((name, value)) => format!("issuer {}, {name} {}", self.issuer, shown(value)),
             None => format!("issuer {}, no jti or sub", self.issuer),
         };
         let parts: Vec<&str> = match &id {

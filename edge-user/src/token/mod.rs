@@ -65,6 +65,7 @@ impl Kind {
                 "wrong_event",
                 "expired",
                 "wrong_ip",
+                "exp_too_far",
                 "no_source",
                 "replayed",
                 "replay_state_full",
@@ -94,14 +95,18 @@ impl Kind {
     }
 
     /// The kind a token's text has: a JWT has three dot-separated parts, a Queue-it token
-    /// `~`-separated fields; anything else is read as an edge ticket.
-    pub fn detect(token: &str) -> Self {
+    /// `~`-separated fields, an edge ticket is 64 characters of URL-safe base64; None for
+    /// text that is none of these.
+    pub fn detect(token: &str) -> Option<Self> {
+        let base64url = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
         if token.bytes().filter(|b| *b == b'.').count() == 2 {
-            Self::Jwt
+            Some(Self::Jwt)
         } else if token.contains('~') || token.starts_with("e_") {
-            Self::Queueit
+            Some(Self::Queueit)
+        } else if token.len() == 64 && token.bytes().all(base64url) {
+            Some(Self::Edge)
         } else {
-            Self::Edge
+            None
         }
     }
 }
@@ -174,6 +179,23 @@ pub struct Accepted {
     pub subject: String,
 }
 
+/// Text a token carries, for a refusal's detail or `edge token verify`: control characters
+/// escaped (no forged lines in a terminal or a log) and cut to 64 characters.
+pub fn shown(text: &str) -> String {
+    let mut out = crate::text::printable(text);
+    if out.chars().count() > 64 {
+        out = out.chars().take(64).collect::<String>() + "...";
+    }
+    out
+}
+
+/// The longest a waiting room's token may still be valid for (a JWT's `exp`, Queue-it's
+/// `ts_`): its use must be remembered that long to refuse a replay.
+pub const MAX_LIFETIME_S: u64 = 30 * 86_400;
+
+/// The shortest secret accepted: 128 bits (an HMAC key shorter than that can be guessed).
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// Key material: never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
@@ -207,8 +229,12 @@ pub fn read_secret(path: &Path) -> Result<Secret, String> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
     let secret = text.trim();
-    if secret.is_empty() {
-        return Err(format!("{name}: empty; it must hold the secret"));
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "{name}: {} bytes; a secret is at least {MIN_SECRET_BYTES} (anyone could guess a \
+             shorter one and mint tokens)",
+            secret.len()
+        ));
     }
     Ok(Secret(secret.as_bytes().to_vec()))
 }
@@ -232,7 +258,12 @@ impl Verifiers {
         now: u64,
     ) -> Result<Accepted, Refusal> {
         let token = token.trim();
-        let kind = kind.unwrap_or_else(|| Kind::detect(token));
+        // A v4 client seen through a dual-stack socket is its IPv4 address.
+        let source = source.map(|ip| ip.to_canonical());
+        let Some(kind) = kind.or_else(|| Kind::detect(token)) else {
+            let detail = "neither a JWT, a Queue-it token nor an edge ticket".to_string();
+            return Err(Refusal { kind: None, reason: "malformed", detail });
+        };
         let refuse = |reason, detail: String| Refusal { kind: Some(kind), reason, detail };
         if token.len() > MAX_TOKEN_BYTES {
             return Err(refuse(
@@ -335,9 +366,12 @@ mod tests {
 
     #[test]
     fn kinds_are_detected_from_the_text() {
-        assert_eq!(Kind::detect("eyJh.eyJz.c2ln"), Kind::Jwt);
-        assert_eq!(Kind::detect("e_sale~q_1~ts_1~h_00"), Kind::Queueit);
-        assert_eq!(Kind::detect(&"A".repeat(64)), Kind::Edge);
+        assert_eq!(Kind::detect("eyJh.eyJz.c2ln"), Some(Kind::Jwt));
+        assert_eq!(Kind::detect("e_sale~q_1~ts_1~h_00"), Some(Kind::Queueit));
+        assert_eq!(Kind::detect(&"A".repeat(64)), Some(Kind::Edge));
+        assert_eq!(Kind::detect(""), None);
+        assert_eq!(Kind::detect("a.b"), None);
+        assert_eq!(shown("x\u{1b}[2J"), "x\\u{1b}[2J");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
-use super::{claim_id, Accepted, Claim, Kind, Refusal, Secret};
+use super::{claim_id, shown, Accepted, Claim, Kind, Refusal, Secret, MAX_LIFETIME_S};
 
 /// The `[admission.queueit]` settings, with the secret read.
 #[derive(Clone, Debug)]
@@ -105,12 +105,19 @@ impl Verifier {
         }
         let event = f.event.to_ascii_lowercase();
         if !self.events.contains(&event) {
-            return Err(refuse("wrong_event", format!("event `{}` is not accepted here", f.event)));
+            let event = shown(f.event);
+            return Err(refuse("wrong_event", format!("event `{event}` is not accepted here")));
         }
         if f.valid_until < now {
             return Err(refuse(
                 "expired",
                 format!("the redirect was valid until {} (now {now}, unix seconds)", f.valid_until),
+            ));
+        }
+        if f.valid_until > now.saturating_add(MAX_LIFETIME_S) {
+            return Err(refuse(
+                "exp_too_far",
+                format!("`ts_` {} is over {MAX_LIFETIME_S} s from now", f.valid_until),
             ));
         }
         let source = source.ok_or_else(|| {
@@ -137,7 +144,7 @@ impl Verifier {
                 // Past `ts_` the token is refused as expired: its uses need not be kept longer.
                 expires: f.valid_until.saturating_add(1),
             }),
-            subject: format!("event {}, queue id {}", f.event, f.queue_id),
+            subject: format!("event {}, queue id {}", shown(f.event), shown(f.queue_id)),
         })
     }
 }
