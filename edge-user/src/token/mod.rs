@@ -260,7 +260,13 @@ impl Verifiers {
         let token = token.trim();
         // A v4 client seen through a dual-stack socket is its IPv4 address.
         let source = source.map(|ip| ip.to_canonical());
-        let Some(kind) = kind.or_else(|| Kind::detect(token)) else {
+        // Text of no kind's form is a malformed token of the one kind configured, if only one
+        // is (a daemon that takes tickets only counts it as a malformed ticket).
+        let only = match self.kinds().as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        };
+        let Some(kind) = kind.or_else(|| Kind::detect(token)).or(only) else {
             let detail = "neither a JWT, a Queue-it token nor an edge ticket".to_string();
             return Err(Refusal { kind: None, reason: "malformed", detail });
         };
