@@ -92,7 +92,7 @@ fn the_rules_and_the_dashboard_query_only_metrics_a_daemon_exports() {
     let keys = tempfile::tempdir().unwrap();
     std::fs::write(
         keys.path().join("jwks.json"),
-        r#"{"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#,
+        r#"{"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}"#,
     )
     .unwrap();
     let mut serve = lab.in_server("python3");
@@ -111,7 +111,7 @@ fn the_rules_and_the_dashboard_query_only_metrics_a_daemon_exports() {
     let mut daemon = Daemon::configure(&lab, &[&iface], policy, &today).unwrap();
     let dir = daemon.config_dir().to_path_buf();
     let secret = dir.join("q.secret");
-    std::fs::write(&secret, "queue-it-secret\n").unwrap();
+    std::fs::write(&secret, "a-queue-it-secret-of-32-bytes-ok\n").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     daemon.cli(&["key", "generate", "--out", dir.join("fleet.keys").to_str().unwrap()]).ok("key");
     daemon.start().unwrap();
