@@ -88,14 +88,8 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     if pkt.fragment == Fragment::No && !protected(pkt.proto, pkt.dport) {
         return PASS_UNPROTECTED;
     }
-    if cfg.lists & LIST_ALLOW != 0 && listed(&maps::ALLOW_LIST, LIST_NETS_ALLOW, pkt) {
-        return ALLOW;
-    }
-    if visitor(pkt, cfg) {
-        return VISITOR;
-    }
-    if cfg.lists & LIST_ADMITTED != 0 && admitted(pkt, cfg) {
-        return ADMITTED;
+    if let Some(known) = known(pkt, cfg) {
+        return known;
     }
     if pkt.fragment == Fragment::Later {
         return FRAGMENT;
@@ -104,18 +98,27 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     budget::judge_unknown(&pkt.src, mask, cfg)
 }
 
+/// A source edge knows: on the allow list, a visitor, or admitted (in that order).
+#[inline(always)]
+fn known(pkt: &Packet, cfg: &Config) -> Option<Reason> {
+    if cfg.lists & LIST_ALLOW != 0 && listed(&maps::ALLOW_LIST, LIST_NETS_ALLOW, pkt) {
+        return Some(ALLOW);
+    }
+    if visitor(pkt, cfg) {
+        return Some(VISITOR);
+    }
+    if cfg.lists & LIST_ADMITTED != 0 && admitted(pkt, cfg) {
+        return Some(ADMITTED);
+    }
+    None
+}
+
 /// The admission endpoint's port: the sources edge knows pass as anywhere; the rest take the
 /// endpoint's own budgets, so what reaches the daemon's endpoint is bounded whatever arrives.
 #[inline(always)]
 fn endpoint(pkt: &Packet, cfg: &Config) -> Reason {
-    if cfg.lists & LIST_ALLOW != 0 && listed(&maps::ALLOW_LIST, LIST_NETS_ALLOW, pkt) {
-        return ALLOW;
-    }
-    if visitor(pkt, cfg) {
-        return VISITOR;
-    }
-    if cfg.lists & LIST_ADMITTED != 0 && admitted(pkt, cfg) {
-        return ADMITTED;
+    if let Some(known) = known(pkt, cfg) {
+        return known;
     }
     // Keyed as admissions are (an IPv6 /64 is one source), so rotating addresses inside a
     // /64 gains nothing.
