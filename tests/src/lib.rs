@@ -1,12 +1,13 @@
 //! Shared helpers for edge's integration tests: frame builders, one loaded program per test
 //! binary with the fixture checks (harness), the privileged-test gate, a network-namespace lab
-//! that cleans up after itself, and a daemon run in it.
+//! that cleans up after itself, a daemon run in it, and traffic through it.
 pub mod daemon;
 pub mod fleet;
 pub mod frames;
 pub mod harness;
 pub mod lab;
 pub mod tls;
+pub mod traffic;
 
 /// The bench's reference programs (see build.rs): `empty`, the one-lookup hash anchor,
 /// drop-all, and the lab's live-frames packet generator.

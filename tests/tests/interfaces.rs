@@ -1,16 +1,14 @@
-//! One daemon, several interfaces, one set of maps; and restarts that replace the program in
-//! its pinned link while traffic flows, losing and mis-judging nothing.
-use std::{
-    io::{BufRead as _, BufReader},
-    path::Path,
-    process::{Child, Stdio},
-};
+//! One daemon, several interfaces, one set of maps; and restarts (also over an earlier build's
+//! pins of other layouts) that replace the program in its pinned link while traffic flows,
+//! losing and mis-judging nothing.
+use std::path::Path;
 
 use edge::filter::{pinned_link_ids, Maps, PIN_ROOT};
 use edge_tests::{
     daemon::Daemon,
     lab::{Lab, UNKNOWN, VISITOR},
     privileged, probe,
+    traffic::{Counter, Flood, VisitorAndUnknown},
 };
 
 const SECOND_SERVER: &str = "198.51.100.1";
@@ -26,6 +24,18 @@ fn strict_policy_file() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 /// Packets counted for `reason` and `action` on one interface.
+/// A lab with a visitor and an unknown client, and a ready daemon on its server interface with
+/// the strict policy that knows the visitor: the lab, the interface's name, the daemon.
+fn visitor_daemon() -> (Lab, String, Daemon) {
+    let lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    (lab, iface, daemon)
+}
+
 /// A lab with an unknown client, and a ready daemon on its server interface with the strict
 /// policy: the lab, the interface's name, the daemon.
 fn strict_daemon() -> (Lab, String, Daemon) {
@@ -35,23 +45,6 @@ fn strict_daemon() -> (Lab, String, Daemon) {
     daemon.start().unwrap();
     daemon.wait_ready().unwrap();
     (lab, iface, daemon)
-}
-
-/// A process in the server namespace counting UDP datagrams per source on a protected port
-/// (udp/443) for `secs` seconds, and its output lines, once it listens.
-fn datagram_counter(
-    lab: &Lab,
-    secs: u32,
-) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
-    let mut counter = lab
-        .in_server(probe())
-        .args(["count", "--listen", "192.0.2.1:443", "--secs", &secs.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(counter.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "listening");
-    (counter, lines)
 }
 
 fn packets(daemon: &Daemon, iface: &str, reason: &str, action: &str) -> u64 {
@@ -113,42 +106,15 @@ fn two_interfaces_share_one_set_of_maps_and_count_on_their_own() {
     daemon.stop().unwrap();
 }
 
-/// Starts a UDP flood from `src` and returns the process (it prints how many it sent).
-fn flood(lab: &Lab, src: &str, pps: u32, secs: u32) -> Child {
-    lab.in_client(probe())
-        .args(["flood", "--from", src, "--to", "192.0.2.1:443"])
-        .args(["--pps", &pps.to_string(), "--secs", &secs.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn sent(child: Child) -> u64 {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| {
-        panic!("edge-probe flood printed {text:?}");
-    })
-}
-
 #[test]
 fn restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet() {
     if !privileged("restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet") {
         return;
     }
-    let lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
-    let iface = lab.server_if.clone();
-    let mut daemon = Daemon::configure(&lab, &[&iface], STRICT, "2026-11-22").unwrap();
-    daemon.start().unwrap();
-    daemon.wait_ready().unwrap();
-    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
-
-    let (mut counter, mut lines) = datagram_counter(&lab, 14);
-
+    let (lab, iface, mut daemon) = visitor_daemon();
     let (link, first_prog) = pinned_link_ids(&iface).unwrap();
     let passed_before = packets(&daemon, &iface, "visitor", "pass");
-    let visitor = flood(&lab, VISITOR, 4000, 10);
-    let unknown = flood(&lab, UNKNOWN, 4000, 10);
+    let traffic = VisitorAndUnknown::start(&lab, 4000, 10);
     // Three restarts while both floods run; each loads the program anew and swaps it in.
     let mut programs = vec![first_prog];
     for _ in 0..3 {
@@ -161,13 +127,7 @@ fn restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet()
         assert!(!programs.contains(&prog), "a new program each start: {prog} in {programs:?}");
         programs.push(prog);
     }
-    let (visitor_sent, unknown_sent) = (sent(visitor), sent(unknown));
-    let counted = lines.next().unwrap().unwrap();
-    counter.wait().unwrap();
-    let counted: serde_json::Value = serde_json::from_str(&counted).unwrap();
-    assert!(visitor_sent > 20_000 && unknown_sent > 20_000, "{visitor_sent} {unknown_sent}");
-    assert_eq!(counted[VISITOR].as_u64(), Some(visitor_sent), "every visitor datagram arrived");
-    assert_eq!(counted[UNKNOWN].as_u64(), None, "no unknown datagram got through: {counted}");
+    let (visitor_sent, _) = traffic.every_visitor_and_no_unknown(20_000);
     // The counters live on across the swaps (the pinned stats map is reused).
     let passed = packets(&daemon, &iface, "visitor", "pass") - passed_before;
     assert!(passed >= visitor_sent, "{passed} counted, {visitor_sent} sent");
@@ -176,8 +136,8 @@ fn restarts_replace_the_program_in_place_without_losing_or_misjudging_a_packet()
 }
 
 #[test]
-fn pinned_maps_of_another_layout_are_not_taken_over() {
-    if !privileged("pinned_maps_of_another_layout_are_not_taken_over") {
+fn maps_of_another_layout_are_told_apart_naming_the_map() {
+    if !privileged("maps_of_another_layout_are_told_apart_naming_the_map") {
         return;
     }
     // Maps made by this build match its own definitions...
@@ -362,29 +322,63 @@ fn pins_of_a_deleted_interface_are_reported_and_replaced() {
     edge(&["detach", "--iface", &lab.server_if]).ok("detach");
 }
 
+/// What an upgrade between builds whose maps differ meets: pins of an earlier build lacking a
+/// map this one added (`list_nets`), with a record laid out otherwise (`config`) and counters
+/// for fewer reasons (`stats`). The daemon takes the rest over, makes those anew filled from the
+/// store, and swaps its program into the running link while traffic flows: no visitor datagram
+/// lost, no unknown one let through.
 #[test]
-fn pins_lacking_a_map_of_this_build_are_not_taken_over() {
-    if !privileged("pins_lacking_a_map_of_this_build_are_not_taken_over") {
+fn pins_of_an_earlier_layout_are_taken_over_in_place_renewing_what_changed() {
+    if !privileged("pins_of_an_earlier_layout_are_taken_over_in_place_renewing_what_changed") {
         return;
     }
-    let (_lab, iface, mut daemon) = strict_daemon();
+    let (lab, iface, mut daemon) = visitor_daemon();
     daemon.stop().unwrap();
-    // What an earlier build would have pinned: everything but a map this build added.
+
+    // The pins as an earlier build left them (its program keeps running on its own maps).
     let pins = Path::new(PIN_ROOT).join(&iface);
+    let defined = edge::filter::defined_maps().unwrap();
+    let earlier = |name: &str, change: &dyn Fn(&mut aya_obj::Map)| {
+        let mut map = defined[name].clone();
+        change(&mut map);
+        std::fs::remove_file(pins.join(name)).unwrap();
+        let made = aya::maps::MapData::create(map, name, None).unwrap();
+        made.pin(pins.join(name)).unwrap();
+    };
     std::fs::remove_file(pins.join(edge_common::maps::LIST_NETS)).unwrap();
-    let (link, _) = pinned_link_ids(&iface).unwrap();
+    let config_size = defined["config"].value_size();
+    earlier("config", &|m| m.set_value_size(config_size + 8));
+    let reasons = defined["stats"].max_entries();
+    earlier("stats", &|m| m.set_max_entries(reasons - 3));
+    let (link, old_prog) = pinned_link_ids(&iface).unwrap();
+
+    let traffic = VisitorAndUnknown::start(&lab, 4000, 6);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     daemon.start().unwrap();
-    daemon
-        .wait_status("refusing the pins", |s| {
-            s["interfaces"][0]["state"]
-                .as_str()
-                .is_some_and(|state| state.contains("it has no `list_nets` map"))
-        })
-        .unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(&daemon.cli(&["status", "--json"]).ok("status")).unwrap();
-    assert_eq!(status["ready"], false);
-    assert_eq!(pinned_link_ids(&iface).unwrap().0, link, "the running filter was left alone");
+    daemon.wait_ready().unwrap();
+    let (same_link, prog) = pinned_link_ids(&iface).unwrap();
+    assert_eq!(same_link, link, "the link itself stays: no detach");
+    assert_ne!(prog, old_prog, "this build's program runs");
+    traffic.every_visitor_and_no_unknown(10_000);
+
+    let log = daemon.log();
+    for said in [
+        "the running filter has no `list_nets` map",
+        &format!(
+            "the pinned `config` map has (key, value, entries, flags) (4, {}",
+            config_size + 8
+        ),
+        "the pinned `stats` map has",
+        "counting starts over",
+        "replaced the running program in its pinned link",
+    ] {
+        assert!(log.contains(said), "the log does not say {said:?}:\n{log}");
+    }
+    // Pinned now: this build's layouts, counting this build's reasons.
+    let maps = Maps::open_pinned(&pins).unwrap();
+    assert_eq!(edge::filter::layout_mismatch(&defined, &maps).unwrap(), None);
+    assert!(packets(&daemon, &iface, "visitor", "pass") > 0);
+    assert!(packets(&daemon, &iface, "unknown_rate", "drop") > 0);
     daemon.stop().unwrap();
 }
 
@@ -399,8 +393,8 @@ fn a_re_created_interface_is_filtered_before_it_carries_traffic_and_keeps_its_co
         return;
     }
     let (lab, iface, mut daemon) = strict_daemon();
-    let (mut counter, mut lines) = datagram_counter(&lab, 9);
-    let unknown = flood(&lab, UNKNOWN, 3000, 6);
+    let counter = Counter::start(&lab, 9);
+    let unknown = Flood::start(&lab, UNKNOWN, 3000, 6);
     let mut dropped = 0;
     for _ in 0..2 {
         std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -411,10 +405,8 @@ fn a_re_created_interface_is_filtered_before_it_carries_traffic_and_keeps_its_co
         lab.restore_link().unwrap();
         daemon.wait_ready().unwrap();
     }
-    let unknown_sent = sent(unknown);
-    let counted = lines.next().unwrap().unwrap();
-    counter.wait().unwrap();
-    let counted: serde_json::Value = serde_json::from_str(&counted).unwrap();
+    let unknown_sent = unknown.sent();
+    let counted = counter.counted();
     let through = counted[UNKNOWN].as_u64().unwrap_or(0);
     eprintln!(
         "re-created twice under {unknown_sent} unknown datagrams: {through} reached the server"

@@ -11,7 +11,6 @@ use crate::{
     filter::{attach_loaded, load_for, pin_dir, Counters, Loaded, Maps},
     policy::XdpModeSetting,
     stats::Stats,
-    Error,
 };
 
 pub struct Interface {
@@ -195,24 +194,18 @@ impl Core {
     }
 }
 
-/// The shared maps pinned in `dir` by a running filter, if this build can use them as they
-/// are: a new binary reuses pinned maps, so a missing map or a changed layout stops it rather
-/// than be misread.
+/// The shared maps pinned in `dir` by a running filter, for this build: those it lays out
+/// alike are taken over as they are; those it lays out otherwise (an upgrade that changed
+/// them) are made new and filled from the store with the rest, and each interface's program
+/// swapped in its link then uses them. Nothing is detached.
 fn adopt(dir: &std::path::Path) -> crate::Result<Maps> {
-    let refuse = |why: String| {
-        Error::Load(format!(
-            "{}: the running filter was built with other map layouts ({why}); this binary \
-             cannot take it over in place. Stop the daemon, `edge detach` each interface, and \
-             start again (visitors and rules come back from the store)",
+    let (maps, renewed) = Maps::adopt(dir)?;
+    for why in renewed {
+        warn!(
+            "{}: {why}; made anew and filled from the store (its kernel-only state, such as \
+             budgets and knocked admissions, starts over)",
             dir.display()
-        ))
-    };
-    if let Some(name) = crate::filter::SHARED_MAPS.iter().find(|n| !dir.join(n).exists()) {
-        return Err(refuse(format!("it has no `{name}` map")));
-    }
-    let maps = Maps::open_pinned(dir)?;
-    if let Some(why) = crate::filter::layout_mismatch(&crate::filter::defined_maps()?, &maps)? {
-        return Err(refuse(why));
+        );
     }
     Ok(maps)
 }

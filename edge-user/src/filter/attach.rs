@@ -40,6 +40,7 @@ pub fn load_for(maps: &Maps, iface: &str) -> Result<Loaded> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::Kernel { what: format!("creating {}", dir.display()), source: e })?;
     maps.pin_shared(&dir)?;
+    renew_counters_of_another_layout(&dir)?;
     let mut loader = EbpfLoader::new();
     for name in SHARED_MAPS.iter().chain([&names::STATS]) {
         loader.map_pin_path(name, dir.join(name));
@@ -47,6 +48,26 @@ pub fn load_for(maps: &Maps, iface: &str) -> Result<Loaded> {
     let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?;
     program(&mut ebpf)?.load().map_err(|e| load_error(&e))?;
     Ok(Loaded { ebpf })
+}
+
+/// Unpins the interface's counters if an earlier build laid them out otherwise (it counted
+/// fewer reasons): loading would reuse the pin as it is, and count this build's reasons in the
+/// wrong places or nowhere. Counting starts over from zero (a counter reset to Prometheus).
+fn renew_counters_of_another_layout(dir: &std::path::Path) -> Result<()> {
+    let path = dir.join(names::STATS);
+    let Ok(pinned) = MapData::from_pin(&path) else { return Ok(()) };
+    let defined = super::defined_maps()?;
+    let want = defined
+        .get(names::STATS)
+        .ok_or_else(|| Error::Load("this build defines no `stats` map".into()))?;
+    if let Some(why) = super::layout_difference(names::STATS, want, &pinned)? {
+        tracing::warn!("{why}: counting starts over in a new one");
+        std::fs::remove_file(&path).map_err(|e| Error::Kernel {
+            what: format!("replacing {}", path.display()),
+            source: e,
+        })?;
+    }
+    Ok(())
 }
 
 /// Attaches a loaded program to `iface` (see [`attach_shared`]). On a failed first attach,

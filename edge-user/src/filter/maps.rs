@@ -63,6 +63,19 @@ where
     T::try_from(map).map_err(|e| kernel(format!("the `{name}` map"), e))
 }
 
+/// The kernel map under one of the types the program uses.
+fn map_data<'a>(name: &str, map: &'a Map) -> Result<&'a MapData> {
+    match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d)
+        | Map::LruHashMap(d)
+        | Map::RingBuf(d)
+        | Map::PerCpuArray(d) => Ok(d),
+        _ => Err(Error::Load(format!("`{name}` has an unexpected type"))),
+    }
+}
+
 impl Maps {
     fn new(mut take: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         let maps = MAP_NAMES
@@ -95,6 +108,37 @@ impl Maps {
         Self::new(|name| open_pinned_map(&dir.join(name)))
     }
 
+    /// The maps pinned in `dir` by a running filter, each where this build lays it out alike,
+    /// and new, empty ones where it does not (an earlier build's map that changed, or one it
+    /// lacked): with why each was made new. The caller fills them from the store before any
+    /// program of this build uses them; kernel-only state in them (budgets, knocked
+    /// admissions) starts over, everything else comes from the store.
+    pub fn adopt(dir: &Path) -> Result<(Self, Vec<String>)> {
+        let defined = super::defined_maps()?;
+        let mut fresh: Option<Ebpf> = None;
+        let mut renewed = Vec::new();
+        let maps = Self::new(|name| {
+            let want = defined
+                .get(name)
+                .ok_or_else(|| Error::Load(format!("this build defines no `{name}` map")))?;
+            match open_pinned_map(&dir.join(name)) {
+                Ok(map) => match super::layout_difference(name, want, map_data(name, &map)?)? {
+                    None => return Ok(map),
+                    Some(why) => renewed.push(why),
+                },
+                Err(_) => renewed.push(format!("the running filter has no `{name}` map")),
+            }
+            let ebpf = match &mut fresh {
+                Some(ebpf) => ebpf,
+                None => fresh
+                    .insert(EbpfLoader::new().load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?),
+            };
+            ebpf.take_map(name)
+                .ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))
+        })?;
+        Ok((maps, renewed))
+    }
+
     pub(super) fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         Self::new(|name| {
             ebpf.take_map(name)
@@ -104,15 +148,7 @@ impl Maps {
 
     pub(super) fn data(&self, name: &str) -> Result<&MapData> {
         let map = self.maps.get(name).ok_or_else(|| Error::Load(format!("no `{name}` map")))?;
-        match map {
-            Map::Array(d)
-            | Map::HashMap(d)
-            | Map::LpmTrie(d)
-            | Map::LruHashMap(d)
-            | Map::RingBuf(d)
-            | Map::PerCpuArray(d) => Ok(d),
-            _ => Err(Error::Load(format!("`{name}` has an unexpected type"))),
-        }
+        map_data(name, map)
     }
 
     /// The kernel's id of a map: two pins name the same map when their ids are equal.

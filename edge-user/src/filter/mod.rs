@@ -164,7 +164,7 @@ pub fn defined_maps() -> Result<std::collections::HashMap<String, aya_obj::Map>>
 }
 
 /// How `maps` (pinned by an earlier build) differ from `defined`, if they do: a new binary
-/// reuses pinned maps, so a changed key, value or size must stop it rather than be misread.
+/// reuses pinned maps, so a changed key, value or size must not be misread.
 pub fn layout_mismatch(
     defined: &std::collections::HashMap<String, aya_obj::Map>,
     maps: &Maps,
@@ -173,17 +173,27 @@ pub fn layout_mismatch(
         let Some(want) = defined.get(name) else {
             return Ok(Some(format!("this build has no `{name}` map")));
         };
-        let have = maps.data(name)?.info().map_err(|e| kernel(format!("the {name} map"), e))?;
-        let want = (want.key_size(), want.value_size(), want.max_entries(), want.map_flags());
-        let have = (have.key_size(), have.value_size(), have.max_entries(), have.map_flags());
-        if want != have {
-            return Ok(Some(format!(
-                "the pinned `{name}` map has (key, value, entries, flags) {have:?}, this build \
-                 {want:?}"
-            )));
+        if let Some(why) = layout_difference(name, want, maps.data(name)?)? {
+            return Ok(Some(why));
         }
     }
     Ok(None)
+}
+
+/// How the map `have` differs from this build's definition `want` of `name`, if it does.
+pub(crate) fn layout_difference(
+    name: &str,
+    want: &aya_obj::Map,
+    have: &aya::maps::MapData,
+) -> Result<Option<String>> {
+    let have = have.info().map_err(|e| kernel(format!("the {name} map"), e))?;
+    let want = (want.key_size(), want.value_size(), want.max_entries(), want.map_flags());
+    let have = (have.key_size(), have.value_size(), have.max_entries(), have.map_flags());
+    Ok((want != have).then(|| {
+        format!(
+            "the pinned `{name}` map has (key, value, entries, flags) {have:?}, this build {want:?}"
+        )
+    }))
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
