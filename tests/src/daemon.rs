@@ -63,6 +63,15 @@ impl Daemon {
     /// Starts the daemon through `wrapper` (a command that execs its arguments, such as
     /// `setpriv ... --`), inside the server namespace.
     pub fn start_under(&mut self, wrapper: &[String]) -> Result<()> {
+        self.spawn(wrapper, &edge_bin())
+    }
+
+    /// Starts `binary` as the daemon (an installed one, say), as [`Daemon::start`] does.
+    pub fn start_binary(&mut self, binary: &Path) -> Result<()> {
+        self.spawn(&[], binary)
+    }
+
+    fn spawn(&mut self, wrapper: &[String], binary: &Path) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -71,7 +80,7 @@ impl Daemon {
             .arg(format!("--net=/run/netns/{}", self.server_ns))
             .arg("--")
             .args(wrapper)
-            .arg(edge_bin())
+            .arg(binary)
             .arg("daemon")
             .arg("--config")
             .arg(&self.config)

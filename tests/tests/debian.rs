@@ -1,14 +1,24 @@
 //! The Debian package as an operator installs it, with the real dpkg on this machine:
 //! `cargo xtask package` builds it; `dpkg -i` installs the binary, man pages, completions, the
 //! unit (which `systemd-analyze verify` accepts as installed), the config as a conffile and the
-//! `edge` user; an upgrade keeps an edited config; `dpkg --purge` leaves nothing behind, but
-//! the store when the operator asked to keep it (/var/lib/edge/KEEP).
+//! `edge` user; an upgrade over a running daemon keeps an edited config and, with the restart
+//! the unit does, filters on without losing or letting through a datagram; `dpkg --purge`
+//! leaves nothing behind, but the store when the operator asked to keep it
+//! (/var/lib/edge/KEEP).
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use edge_tests::{edge_bin, privileged, Run};
+use edge::filter::pinned_link_ids;
+use edge_tests::{
+    daemon::Daemon,
+    edge_bin,
+    lab::{Lab, UNKNOWN, VISITOR},
+    privileged,
+    traffic::VisitorAndUnknown,
+    Run,
+};
 
 const STATE: &str = "/var/lib/edge";
 
@@ -88,14 +98,38 @@ fn the_package_installs_verifies_upgrades_and_purges_cleanly() {
     let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("edge.service")).collect();
     assert!(verify.status.success() && ours.is_empty(), "systemd-analyze verify:\n{stderr}");
 
-    // An upgrade keeps the operator's config and the store.
+    // An upgrade over a running daemon, under traffic, keeps the operator's config and the
+    // store; the restart the unit does (systemd is not PID 1 on this machine: the test does
+    // what `systemctl try-restart` would, SIGTERM then ExecStart's binary) swaps the new
+    // program into the running link.
     let mut config = std::fs::read_to_string("/etc/edge/edge.toml").unwrap();
     config.push_str("\n# edited by the operator\n");
     std::fs::write("/etc/edge/edge.toml", &config).unwrap();
     std::fs::write(Path::new(STATE).join("snapshot-marker"), "x").unwrap();
     let second = package(out.path(), "0.1.1");
+    let lab = Lab::new(&[VISITOR, UNKNOWN]).expect("creating the namespace lab");
+    let iface = lab.server_if.clone();
+    let strict = "mode = \"enforce\"\n[unknown]\nrate_pps = 0\nglobal_pps = 0\n";
+    let mut daemon = Daemon::configure(&lab, &[&iface], strict, "2026-11-22").unwrap();
+    let installed_binary = Path::new("/usr/bin/edge");
+    daemon.start_binary(installed_binary).unwrap();
+    daemon.wait_ready().unwrap();
+    daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
+    let (link, old_prog) = pinned_link_ids(&iface).unwrap();
+    let traffic = VisitorAndUnknown::start(&lab, 4000, 7);
+    std::thread::sleep(std::time::Duration::from_millis(500));
     dpkg(&["-i", "--force-confold", second.to_str().unwrap()]).ok("upgrade");
     assert!(dpkg(&["-s", "edge"]).stdout.contains("Version: 0.1.1"));
+    daemon.stop().unwrap();
+    daemon.start_binary(installed_binary).unwrap();
+    daemon.wait_ready().unwrap();
+    let (same_link, new_prog) = pinned_link_ids(&iface).unwrap();
+    assert_eq!(same_link, link, "the link stays through the upgrade: no detach");
+    assert_ne!(new_prog, old_prog, "the upgraded binary's program runs");
+    traffic.every_visitor_and_no_unknown(10_000);
+    assert!(daemon.log().contains("replaced the running program"), "{}", daemon.log());
+    daemon.stop().unwrap();
+    drop(lab);
     assert_eq!(std::fs::read_to_string("/etc/edge/edge.toml").unwrap(), config);
     assert!(Path::new(STATE).join("snapshot-marker").exists());
 
