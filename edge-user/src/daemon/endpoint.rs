@@ -358,35 +358,18 @@ fn presented(
     Some((None, token.trim().to_string()))
 }
 
-/// The query's parameters, percent-decoded (`+` is a space); the first of a repeated name.
+/// The query's parameters, form-decoded (`+` is a space); the first of a repeated name.
 fn parse_query(query: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        out.entry(percent_decode(&name.replace('+', " ")))
-            .or_insert_with(|| percent_decode(&value.replace('+', " ")));
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        out.entry(name.into_owned()).or_insert_with(|| value.into_owned());
     }
     out
 }
 
+/// A cookie's value, percent-decoded (a `+` in a cookie is a plus).
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
 /// The target in the form it is compared and redirected in, if it starts with an allowed
@@ -461,8 +444,10 @@ mod tests {
 
     #[test]
     fn queries_are_decoded() {
-        let q = parse_query("target=https%3A%2F%2Fa.example%2F&token=a.b.c&token=second&x");
+        let q = parse_query("target=https%3A%2F%2Fa.example%2F&token=a.b.c&token=second&x&y=a+b");
         assert_eq!(q["target"], "https://a.example/");
+        assert_eq!(q["y"], "a b");
+        assert_eq!(percent_decode("e_sale~q_a%2Bb+c"), "e_sale~q_a+b+c");
         assert_eq!(q["token"], "a.b.c");
         assert_eq!(q["x"], "");
     }
