@@ -46,7 +46,9 @@ pub struct Config {
     /// TCP port of the admission endpoint (`admission.http.listen`); 0 = none. Packets to it
     /// from sources not otherwise let through take the endpoint's own budgets below.
     pub endpoint_port: u32,
-    pub _pad: u32,
+    /// Tokens a CPU takes from the global unknown budget at once (1 = one per packet): at most
+    /// a quarter of the burst over all CPUs, so the budget's overshoot stays bounded.
+    pub global_batch: u32,
     pub endpoint: Budget,
 }
 assert_size!(Config, 128);

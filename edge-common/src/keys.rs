@@ -59,6 +59,16 @@ pub struct Bucket {
 }
 assert_size!(Bucket, 8);
 
+/// Tokens one CPU took from the global budget ahead (`unknown_credit`, per CPU): the CPU
+/// charges the shared budget once per batch instead of once per packet, so CPUs passing
+/// unknown traffic do not bounce the budget's cache line between them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Credit {
+    pub tokens: u64,
+}
+assert_size!(Credit, 8);
+
 /// Packet and byte counter (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -188,5 +198,6 @@ mod pod {
     unsafe impl aya::Pod for VisitorDay {}
     unsafe impl aya::Pod for AdmittedUntil {}
     unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for Credit {}
     unsafe impl aya::Pod for Counter {}
 }

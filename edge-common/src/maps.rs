@@ -16,7 +16,7 @@ pub enum Holding {
 }
 
 /// Every map the program defines, by name, with how it is held.
-pub const INVENTORY: [(&str, Holding); 18] = [
+pub const INVENTORY: [(&str, Holding); 19] = [
     (CONFIG, Holding::Shared),
     (PROTECTED, Holding::Shared),
     (DENY, Holding::Shared),
@@ -28,6 +28,7 @@ pub const INVENTORY: [(&str, Holding); 18] = [
     (ADMITTED_HINT, Holding::Shared),
     (UNKNOWN_BUCKETS, Holding::Shared),
     (UNKNOWN_BUDGET, Holding::Shared),
+    (UNKNOWN_CREDIT, Holding::Shared),
     (ENDPOINT_BUCKETS, Holding::Shared),
     (ENDPOINT_BUDGET, Holding::Shared),
     (TICKET_KEYS, Holding::Shared),
@@ -60,6 +61,8 @@ pub const ADMITTED: &str = "admitted";
 pub const UNKNOWN_BUCKETS: &str = "unknown_buckets";
 /// The global budget shared by all unknown sources, one entry.
 pub const UNKNOWN_BUDGET: &str = "unknown_budget";
+/// Per CPU: tokens taken from the global budget ahead, in batches of `Config::global_batch`.
+pub const UNKNOWN_CREDIT: &str = "unknown_credit";
 /// Per-CPU packet and byte counters per reason and disposition.
 /// The admission endpoint's port has budgets of its own (`admission.http`): per source, and
 /// for all sources together.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use edge_common::{
     config::Config,
     events::{LearnScope, DROP_EVENTS_BYTES, HANDSHAKES_BYTES},
-    keys::{Addr, AdmittedUntil, Bucket, Counter, Rule, V6Prefix, VisitorDay},
+    keys::{Addr, AdmittedUntil, Bucket, Counter, Credit, Rule, V6Prefix, VisitorDay},
     maps::*,
     reason::STATS_SLOTS,
     ticket::{TicketKey, TICKET_KEY_SLOTS},
@@ -71,6 +71,10 @@ pub static UNKNOWN_BUCKETS: LruHashMap<Addr, Bucket> =
 /// The single bucket all unknown sources share.
 #[map(name = "unknown_budget")]
 pub static UNKNOWN_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// Per CPU: tokens taken from the global budget ahead of the packets that use them.
+#[map(name = "unknown_credit")]
+pub static UNKNOWN_CREDIT: PerCpuArray<Credit> = PerCpuArray::with_max_entries(1, 0);
 
 /// The admission endpoint's port: per-source buckets (whole addresses) and the shared one.
 #[map(name = "endpoint_bucket")]

@@ -436,6 +436,33 @@ fn global_budget_exhaustion_creates_no_source_state() {
     s.check(&case("visitor unaffected", frame("192.0.2.10", L4::Tcp(443)).build(), Pass(VISITOR)));
 }
 
+/// A global budget large enough to be charged in batches (a CPU takes up to 64 tokens at once,
+/// budget.rs) still keeps to its burst: it passes the burst and at most a quarter more (what
+/// the CPUs may hold ahead), then everything is `unknown_global` until it refills.
+#[test]
+fn a_global_budget_charged_in_batches_keeps_to_its_burst() {
+    if !privileged("a_global_budget_charged_in_batches_keeps_to_its_burst") {
+        return;
+    }
+    let mut s = loaded();
+    let burst = 210;
+    let policy = format!(
+        "mode = \"enforce\"\n[unknown]\nrate_pps = 1000\nburst = 1000\nglobal_pps = 1\n\
+         global_burst = {burst}\n"
+    );
+    s.setup(&policy, VISITORS, TODAY);
+    let mut verdicts = Vec::new();
+    for i in 0..400u32 {
+        let src = std::net::Ipv4Addr::from(0xc612_0000 + i).to_string();
+        let (action, _) = s.filter.run(&frame(&src, L4::Tcp(443)).build(), 1).unwrap();
+        verdicts.push(action == edge::filter::XDP_PASS);
+    }
+    let passed = verdicts.iter().filter(|p| **p).count();
+    assert!((burst..=burst + burst / 4).contains(&passed), "{passed} of a burst of {burst} passed");
+    assert!(verdicts[..passed].iter().all(|p| *p), "the passes come first, then none");
+    s.check(&case("spent", frame("198.19.0.1", L4::Tcp(443)).build(), Drop(UNKNOWN_GLOBAL)));
+}
+
 /// The admission endpoint's port (`admission.http.listen`) has budgets of its own: what reaches
 /// the daemon's endpoint is bounded per source and in all, while known sources pass as
 /// anywhere and the unknown budgets stay untouched.

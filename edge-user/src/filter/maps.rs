@@ -9,8 +9,8 @@ use aya::{
 use edge_common::{
     config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6},
     keys::{
-        v4_mapped, v4_mapped_prefix_len, Addr, AdmittedUntil, Bucket, Counter, Rule, V6Prefix,
-        VisitorDay,
+        v4_mapped, v4_mapped_prefix_len, Addr, AdmittedUntil, Bucket, Counter, Credit, Rule,
+        V6Prefix, VisitorDay,
     },
     maps as names,
     ticket::{TicketKey, TICKET_KEY_SLOTS},
@@ -489,6 +489,12 @@ impl Maps {
         self.unknown_budget()?
             .set(0, Bucket::default(), 0)
             .map_err(|e| kernel("resetting the unknown budget", e))?;
+        let mut credit: PerCpuArray<&mut MapData, Credit> =
+            view(&mut self.maps, names::UNKNOWN_CREDIT)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
+        let none = aya::maps::PerCpuValues::try_from(vec![Credit::default(); cpus])
+            .map_err(|e| kernel("the unknown credit", e))?;
+        credit.set(0, none, 0).map_err(|e| kernel("resetting the unknown credit", e))?;
         let mut buckets: HashMap<&mut MapData, Addr, Bucket> =
             view(&mut self.maps, names::ENDPOINT_BUCKETS)?;
         let keys: Vec<Addr> = buckets.keys().filter_map(|k| k.ok()).collect();

@@ -54,11 +54,26 @@ pub fn kernel_config(policy: &Policy) -> Config {
         knock_port: policy.admission.knock_port.map_or(0, u32::from),
         sample_every: policy.drop_sample,
         endpoint_port: endpoint.map_or(0, |h| u32::from(h.listen.port())),
-        _pad: 0,
+        global_batch: global_batch(u.global_burst, nr_cpus()),
         endpoint: endpoint.map_or(Budget::default(), |h| {
             budget(h.source_pps, h.source_burst, h.global_pps, h.global_burst)
         }),
     }
+}
+
+/// Most tokens a CPU takes from the global budget at once.
+const MAX_GLOBAL_BATCH: u32 = 64;
+
+/// Tokens a CPU takes from the global budget at once: a quarter of the burst shared by every
+/// CPU (so what CPUs hold ahead never exceeds a quarter of the burst), at most 64, at least 1
+/// (one per packet, exactly as configured, for small budgets).
+fn global_batch(global_burst: u32, cpus: u32) -> u32 {
+    (global_burst / 4 / cpus.max(1)).clamp(1, MAX_GLOBAL_BATCH)
+}
+
+/// The CPUs the kernel may run the program on (per-CPU maps have one slot each).
+fn nr_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(1, |n| n as u32)
 }
 
 /// CLOCK_TAI minus UTC, in whole seconds (37 on a host that knows the leap seconds, 0 otherwise).
@@ -76,6 +91,18 @@ fn tai_offset_s() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn global_batches_hold_at_most_a_quarter_of_the_burst() {
+        assert_eq!(global_batch(3, 2), 1, "small budgets charge one token a packet");
+        assert_eq!(global_batch(2_000, 2), 64);
+        assert_eq!(global_batch(200, 2), 25);
+        assert_eq!(global_batch(200, 64), 1);
+        for (burst, cpus) in [(16, 2), (1_000, 8), (20_000, 32), (7, 3)] {
+            let held = global_batch(burst, cpus) * cpus;
+            assert!(held <= (burst / 4).max(cpus), "{burst} over {cpus} CPUs: {held}");
+        }
+    }
 
     fn bytes(words: [u64; 2]) -> [u8; 16] {
         let mut out = [0; 16];
