@@ -1,6 +1,7 @@
 //! Shared helpers for edge's integration tests: frame builders, one loaded program per test
 //! binary with the fixture checks (harness), the privileged-test gate, a network-namespace lab
 //! that cleans up after itself, a daemon run in it, and traffic through it.
+pub mod cores;
 pub mod daemon;
 pub mod fleet;
 pub mod frames;

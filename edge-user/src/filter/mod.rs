@@ -34,7 +34,7 @@ use crate::error::{chain, errno, kernel, Error, Result};
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
 
 /// The maps every interface of one daemon shares (from `edge_common::maps::INVENTORY`).
-pub const SHARED_MAPS: [&str; 16] = held(Holding::Shared);
+pub const SHARED_MAPS: [&str; 17] = held(Holding::Shared);
 
 /// Every map the program has that is pinned (these are also the pin file names): the shared
 /// ones and the per-interface counters.
@@ -139,6 +139,16 @@ impl Filter {
             }
         })?;
         Ok((result.return_value, result.duration))
+    }
+
+    /// The loaded program's descriptor, for callers that run it from several threads at once
+    /// (the bench's many-core cases); valid while the filter lives.
+    pub fn program_fd(&mut self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        Ok(program(&mut self.ebpf)?
+            .fd()
+            .map_err(|e| kernel("the program's descriptor", e))?
+            .as_fd())
     }
 
     /// Pins program and maps under `PIN_ROOT/<iface>/`, attaches, and pins the link, so the

@@ -21,6 +21,7 @@ use edge::{
     Day, Filter, Policy,
 };
 use edge_tests::{
+    cores,
     frames::{frame, L4},
     BASELINE_OBJECT,
 };
@@ -181,6 +182,18 @@ struct Report {
 }
 
 impl Report {
+    fn cores(&self, case: &str, alone: f64, together: f64) {
+        let ratio = together / alone;
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({ "case": format!("two_cpus_{case}"), "ns_one_cpu": (alone * 10.0).round() / 10.0, "ns_two_cpus": (together * 10.0).round() / 10.0, "ratio": (ratio * 100.0).round() / 100.0 })
+            );
+        } else {
+            println!("  {case:<26} {alone:>9.1} {together:>9.1} {ratio:>7.2}");
+        }
+    }
+
     fn case(&self, case: &str, ns: f64, per_call: bool) {
         let floor = if per_call { self.empty_per_call } else { self.empty };
         let ratio = ns / floor;
@@ -194,6 +207,111 @@ impl Report {
             println!("  {case:<22} {ns:>9.1} ns/packet  {ratio:>6.2} {basis}");
         }
     }
+}
+
+/// The unknown budgets of a two-CPU case: the bench policy's, unlimited, or none at all.
+#[derive(Clone, Copy)]
+enum Unknown {
+    Bench,
+    Open,
+    Closed,
+}
+
+/// One two-CPU case: the program, what each CPU runs (each frame `repeat` times), and the
+/// unknown budgets it runs under.
+struct OnTwoCpus<'a> {
+    name: &'a str,
+    program: i32,
+    frames: [&'a [Vec<u8>]; 2],
+    repeat: u32,
+    unknown: Unknown,
+}
+
+impl<'a> OnTwoCpus<'a> {
+    fn new(
+        name: &'a str,
+        program: i32,
+        frames: [&'a [Vec<u8>]; 2],
+        repeat: u32,
+        unknown: Unknown,
+    ) -> Self {
+        Self { name, program, frames, repeat, unknown }
+    }
+}
+
+/// Median ns/packet of `case` on CPU 0 alone and on CPUs 0 and 1 at once (the mean of the
+/// two), each run from fresh budgets.
+fn alone_and_together(filter: &mut Filter, case: &OnTwoCpus) -> Result<(f64, f64)> {
+    let (mut alone, mut together) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        filter.maps.reset_budgets()?;
+        alone.push(cores::on_cpus(case.program, &[0], &case.frames[..1], case.repeat)?[0]);
+        filter.maps.reset_budgets()?;
+        let both = cores::on_cpus(case.program, &[0, 1], &case.frames, case.repeat)?;
+        together.push((both[0] + both[1]) / 2.0);
+    }
+    Ok((median(alone), median(together)))
+}
+
+/// The same cases on both CPUs at once against one CPU alone (`cores::on_cpus`), in one run.
+/// The one-lookup anchor and the empty program show what the machine itself loses running two
+/// (two vCPUs may be hyperthreads of one core); edge's cases lose more only where they write
+/// shared state: a source's bucket when the same source passes on both CPUs, the bucket table
+/// when new sources pass, or where both miss in the same large map at once.
+fn two_cpus(
+    filter: &mut Filter,
+    baseline: &mut aya::Ebpf,
+    visitor: &[u8],
+    unknown: &[u8],
+    flood: &[Vec<u8>],
+    report: &Report,
+) -> Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const REPEAT_EACH: u32 = 200_000;
+    let mut fd = |name: &str| -> Result<i32> {
+        let prog: &mut Xdp = baseline.program_mut(name).context(name.to_string())?.try_into()?;
+        Ok(prog.fd()?.as_fd().as_raw_fd())
+    };
+    let (anchor, empty) = (fd("anchor_hash")?, fd("empty")?);
+    let edge = filter.program_fd()?.as_raw_fd();
+    let (visitor, unknown) = ([visitor.to_vec()], [unknown.to_vec()]);
+    let own_source = [frame("192.0.2.100", L4::Tcp(443)).build()];
+    let (a, b) = flood.split_at(flood.len() / 2);
+    let case = OnTwoCpus::new;
+    let cases = [
+        case("anchor_hash_unknown", anchor, [&unknown, &unknown], REPEAT_EACH, Unknown::Bench),
+        case("empty_per_call", empty, [a, b], 1, Unknown::Bench),
+        case("anchor_hash_random", anchor, [a, b], 1, Unknown::Bench),
+        case("visitor_v4", edge, [&visitor, &visitor], REPEAT_EACH, Unknown::Bench),
+        case("unknown_drop", edge, [&unknown, &unknown], REPEAT_EACH, Unknown::Bench),
+        case("unknown_pass_one_source", edge, [&unknown, &unknown], REPEAT_EACH, Unknown::Open),
+        case("unknown_pass_own_sources", edge, [&unknown, &own_source], REPEAT_EACH, Unknown::Open),
+        case("flood_random_source", edge, [a, b], 1, Unknown::Bench),
+        case("flood_random_no_budget", edge, [a, b], 1, Unknown::Closed),
+        case("flood_random_pass", edge, [a, b], 1, Unknown::Open),
+    ];
+    let policy = |unknown: &str| {
+        Policy::parse(&format!("{POLICY}\n{unknown}"), "bench.toml", Path::new("."))
+    };
+    let open = policy("[unknown]\nrate_pps = 1000000000\nburst = 1000000000\nglobal_pps = 1000000000\nglobal_burst = 1000000000\n")?;
+    let closed = policy("[unknown]\nrate_pps = 0\nglobal_pps = 0\n")?;
+    let bench = policy("")?;
+    let history = import::parse("2001:db8:1:2::10\n", "bench", Format::Csv, Day::today_utc())?;
+    if !report.json {
+        println!("\nboth CPUs at once against one alone (ns/packet each; median of {RUNS}):");
+        println!("  {:<26} {:>9} {:>9} {:>7}", "case", "one CPU", "two CPUs", "ratio");
+    }
+    for case in &cases {
+        let policy = match case.unknown {
+            Unknown::Bench => &bench,
+            Unknown::Open => &open,
+            Unknown::Closed => &closed,
+        };
+        filter.maps.apply(policy, &history, Day::today_utc())?;
+        let (alone, together) = alone_and_together(filter, case)?;
+        report.cores(case.name, alone, together);
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -318,6 +436,9 @@ fn main() -> Result<()> {
     report.case("anchor_hash_random", ns, true);
     say(&format!("  flood_random_source / anchor_hash_random = {:.2}", flood_ns / ns));
 
+    two_cpus(&mut filter, &mut baseline, &frames[0].1, &frames[4].1, &flood, &report)?;
+    filter.maps.apply(&policy, &history, today)?;
+
     // Large lists, as a threat feed makes them: every verdict looks in both tries first, and
     // an IPv4 source goes into a trie only when a listed prefix touches its /24.
     say(&format!(
@@ -351,6 +472,17 @@ fn main() -> Result<()> {
     (0..CONCENTRATED).for_each(|i| bitmap.insert((visitor(i) & 0x3fff_ffff | 0x8000_0000).into()));
     let concentrated = per_call(|f, r| Ok(filter.run(f, r)?.1), &flood)?;
     report.case("flood_concentrated", concentrated, true);
+    // The same flood on both CPUs at once: mostly decided from cache-resident summaries, so
+    // what two CPUs cost each other here is the pipeline's own shared state, not the memory
+    // the 20 M whole-space visitors make every packet miss in.
+    let program = {
+        use std::os::fd::AsRawFd as _;
+        filter.program_fd()?.as_raw_fd()
+    };
+    let (a, b) = flood.split_at(flood.len() / 2);
+    let case = OnTwoCpus::new("flood_concentrated", program, [a, b], 1, Unknown::Bench);
+    let (alone, together) = alone_and_together(&mut filter, &case)?;
+    report.cores(case.name, alone, together);
     let bitmap = filter.maps.visitors_v4();
     (0..1u32 << 16).for_each(|block| bitmap.insert((block << 16 | 0xfe).into()));
     let ns = per_call(|f, r| Ok(filter.run(f, r)?.1), &flood)?;
