@@ -16,7 +16,7 @@ pub enum Holding {
 }
 
 /// Every map the program defines, by name, with how it is held.
-pub const INVENTORY: [(&str, Holding); 19] = [
+pub const INVENTORY: [(&str, Holding); 20] = [
     (CONFIG, Holding::Shared),
     (PROTECTED, Holding::Shared),
     (DENY, Holding::Shared),
@@ -29,6 +29,7 @@ pub const INVENTORY: [(&str, Holding); 19] = [
     (UNKNOWN_BUCKETS, Holding::Shared),
     (UNKNOWN_BUDGET, Holding::Shared),
     (UNKNOWN_CREDIT, Holding::Shared),
+    (UNKNOWN_BLOCKED, Holding::Shared),
     (ENDPOINT_BUCKETS, Holding::Shared),
     (ENDPOINT_BUDGET, Holding::Shared),
     (TICKET_KEYS, Holding::Shared),
@@ -63,6 +64,10 @@ pub const UNKNOWN_BUCKETS: &str = "unknown_buckets";
 pub const UNKNOWN_BUDGET: &str = "unknown_budget";
 /// Per CPU: tokens taken from the global budget ahead, in batches of `Config::global_batch`.
 pub const UNKNOWN_CREDIT: &str = "unknown_credit";
+/// Sources found over their own budget, each remembered in one word until its bucket would
+/// take a packet again (see [`unknown_blocked_slot`]); word 0 is the epoch that forgets them
+/// all.
+pub const UNKNOWN_BLOCKED: &str = "unknown_blocked";
 /// Per-CPU packet and byte counters per reason and disposition.
 /// The admission endpoint's port has budgets of its own (`admission.http`): per source, and
 /// for all sources together.
@@ -142,7 +147,51 @@ pub const ALLOW_CAPACITY: u32 = 65_536;
 pub const DENY_CAPACITY: u32 = 65_536;
 /// Per-source token buckets kept at once; the least recently used are recycled.
 pub const UNKNOWN_BUCKETS_CAPACITY: u32 = 1_000_000;
+/// Slots of [`UNKNOWN_BLOCKED`] (a power of two; 1 MiB of words, mostly cache-resident), plus
+/// the epoch word before them.
+pub const UNKNOWN_BLOCKED_SLOTS: u32 = 1 << UNKNOWN_BLOCKED_BITS;
+pub const UNKNOWN_BLOCKED_BITS: u32 = 17;
+
+/// A bucket key's slot in [`UNKNOWN_BLOCKED`] (1-based: word 0 is the epoch) and its tag
+/// under `epoch`: a multiplicative hash of both words, its top bits the slot and its low word
+/// the tag (never 0, which is an empty slot).
+#[inline(always)]
+pub const fn unknown_blocked_slot(words: [u64; 2], epoch: u64) -> (u32, u32) {
+    let h = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let slot = 1 + (h >> (64 - UNKNOWN_BLOCKED_BITS)) as u32;
+    // The epoch shifted past bit 0, which `| 1` sets: consecutive epochs always differ.
+    let tag = (h as u32 ^ (epoch as u32) << 1) | 1;
+    (slot, tag)
+}
 /// Per-source buckets for the admission endpoint's port; the least recently used are recycled.
 pub const ENDPOINT_BUCKETS_CAPACITY: u32 = 262_144;
 /// Words in the protected-port bitmap: 2 protocols x 65536 ports / 64.
 pub const PROTECTED_WORDS: u32 = 2 * 65_536 / 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_slots_stay_in_range_with_nonzero_tags_that_a_new_epoch_changes() {
+        let mut seen = [false; 64];
+        for i in 0..100_000u64 {
+            let words = [0, 0xffff_0000_0000 | i.wrapping_mul(2_654_435_761) & 0xffff_ffff];
+            let (slot, tag) = unknown_blocked_slot(words, 7);
+            assert!((1..=UNKNOWN_BLOCKED_SLOTS).contains(&slot), "{slot}");
+            assert_ne!(tag, 0);
+            for epoch in [8, 9, u64::from(u32::MAX)] {
+                let (again, other) = unknown_blocked_slot(words, epoch);
+                assert_ne!(
+                    other,
+                    unknown_blocked_slot(words, epoch - 1).1,
+                    "a new epoch, a new tag"
+                );
+                assert_eq!(again, slot, "the same slot");
+            }
+            seen[(slot >> (UNKNOWN_BLOCKED_BITS - 6)) as usize % 64] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "IPv4 sources spread over the slots");
+    }
+}

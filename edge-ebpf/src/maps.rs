@@ -76,6 +76,11 @@ pub static UNKNOWN_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
 #[map(name = "unknown_credit")]
 pub static UNKNOWN_CREDIT: PerCpuArray<Credit> = PerCpuArray::with_max_entries(1, 0);
 
+/// Sources over their own budget until their bucket would take a packet again: one word each
+/// (tag, until), slot 0 the epoch (see `edge_common::maps::unknown_blocked_slot`).
+#[map(name = "unknown_blocked")]
+pub static UNKNOWN_BLOCKED: Array<u64> = Array::with_max_entries(UNKNOWN_BLOCKED_SLOTS + 1, 0);
+
 /// The admission endpoint's port: per-source buckets (whole addresses) and the shared one.
 #[map(name = "endpoint_bucket")]
 pub static ENDPOINT_BUCKETS: LruHashMap<Addr, Bucket> =

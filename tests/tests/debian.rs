@@ -116,13 +116,17 @@ fn the_package_installs_verifies_upgrades_and_purges_cleanly() {
     daemon.wait_ready().unwrap();
     daemon.cli(&["visitors", "add", VISITOR]).ok("visitors add");
     let (link, old_prog) = pinned_link_ids(&iface).unwrap();
-    let traffic = VisitorAndUnknown::start(&lab, 4000, 7);
+    let traffic = VisitorAndUnknown::start(&lab, 4000, 10);
+    let floods_end = std::time::Instant::now() + std::time::Duration::from_secs(10);
     std::thread::sleep(std::time::Duration::from_millis(500));
     dpkg(&["-i", "--force-confold", second.to_str().unwrap()]).ok("upgrade");
     assert!(dpkg(&["-s", "edge"]).stdout.contains("Version: 0.1.1"));
     daemon.stop().unwrap();
     daemon.start_binary(installed_binary).unwrap();
     daemon.wait_ready().unwrap();
+    // The swap must have happened under the floods, or their figures prove nothing about it.
+    let left = floods_end.saturating_duration_since(std::time::Instant::now());
+    assert!(left >= std::time::Duration::from_secs(1), "the upgrade ended after the floods");
     let (same_link, new_prog) = pinned_link_ids(&iface).unwrap();
     assert_eq!(same_link, link, "the link stays through the upgrade: no detach");
     assert_ne!(new_prog, old_prog, "the upgraded binary's program runs");

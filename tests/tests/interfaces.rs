@@ -351,6 +351,11 @@ fn pins_of_an_earlier_layout_are_taken_over_in_place_renewing_what_changed() {
     let reasons = defined["stats"].max_entries();
     earlier("stats", &|m| m.set_max_entries(reasons - 3));
     let (link, old_prog) = pinned_link_ids(&iface).unwrap();
+    let map_id =
+        |name: &str| aya::maps::MapData::from_pin(pins.join(name)).unwrap().info().unwrap().id();
+    let kept = ["admitted", "unknown_buckets", "visitors_v4", "deny"];
+    let kept_before: Vec<u32> = kept.iter().map(|name| map_id(name)).collect();
+    let config_before = map_id("config");
 
     let traffic = VisitorAndUnknown::start(&lab, 4000, 6);
     std::thread::sleep(std::time::Duration::from_millis(1000));
@@ -374,7 +379,11 @@ fn pins_of_an_earlier_layout_are_taken_over_in_place_renewing_what_changed() {
     ] {
         assert!(log.contains(said), "the log does not say {said:?}:\n{log}");
     }
-    // Pinned now: this build's layouts, counting this build's reasons.
+    // The maps laid out alike were taken over, the others made anew; pinned now: this build's
+    // layouts, counting this build's reasons.
+    let kept_after: Vec<u32> = kept.iter().map(|name| map_id(name)).collect();
+    assert_eq!(kept_after, kept_before, "{kept:?} were taken over as they were");
+    assert_ne!(map_id("config"), config_before, "config was made anew");
     let maps = Maps::open_pinned(&pins).unwrap();
     assert_eq!(edge::filter::layout_mismatch(&defined, &maps).unwrap(), None);
     assert!(packets(&daemon, &iface, "visitor", "pass") > 0);

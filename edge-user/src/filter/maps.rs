@@ -110,31 +110,36 @@ impl Maps {
 
     /// The maps pinned in `dir` by a running filter, each where this build lays it out alike,
     /// and new, empty ones where it does not (an earlier build's map that changed, or one it
-    /// lacked): with why each was made new. The caller fills them from the store before any
-    /// program of this build uses them; kernel-only state in them (budgets, knocked
-    /// admissions) starts over, everything else comes from the store.
+    /// lacked): with why each shared map was made new. The caller fills them from the store
+    /// before any program of this build uses them; kernel-only state in them (budgets, knocked
+    /// admissions) starts over, everything else comes from the store. A pin that is there but
+    /// cannot be opened is an error, never a reason to start a map over.
     pub fn adopt(dir: &Path) -> Result<(Self, Vec<String>)> {
         let defined = super::defined_maps()?;
-        let mut fresh: Option<Ebpf> = None;
         let mut renewed = Vec::new();
         let maps = Self::new(|name| {
             let want = defined
                 .get(name)
                 .ok_or_else(|| Error::Load(format!("this build defines no `{name}` map")))?;
-            match open_pinned_map(&dir.join(name)) {
-                Ok(map) => match super::layout_difference(name, want, map_data(name, &map)?)? {
+            let path = dir.join(name);
+            let why = if path.exists() {
+                let map = open_pinned_map(&path)?;
+                match super::layout_difference(name, want, map_data(name, &map)?)? {
                     None => return Ok(map),
-                    Some(why) => renewed.push(why),
-                },
-                Err(_) => renewed.push(format!("the running filter has no `{name}` map")),
-            }
-            let ebpf = match &mut fresh {
-                Some(ebpf) => ebpf,
-                None => fresh
-                    .insert(EbpfLoader::new().load(PROGRAM_OBJECT).map_err(|e| load_error(&e))?),
+                    Some(why) => why,
+                }
+            } else {
+                format!("the running filter has no `{name}` map")
             };
-            ebpf.take_map(name)
-                .ok_or_else(|| Error::Load(format!("the program has no `{name}` map")))
+            // The counters are each interface's own, renewed where it is loaded.
+            if name != names::STATS {
+                renewed.push(why);
+            }
+            // Only this map: loading the whole object would make every map again (the
+            // visitor bitmap alone is 512 MiB).
+            let made = MapData::create(want.clone(), name, None)
+                .map_err(|e| kernel(format!("making the `{name}` map"), e))?;
+            Map::from_map_data(made).map_err(|e| kernel(format!("the `{name}` map"), e))
         })?;
         Ok((maps, renewed))
     }
@@ -259,10 +264,40 @@ impl Maps {
         self.set_config(kernel_config(policy))
     }
 
-    /// Writes the config record, with the lookups of non-empty hash maps turned on.
+    /// Writes the config record, with the lookups of non-empty hash maps turned on. A changed
+    /// global unknown budget also takes back what the CPUs hold of the old one ahead (their
+    /// credit): a lowered ceiling holds from the next packet.
     pub fn set_config(&mut self, mut config: Config) -> Result<()> {
         config.lists |= self.occupied_lists()?;
-        self.config()?.set(0, config, 0).map_err(|e| kernel("writing the config map", e))
+        let old = self.config()?.get(&0, 0).map_err(|e| kernel("reading the config map", e))?;
+        self.config()?.set(0, config, 0).map_err(|e| kernel("writing the config map", e))?;
+        let global = |c: &Config| (c.global_interval_ns, c.global_tolerance_ns, c.global_batch);
+        if global(&old) != global(&config) {
+            self.clear_credit()?;
+        }
+        let source = |c: &Config| (c.source_interval_ns, c.source_tolerance_ns);
+        if source(&old) != source(&config) {
+            self.forget_blocked()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every source remembered over its budget (a new epoch: their tags no longer
+    /// match), as a changed per-source budget or a reset of the buckets must.
+    fn forget_blocked(&mut self) -> Result<()> {
+        let mut words: Array<&mut MapData, u64> = view(&mut self.maps, names::UNKNOWN_BLOCKED)?;
+        let epoch = words.get(&0, 0).map_err(|e| kernel("reading the blocked epoch", e))?;
+        words.set(0, epoch.wrapping_add(1), 0).map_err(|e| kernel("writing the blocked epoch", e))
+    }
+
+    /// Empties every CPU's credit of the global unknown budget.
+    fn clear_credit(&mut self) -> Result<()> {
+        let mut credit: PerCpuArray<&mut MapData, Credit> =
+            view(&mut self.maps, names::UNKNOWN_CREDIT)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
+        let none = aya::maps::PerCpuValues::try_from(vec![Credit::default(); cpus])
+            .map_err(|e| kernel("the unknown credit", e))?;
+        credit.set(0, none, 0).map_err(|e| kernel("clearing the unknown credit", e))
     }
 
     /// `LIST_*` bits for the hash maps that hold entries now.
@@ -489,12 +524,8 @@ impl Maps {
         self.unknown_budget()?
             .set(0, Bucket::default(), 0)
             .map_err(|e| kernel("resetting the unknown budget", e))?;
-        let mut credit: PerCpuArray<&mut MapData, Credit> =
-            view(&mut self.maps, names::UNKNOWN_CREDIT)?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| kernel(what, e))?;
-        let none = aya::maps::PerCpuValues::try_from(vec![Credit::default(); cpus])
-            .map_err(|e| kernel("the unknown credit", e))?;
-        credit.set(0, none, 0).map_err(|e| kernel("resetting the unknown credit", e))?;
+        self.clear_credit()?;
+        self.forget_blocked()?;
         let mut buckets: HashMap<&mut MapData, Addr, Bucket> =
             view(&mut self.maps, names::ENDPOINT_BUCKETS)?;
         let keys: Vec<Addr> = buckets.keys().filter_map(|k| k.ok()).collect();

@@ -34,7 +34,7 @@ use crate::error::{chain, errno, kernel, Error, Result};
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
 
 /// The maps every interface of one daemon shares (from `edge_common::maps::INVENTORY`).
-pub const SHARED_MAPS: [&str; 17] = held(Holding::Shared);
+pub const SHARED_MAPS: [&str; 18] = held(Holding::Shared);
 
 /// Every map the program has that is pinned (these are also the pin file names): the shared
 /// ones and the per-interface counters.
@@ -197,6 +197,13 @@ pub(crate) fn layout_difference(
     have: &aya::maps::MapData,
 ) -> Result<Option<String>> {
     let have = have.info().map_err(|e| kernel(format!("the {name} map"), e))?;
+    let have_type = have.map_type().map_err(|e| kernel(format!("the {name} map's type"), e))?;
+    if have_type as u32 != want.map_type() {
+        return Ok(Some(format!(
+            "the pinned `{name}` map is of type {have_type:?}, this build's of type {}",
+            want.map_type()
+        )));
+    }
     let want = (want.key_size(), want.value_size(), want.max_entries(), want.map_flags());
     let have = (have.key_size(), have.value_size(), have.max_entries(), have.map_flags());
     Ok((want != have).then(|| {
