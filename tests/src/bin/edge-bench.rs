@@ -16,6 +16,7 @@ use aya::{
     EbpfLoader,
 };
 use edge::{
+    filter::kernel_config,
     import::{self, Format},
     ticket::{self, Key, Keyring},
     Day, Filter, Policy,
@@ -77,6 +78,26 @@ const KNOCK: &str = "[admission]\nkeys = \"set-directly-by-the-bench\"\nknock_po
 /// and spread over the whole IPv4 space.
 fn visitor(i: u32) -> u32 {
     i.wrapping_mul(2_654_435_761)
+}
+
+/// The bench's 20 M IPv4 visitors into the bitmap, through the library's mmap.
+fn load_visitors(filter: &Filter) {
+    let bitmap = filter.maps.visitors_v4();
+    for i in 0..VISITORS {
+        bitmap.insert(visitor(i).into());
+    }
+}
+
+/// Fails the bench if `frame` is not judged a visitor: a case named for visitors must measure
+/// a visitor (a policy applied with its own history would have cleared them).
+fn expect_visitor(filter: &mut Filter, frame: &[u8]) -> Result<()> {
+    let judged = filter.judge(frame)?;
+    anyhow::ensure!(
+        judged.reason == edge_common::reason::VISITOR,
+        "the bench's visitor frame is judged {}, not a visitor",
+        judged.reason_name()
+    );
+    Ok(())
 }
 
 /// xorshift: random sources for the flood, reproducible between runs.
@@ -296,7 +317,7 @@ fn two_cpus(
     let open = policy("[unknown]\nrate_pps = 1000000000\nburst = 1000000000\nglobal_pps = 1000000000\nglobal_burst = 1000000000\n")?;
     let closed = policy("[unknown]\nrate_pps = 0\nglobal_pps = 0\n")?;
     let bench = policy("")?;
-    let history = import::parse("2001:db8:1:2::10\n", "bench", Format::Csv, Day::today_utc())?;
+    expect_visitor(filter, &visitor[0])?;
     if !report.json {
         println!("\nboth CPUs at once against one alone (ns/packet each; median of {RUNS}):");
         println!("  {:<26} {:>9} {:>9} {:>7}", "case", "one CPU", "two CPUs", "ratio");
@@ -307,7 +328,7 @@ fn two_cpus(
             Unknown::Open => &open,
             Unknown::Closed => &closed,
         };
-        filter.maps.apply(policy, &history, Day::today_utc())?;
+        filter.maps.set_config(kernel_config(policy))?;
         let (alone, together) = alone_and_together(filter, case)?;
         report.cores(case.name, alone, together);
     }
@@ -331,10 +352,7 @@ fn main() -> Result<()> {
     // 20M IPv4 visitors into the bitmap, through the library's mmap.
     say(&format!("loading {VISITORS} IPv4 visitors..."));
     let start = Instant::now();
-    let bitmap = filter.maps.visitors_v4();
-    for i in 0..VISITORS {
-        bitmap.insert(visitor(i).into());
-    }
+    load_visitors(&filter);
     let load_s = start.elapsed().as_secs_f64();
     let bitmap_bytes = filter.maps.kernel_bytes(edge_common::maps::VISITORS_V4)?;
 
@@ -395,6 +413,7 @@ fn main() -> Result<()> {
 
     say(&format!("\nper packet, BPF_PROG_TEST_RUN (repeat {REPEAT}, median of {RUNS}):"));
     report.case("empty", empty, false);
+    expect_visitor(&mut filter, &frames[0].1)?;
     for (case, f) in &frames {
         // Each case starts from fresh budgets; unknown_drop is one abusive source over its bucket.
         filter.maps.reset_budgets()?;
@@ -410,12 +429,14 @@ fn main() -> Result<()> {
     let ns = same_packet(&mut anchor_prog, &frames[4].1)?;
     report.case("anchor_hash_unknown", ns, false);
     let open = Policy::parse(&format!("{POLICY}\n[unknown]\nrate_pps = 1000000000\nburst = 1000000000\nglobal_pps = 1000000000\nglobal_burst = 1000000000\n"), "bench.toml", Path::new("."))?;
-    filter.maps.apply(&open, &history, today)?;
+    // Only the config changes between cases: `apply` would make the visitor bitmap match
+    // `history`, clearing the 20 M loaded above.
+    filter.maps.set_config(kernel_config(&open))?;
     filter.maps.reset_budgets()?;
     let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[4].1)?;
     report.case("unknown_pass", ns, false);
     let knocking = Policy::parse(&format!("{POLICY}\n{KNOCK}"), "bench.toml", Path::new("."))?;
-    filter.maps.apply(&knocking, &history, today)?;
+    filter.maps.set_config(kernel_config(&knocking))?;
     for (case, f) in [("knock_ok", &knock), ("knock_bad_hash", &bad_knock)] {
         let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), f)?;
         report.case(case, ns, false);
@@ -423,7 +444,8 @@ fn main() -> Result<()> {
     // The knock admitted 192.0.2.77: take it back, or the flood below would pay an admitted
     // lookup per packet that the other cases do not.
     filter.maps.revoke("192.0.2.77".parse()?)?;
-    filter.maps.apply(&policy, &history, today)?;
+    filter.maps.set_config(kernel_config(&policy))?;
+    expect_visitor(&mut filter, &frames[0].1)?;
 
     say(&format!(
         "\nrandom sources, one packet per source ({FLOOD_FRAMES} frames, median of {RUNS} passes):"
@@ -437,7 +459,7 @@ fn main() -> Result<()> {
     say(&format!("  flood_random_source / anchor_hash_random = {:.2}", flood_ns / ns));
 
     two_cpus(&mut filter, &mut baseline, &frames[0].1, &frames[4].1, &flood, &report)?;
-    filter.maps.apply(&policy, &history, today)?;
+    filter.maps.set_config(kernel_config(&policy))?;
 
     // Large lists, as a threat feed makes them: every verdict looks in both tries first, and
     // an IPv4 source goes into a trie only when a listed prefix touches its /24.
@@ -445,6 +467,8 @@ fn main() -> Result<()> {
         "\nwith {LIST_RULES} IPv4 /24s and {LIST_RULES} IPv6 /48s in each of deny and allow:"
     ));
     filter.maps.apply(&large_lists()?, &history, today)?;
+    load_visitors(&filter);
+    expect_visitor(&mut filter, &frames[0].1)?;
     filter.maps.reset_budgets()?;
     let ns = same_packet(|f, r| Ok(filter.run(f, r)?.1), &frames[0].1)?;
     report.case("visitor_v4_big_lists", ns, false);
