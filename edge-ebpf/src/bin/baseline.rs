@@ -1,8 +1,10 @@
 //! Reference programs for `cargo xtask bench`, never attached by edge itself:
-//! `empty` (the BPF_PROG_TEST_RUN floor), `drop_all` (the lab's ceiling) and `anchor_hash` (a
-//! one-lookup whitelist on a plain preallocated hash map, the design edge's visitor bitmap is
-//! measured against); and the lab's packet generator (`generate_fixed`, `generate_random`), run
-//! with BPF_PROG_TEST_RUN in live frames mode: each run transmits its frame (XDP_TX) out of the
+//! `empty` (the BPF_PROG_TEST_RUN floor), `drop_all` (the lab's ceiling), `read_headers` (reads
+//! what any filter must, the source and the ports, then drops: the ceiling with the header's
+//! cache miss), and `anchor_hash` (a one-lookup whitelist on a plain preallocated hash map, the
+//! design edge's visitor bitmap is measured against); and the lab's packet generator
+//! (`generate_fixed`, `generate_random`, `generate_random_v6`, `generate_botnet`), run with
+//! BPF_PROG_TEST_RUN in live frames mode: each run transmits its frame (XDP_TX) out of the
 //! generator's veth.
 #![no_std]
 #![no_main]
@@ -28,6 +30,34 @@ pub fn empty(_ctx: XdpContext) -> u32 {
 /// it does per packet (the lab's ceiling).
 #[xdp]
 pub fn drop_all(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// Reads the frame's source address and ports (IPv4 or IPv6, no options or extension headers),
+/// then drops it: what a filter cannot avoid touching, the header's cache line, and nothing
+/// else. drop_all reads nothing, which hides that miss.
+#[xdp]
+pub fn read_headers(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 > end {
+        return XDP_DROP;
+    }
+    let ethertype = unsafe { *((start + 12) as *const [u8; 2]) };
+    // (source offset, source length, ports offset)
+    let (src, ports) = match ethertype {
+        [0x08, 0x00] => (26, 34),
+        [0x86, 0xdd] => (22, 54),
+        _ => return XDP_DROP,
+    };
+    if start + ports + 4 > end {
+        return XDP_DROP;
+    }
+    let first = unsafe { core::ptr::read_volatile((start + src) as *const u32) };
+    let ports = unsafe { core::ptr::read_volatile((start + ports) as *const u32) };
+    if first == ports {
+        // Never true for the lab's frames; keeps both reads live.
+        return XDP_PASS;
+    }
     XDP_DROP
 }
 
@@ -110,15 +140,9 @@ pub fn generate_fixed(ctx: XdpContext) -> u32 {
 /// with their last contents, so the checksum is computed afresh, never patched.
 #[xdp]
 pub fn generate_random(ctx: XdpContext) -> u32 {
-    if !strip_pad(&ctx) {
+    if !strip_pad(&ctx) || !transmit() {
         return XDP_DROP;
     }
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 34 > end || !transmit() {
-        return XDP_DROP;
-    }
-    let ip = (start + 14) as *mut [u8; 20];
-    let header = unsafe { &mut *ip };
     // 11.0.0.0 - 223.255.255.255 without 127.0.0.0/8: unicast, so the receiver's stack takes
     // what passes (a multicast or loopback source would be dropped as martian). It spans the
     // benchmark whitelist's 128.0.0.0/2, as a spoofed flood spans where visitors live.
@@ -126,8 +150,23 @@ pub fn generate_random(ctx: XdpContext) -> u32 {
     if src >= 0x7f00_0000 {
         src += 0x0100_0000;
     }
-    let src = src.to_be_bytes();
-    header[12..16].copy_from_slice(&src);
+    if set_source_v4(&ctx, src) {
+        XDP_TX
+    } else {
+        XDP_DROP
+    }
+}
+
+/// Writes `src` as the frame's IPv4 source and recomputes the header checksum (frames may be
+/// recycled with their last contents, so the checksum is computed afresh, never patched).
+#[inline(always)]
+fn set_source_v4(ctx: &XdpContext, src: u32) -> bool {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 34 > end {
+        return false;
+    }
+    let header = unsafe { &mut *((start + 14) as *mut [u8; 20]) };
+    header[12..16].copy_from_slice(&src.to_be_bytes());
     header[10] = 0;
     header[11] = 0;
     let mut sum = 0u32;
@@ -141,6 +180,46 @@ pub fn generate_random(ctx: XdpContext) -> u32 {
     let check = (!(sum as u16)).to_be_bytes();
     header[10] = check[0];
     header[11] = check[1];
+    true
+}
+
+/// Sources of the botnet case: a fixed set (the same every run, as a botnet's zombies are).
+const BOTNET: u32 = 100_000;
+
+/// A source drawn from a fixed set of BOTNET real addresses per frame: a botnet of zombie
+/// PCs, each sending far more than its budget. The set lies in 11.0.0.0 - 126.255.255.255,
+/// away from the whitelist (128.0.0.0/2) and the lab's addresses.
+#[xdp]
+pub fn generate_botnet(ctx: XdpContext) -> u32 {
+    if !strip_pad(&ctx) || !transmit() {
+        return XDP_DROP;
+    }
+    let zombie = unsafe { bpf_get_prandom_u32() } % BOTNET;
+    let src = 0x0b00_0000 + zombie.wrapping_mul(2_246_822_519) % (0x7f00_0000 - 0x0b00_0000);
+    if set_source_v4(&ctx, src) {
+        XDP_TX
+    } else {
+        XDP_DROP
+    }
+}
+
+/// A random IPv6 source per frame (Ethernet + IPv6): a random /64 in 2001:db8::/32 and a
+/// random interface id, as a spoofed IPv6 flood rotates both. The frame carries no UDP
+/// checksum to keep: the filters drop it before any stack would check it.
+#[xdp]
+pub fn generate_random_v6(ctx: XdpContext) -> u32 {
+    if !strip_pad(&ctx) {
+        return XDP_DROP;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 54 > end || !transmit() {
+        return XDP_DROP;
+    }
+    let src = unsafe { &mut *((start + 22) as *mut [u32; 4]) };
+    src[0] = u32::to_be(0x2001_0db8);
+    for word in &mut src[1..] {
+        *word = unsafe { bpf_get_prandom_u32() };
+    }
     XDP_TX
 }
 

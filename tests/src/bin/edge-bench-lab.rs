@@ -2,15 +2,18 @@
 //! nftables, in one run.
 //!
 //! The generator is BPF_PROG_TEST_RUN in live-frames mode on the client's veth: each run
-//! transmits its frame (XDP_TX) to the server's veth, with one source or a random source per
-//! frame, its Ethernet header starting a cache line as a NIC would place it. The generator
+//! transmits its frame (XDP_TX) to the server's veth, with one source, a random IPv4 or IPv6
+//! source per frame, or one of a botnet's 100 k fixed sources, its Ethernet header starting a
+//! cache line as a NIC would place it. The generator
 //! runs on CPU 1; the receiver's NAPI runs threaded, pinned to CPU 0; neither CPU halts when
 //! idle during the run (see `NoIdleSleep`).
 //!
 //! 1. Drop rate for unknown sources: edge (native XDP), a one-lookup XDP reference, an
-//!    nftables netdev-ingress rule with the same whitelist as a set, and the ceiling: an XDP
+//!    nftables netdev-ingress rule with the same whitelist as a set, the ceiling: an XDP
 //!    program that drops every frame unread (no filter can drop more in this harness, so
-//!    ceiling / nftables bounds any filter's ratio); each with the generator's offered rate
+//!    ceiling / nftables bounds any filter's ratio), and one that reads the headers and drops;
+//!    under the botnet (each zombie over a budget of its own) also each program's own time
+//!    per packet and the per-source state edge kept; each with the generator's offered rate
 //!    beside it, the median of three rounds taken in turn. Beside each, the CPU time of the
 //!    receiver's NAPI thread: its share of the run (under 100 %, the generator set the rate)
 //!    and per dropped packet (what the filter costs the receiver at that load).
@@ -55,6 +58,7 @@ const GLOBAL_BUDGET_PPS: u32 = 20_000;
 /// Rounds of the drop-rate measurement (each filter in turn), the median reported.
 const ROUNDS: usize = 3;
 const ONE_LOOKUP: &str = "one-lookup XDP";
+const READ_HEADERS: &str = "read-headers XDP";
 const CEILING: &str = "drop-all XDP";
 const EDGE: &str = "edge";
 const NFTABLES: &str = "nftables";
@@ -85,6 +89,10 @@ struct DropRate {
     receiver_ns_per_drop: f64,
     /// Every round's drop rate, ascending (the median is `dropped_pps`).
     rounds_dropped_pps: Vec<f64>,
+    /// Under the botnet, the XDP program's own time per packet (the kernel's BPF run-time
+    /// statistics, on only then): what the filter costs apart from the stack's work for the
+    /// packets it passes.
+    program_ns_per_packet: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -105,7 +113,18 @@ struct UnderFlood {
 #[derive(serde::Serialize)]
 struct Report {
     drop_rates: Vec<DropRate>,
+    botnet: Botnet,
     under_flood: Vec<UnderFlood>,
+}
+
+/// What edge kept per source under the botnet (the median round's).
+#[derive(serde::Serialize, Clone, Default)]
+struct Botnet {
+    /// Unknown packets edge passed within the sources' budgets, per second.
+    passed_pps: f64,
+    /// Per-source buckets in the map after the flood, and its capacity.
+    buckets: u64,
+    capacity: u32,
 }
 
 fn say(line: &str) {
@@ -155,29 +174,65 @@ fn run() -> Result<Report> {
         "mode = \"enforce\"\n[scope]\nprotect = [\"udp/443\", \"tcp/443\"]\n\
          [unknown]\nrate_pps = 0\nglobal_pps = 0\n[lists]\nvisitors = \"visitors.csv\"\n",
     )?;
+    // The botnet's zombies each get a budget of their own (1 packet a second), which they all
+    // exceed; the global budget is out of the way, so every packet is judged by its source's
+    // bucket: the per-source state a botnet of real addresses makes.
+    let botnet_policy = dir.path().join("botnet.toml");
+    std::fs::write(
+        &botnet_policy,
+        "mode = \"enforce\"\n[scope]\nprotect = [\"udp/443\", \"tcp/443\"]\n\
+         [unknown]\nrate_pps = 1\nburst = 1\nglobal_pps = 1000000000\n\
+         [lists]\nvisitors = \"visitors.csv\"\n",
+    )?;
     let mut rounds = Vec::new();
+    let mut botnets = Vec::new();
     for round in 1..=ROUNDS {
         say(&format!("drop rates, round {round} of {ROUNDS}"));
         // The ceiling: every frame dropped unread, native.
         {
             let _ceiling = Reference::attach(&lab, "drop_all", &[])?;
-            rounds.extend(measure(&gen, CEILING, || xdp_drops(&lab))?);
+            rounds.extend(measure(&gen, CEILING, Some("drop_all"), &FLOODS, || xdp_drops(&lab))?);
+        }
+        // The same, reading the header a filter must read.
+        {
+            let _headers = Reference::attach(&lab, "read_headers", &[])?;
+            rounds.extend(measure(&gen, READ_HEADERS, Some("read_headers"), &FLOODS, || {
+                xdp_drops(&lab)
+            })?);
         }
         // The yardstick: a one-lookup XDP whitelist (a preallocated hash map), native.
         {
             let _anchor = Reference::attach(&lab, "anchor_hash", &whitelist)?;
-            rounds.extend(measure(&gen, ONE_LOOKUP, || xdp_drops(&lab))?);
+            rounds.extend(measure(&gen, ONE_LOOKUP, Some("anchor_hash"), &FLOODS, || {
+                xdp_drops(&lab)
+            })?);
         }
-        // edge, native XDP.
+        // edge, native XDP: no budget for unknown sources, then the botnet with budgets.
         attach(&lab, &policy)?;
-        rounds.extend(measure(&gen, EDGE, || edge_drops(&lab))?);
+        rounds.extend(measure(&gen, EDGE, Some("edge"), &FLOODS[..3], || edge_drops(&lab))?);
+        detach(&lab)?;
+        attach(&lab, &botnet_policy)?;
+        let passed_before = edge_unknown_passed(&lab)?;
+        let botnet = measure(&gen, EDGE, Some("edge"), &FLOODS[3..], || edge_drops(&lab))?;
+        botnets.push((
+            botnet[0].dropped_pps,
+            Botnet {
+                passed_pps: (edge_unknown_passed(&lab)? - passed_before) as f64
+                    / MEASURE.as_secs_f64(),
+                buckets: edge::filter::pinned_bucket_count(&lab.server_if)?,
+                capacity: edge_common::maps::UNKNOWN_BUCKETS_CAPACITY,
+            },
+        ));
+        rounds.extend(botnet);
         detach(&lab)?;
         // nftables: the same whitelist as a set, at netdev ingress on the same interface.
         nft_load(&lab, &whitelist, dir.path())?;
-        rounds.extend(measure(&gen, NFTABLES, || nft_drops(&lab))?);
+        rounds.extend(measure(&gen, NFTABLES, None, &FLOODS, || nft_drops(&lab))?);
         nft_clear(&lab)?;
     }
     let drop_rates = medians(rounds);
+    botnets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let botnet = botnets[botnets.len() / 2].1.clone();
 
     let full = under_flood(&mut lab, &gen, dir.path(), None, &known)?;
     // The same at 70% of what edge judged per second under the full flood (its capacity on
@@ -190,7 +245,7 @@ fn run() -> Result<Report> {
         share = (share * target / sent.max(1.0)).min(1.0);
     }
     let paced = under_flood(&mut lab, &gen, dir.path(), Some(share), &known)?;
-    Ok(Report { drop_rates, under_flood: vec![full, paced] })
+    Ok(Report { drop_rates, botnet, under_flood: vec![full, paced] })
 }
 
 /// Per filter and kind of sources, the round with the median drop rate (and its offered rate),
@@ -213,22 +268,53 @@ fn medians(rounds: Vec<DropRate>) -> Vec<DropRate> {
     out
 }
 
-/// Drops per second of `filter` (its counter `drops`) under a single-source and then a
-/// random-source flood at the generator's full rate.
+/// The floods every filter is measured under: one source, random IPv4 sources, random IPv6
+/// sources, and a botnet of 100 k fixed IPv4 sources.
+const FLOODS: [(&str, &str); 4] = [
+    ("generate_fixed", "single"),
+    ("generate_random", "random"),
+    ("generate_random_v6", "random6"),
+    ("generate_botnet", "botnet"),
+];
+
+/// Drops per second of `filter` (its counter `drops`) under each of `floods` in turn, at the
+/// generator's full rate.
 fn measure(
     gen: &Generator,
     filter: &'static str,
+    xdp_program: Option<&str>,
+    floods: &[(&'static str, &'static str)],
     drops: impl Fn() -> Result<u64>,
 ) -> Result<Vec<DropRate>> {
-    [("generate_fixed", "single"), ("generate_random", "random")]
-        .into_iter()
+    floods
+        .iter()
+        .copied()
         .map(|(program, sources)| {
             say(&format!("{filter}, {sources} source(s)..."));
+            // The botnet's passes cost the stack more than the drops cost the filter: only
+            // there is the program's own time taken apart (the statistics cost every run a
+            // clock read, so they stay off for the other floods).
+            let stats = match xdp_program {
+                Some(name) if sources == "botnet" => Some((
+                    aya::sys::enable_stats(aya::sys::Stats::RunTime)?,
+                    name,
+                    program_run_time(name)?,
+                )),
+                _ => None,
+            };
             let before = drops()?;
             let busy_before = gen.receiver_runtime()?;
             let offered_pps = gen.run(program, MEASURE)?;
             let busy = gen.receiver_runtime()?.saturating_sub(busy_before);
             let dropped = drops()? - before;
+            let program_ns_per_packet = match stats {
+                Some((_on, name, (time_before, runs_before))) => {
+                    let (time, runs) = program_run_time(name)?;
+                    let runs = runs.saturating_sub(runs_before).max(1);
+                    Some(time.saturating_sub(time_before).as_nanos() as f64 / runs as f64)
+                }
+                None => None,
+            };
             Ok(DropRate {
                 filter,
                 sources,
@@ -237,9 +323,23 @@ fn measure(
                 receiver_busy: busy.as_secs_f64() / MEASURE.as_secs_f64(),
                 receiver_ns_per_drop: busy.as_nanos() as f64 / dropped.max(1) as f64,
                 rounds_dropped_pps: vec![],
+                program_ns_per_packet,
             })
         })
         .collect()
+}
+
+/// Run time and runs so far of the loaded XDP programs called `name` (BPF run-time statistics).
+fn program_run_time(name: &str) -> Result<(Duration, u64)> {
+    let mut total = (Duration::ZERO, 0);
+    for info in aya::programs::loaded_programs() {
+        let info = info?;
+        if info.name_as_str() == Some(name) {
+            total.0 += info.run_time();
+            total.1 += info.run_count();
+        }
+    }
+    Ok(total)
 }
 
 /// The origin under a random-source flood: visitors and admitted clients connect, unknown
@@ -647,8 +747,9 @@ struct Generator {
     client_ns: PathBuf,
     client_if: String,
     server_if: String,
-    /// The frame, behind `pad` bytes the generator strips before sending it.
+    /// The frames (IPv4, IPv6), behind `pad` bytes the generator strips before sending them.
     frame: Vec<u8>,
+    frame_v6: Vec<u8>,
     pad: u32,
 }
 
@@ -666,13 +767,21 @@ impl Generator {
         // No UDP checksum (allowed over IPv4): the random generator rewrites the source, and
         // what passes the filter must reach the origin's socket, not fail its checksum.
         frame[40..42].copy_from_slice(&[0, 0]);
-        frame[0..6].copy_from_slice(&mac(&lab.server_ns, &lab.server_if)?);
-        frame[6..12].copy_from_slice(&mac(&lab.client_ns, &lab.client_if)?);
+        let mut frame_v6 = edge_tests::frames::frame("2001:db8::7", L4::Udp(443))
+            .payload_bytes(&[0u8; 18])
+            .build();
+        let (server_mac, client_mac) =
+            (mac(&lab.server_ns, &lab.server_if)?, mac(&lab.client_ns, &lab.client_if)?);
+        for f in [&mut frame, &mut frame_v6] {
+            f[0..6].copy_from_slice(&server_mac);
+            f[6..12].copy_from_slice(&client_mac);
+        }
         let mut gen = Self {
             client_ns: netns(&lab.client_ns),
             client_if: lab.client_if.clone(),
             server_if: lab.server_if.clone(),
             frame,
+            frame_v6,
             pad: 0,
         };
         // A NIC driver starts packet data on a cache line; live-frames pages start it part-way
@@ -686,6 +795,7 @@ impl Generator {
         let offset = address % 64;
         gen.pad = ((64 - offset) % 64) as u32;
         gen.frame = [vec![0u8; gen.pad as usize], gen.frame].concat();
+        gen.frame_v6 = [vec![0u8; gen.pad as usize], gen.frame_v6].concat();
         say(&format!(
             "generator: packet data starts {offset} bytes into a cache line; {} bytes of padding \
              stripped per frame",
@@ -760,12 +870,13 @@ impl Generator {
                 // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
                 // egress_ifindex. data_end must be the frame's length; XDP_TX leaves through
                 // the ingress interface.
+                let frame = if name.ends_with("_v6") { &self.frame_v6 } else { &self.frame };
                 let mut ctx = [0u8; 24];
-                ctx[4..8].copy_from_slice(&(self.frame.len() as u32).to_ne_bytes());
+                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
                 ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
                 body(&mut |repeat| {
                     let mut opts = TestRunOptions::new();
-                    opts.data_in = Some(&self.frame);
+                    opts.data_in = Some(frame);
                     opts.ctx_in = Some(&ctx);
                     opts.repeat = repeat;
                     opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
@@ -804,29 +915,66 @@ fn print(r: &Report) {
             every.join(" ")
         );
     }
-    for sources in ["single", "random"] {
-        let row = |f| r.drop_rates.iter().find(|d| d.filter == f && d.sources == sources);
-        let rate = |f| row(f).map_or(0.0, |d| d.dropped_pps);
-        let cost = |f| row(f).map_or(0.0, |d| d.receiver_ns_per_drop);
-        let target = if sources == "single" { 4.0 } else { 2.5 };
-        let nft = rate(NFTABLES).max(1.0);
+    let row = |f: &str, sources: &str| {
+        r.drop_rates.iter().find(|d| d.filter == f && d.sources == sources).cloned()
+    };
+    let rate = |f, sources| row(f, sources).map_or(0.0, |d| d.dropped_pps);
+    let cost = |f, sources| row(f, sources).map_or(0.0, |d| d.receiver_ns_per_drop);
+    for (sources, target) in [("single", 4.0), ("random", 2.5), ("random6", 2.5), ("botnet", 4.0)] {
+        let nft = rate(NFTABLES, sources).max(1.0);
         println!(
             "{sources}: edge / nftables {:.2}x (target >= {target}x); the ceiling, drop-all / \
              nftables {:.2}x; one-lookup / nftables {:.2}x; edge / drop-all {:.2}; edge / \
              one-lookup {:.2}",
-            rate(EDGE) / nft,
-            rate(CEILING) / nft,
-            rate(ONE_LOOKUP) / nft,
-            rate(EDGE) / rate(CEILING).max(1.0),
-            rate(EDGE) / rate(ONE_LOOKUP).max(1.0)
+            rate(EDGE, sources) / nft,
+            rate(CEILING, sources) / nft,
+            rate(ONE_LOOKUP, sources) / nft,
+            rate(EDGE, sources) / rate(CEILING, sources).max(1.0),
+            rate(EDGE, sources) / rate(ONE_LOOKUP, sources).max(1.0)
         );
         println!(
             "{sources}: receiver CPU per dropped packet: nftables / edge {:.2}x; nftables / \
-             one-lookup {:.2}x",
-            cost(NFTABLES) / cost(EDGE).max(1e-9),
-            cost(NFTABLES) / cost(ONE_LOOKUP).max(1e-9)
+             one-lookup {:.2}x; edge / read-headers {:.2}x; edge / drop-all {:.2}x",
+            cost(NFTABLES, sources) / cost(EDGE, sources).max(1e-9),
+            cost(NFTABLES, sources) / cost(ONE_LOOKUP, sources).max(1e-9),
+            cost(EDGE, sources) / cost(READ_HEADERS, sources).max(1e-9),
+            cost(EDGE, sources) / cost(CEILING, sources).max(1e-9),
         );
     }
+    println!(
+        "random: edge / read-headers {:.2}x per drop (target <= 1.5x); random6: edge IPv6 / \
+         edge IPv4 {:.2}x per drop (target <= 1.5x)",
+        cost(EDGE, "random") / cost(READ_HEADERS, "random").max(1e-9),
+        cost(EDGE, "random6") / cost(EDGE, "random").max(1e-9)
+    );
+    // The botnet's passes (a packet a second from each of 100 k sources) are stack work the
+    // receiver's time includes; drop-all's receive cost plus edge's program time over
+    // drop-all's is what edge's drops alone cost the receiver.
+    let program = |f| row(f, "botnet").and_then(|d| d.program_ns_per_packet).unwrap_or(0.0);
+    let edge_drop_only = cost(CEILING, "botnet") + program(EDGE) - program(CEILING);
+    println!(
+        "botnet (100 k fixed sources, each over a 1 pps budget): edge passed {:.0} pps within \
+         the budgets and held {} per-source buckets (capacity {}: no eviction below it); \
+         receiver per drop, passes' stack work included: edge / drop-all {:.2}x, nftables / \
+         edge {:.2}x",
+        r.botnet.passed_pps,
+        r.botnet.buckets,
+        r.botnet.capacity,
+        cost(EDGE, "botnet") / cost(CEILING, "botnet").max(1e-9),
+        cost(NFTABLES, "botnet") / cost(EDGE, "botnet").max(1e-9),
+    );
+    println!(
+        "botnet, the programs' own time per packet: edge {:.1} ns, one-lookup {:.1}, \
+         read-headers {:.1}, drop-all {:.1}; a drop's receive cost without the passes: edge \
+         {:.0} ns = {:.2}x drop-all (target <= 1.5x), nftables / edge {:.2}x (target >= 4x)",
+        program(EDGE),
+        program(ONE_LOOKUP),
+        program(READ_HEADERS),
+        program(CEILING),
+        edge_drop_only,
+        edge_drop_only / cost(CEILING, "botnet").max(1e-9),
+        cost(NFTABLES, "botnet") / edge_drop_only.max(1e-9),
+    );
     for f in &r.under_flood {
         let how =
             if f.paced { "paced to 70% of edge's capacity" } else { "the generator's full rate" };
