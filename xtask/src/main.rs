@@ -20,8 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// Debian packages the tests and demo use: ip (netns, veth), nsenter, a real Redis for the
 /// admission feed's tests, and promtool (in `prometheus`) to check the metrics exposition.
 /// nftables is the baseline the lab benchmark compares against; systemd's `systemd-analyze`
-/// checks the unit file; tcpdump makes the captures `edge replay` is tested on.
-const APT_PACKAGES: [&str; 8] = [
+/// checks the unit file; tcpdump makes the captures `edge replay` is tested on; binutils' strip
+/// takes the debug info out of the packaged binary.
+const APT_PACKAGES: [&str; 9] = [
     "iproute2",
     "util-linux",
     "redis-server",
@@ -30,6 +31,7 @@ const APT_PACKAGES: [&str; 8] = [
     "ethtool",
     "systemd",
     "tcpdump",
+    "binutils",
 ];
 
 #[derive(Parser)]

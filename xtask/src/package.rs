@@ -68,6 +68,17 @@ pub fn package(edge: &Path, out: &Path, version: &str, compress: bool) -> Result
         std::fs::remove_dir_all(&stage)?;
     }
     super::install(edge, &stage, Path::new("usr"))?;
+    // As dh_strip does: the package carries no debug info (a debug build's is over 90 % of the
+    // binary). Symbols stay, so backtraces still name functions.
+    let bin = stage.join("usr/bin/edge");
+    let stripped = Command::new("strip").arg("--strip-debug").arg(&bin).output();
+    match stripped {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            bail!("strip --strip-debug {}: {}", bin.display(), String::from_utf8_lossy(&out.stderr))
+        }
+        Err(e) => bail!("strip (binutils) is needed to package: {e}"),
+    }
     // Packaged units live under /usr/lib; /etc/systemd/system is the administrator's.
     let units = stage.join("usr/lib/systemd/system");
     std::fs::create_dir_all(&units)?;
