@@ -15,6 +15,20 @@ pub const LIST_ALLOW: u32 = 1 << 1;
 pub const LIST_VISITORS_V6: u32 = 1 << 2;
 pub const LIST_ADMITTED: u32 = 1 << 3;
 
+/// `Config::syn_cookies`: `[syn_cookies] mode`. `attack` answers SYNs only while the record's
+/// mode is enforce (so also in the attack phase of `mode = "auto"`); `always` in monitor too.
+pub const SYN_COOKIES_OFF: u32 = 0;
+pub const SYN_COOKIES_ATTACK: u32 = 1;
+pub const SYN_COOKIES_ALWAYS: u32 = 2;
+
+/// `Config::syn_options` bits: the TCP options a cookie SYN-ACK may grant, as the host's
+/// sysctls allow (`net.ipv4.tcp_timestamps`, `tcp_sack`, `tcp_window_scaling`). Bits 8..12
+/// hold the window scale the host's listeners choose.
+pub const SYN_OPT_TIMESTAMPS: u32 = 1 << 0;
+pub const SYN_OPT_SACK: u32 = 1 << 1;
+pub const SYN_OPT_WSCALE: u32 = 1 << 2;
+pub const SYN_OPT_WSCALE_SHIFT: u32 = 8;
+
 /// Fields are ordered by use: everything an IPv4 packet from an unknown source reads comes
 /// first, in the first 64 bytes, and the map holding the record is page aligned (mmap-able), so
 /// a flood touches one cache line of it.
@@ -50,8 +64,19 @@ pub struct Config {
     /// a quarter of the burst over all CPUs, so the budget's overshoot stays bounded.
     pub global_batch: u32,
     pub endpoint: Budget,
+    /// One of `SYN_COOKIES_*`.
+    pub syn_cookies: u32,
+    /// `SYN_OPT_*` bits and the window scale.
+    pub syn_options: u32,
+    /// The MSS a cookie SYN-ACK announces (`syn_cookies.mss_v4`, `.mss_v6`).
+    pub syn_mss_v4: u16,
+    pub syn_mss_v6: u16,
+    pub _pad: u32,
+    /// The global SYN-ACK reply budget (`syn_cookies.reply_pps`, `.reply_burst`), as GCRA.
+    pub syn_reply_interval_ns: u64,
+    pub syn_reply_tolerance_ns: u64,
 }
-assert_size!(Config, 128);
+assert_size!(Config, 160);
 
 /// A per-source and a global budget, as GCRA intervals and tolerances (edge-ebpf/budget.rs).
 #[repr(C)]
@@ -63,6 +88,15 @@ pub struct Budget {
     pub global_tolerance_ns: u64,
 }
 const _: () = assert!(core::mem::offset_of!(Config, bucket_mask_v6) == 64);
+
+impl Config {
+    /// Whether the program answers SYNs with cookies under this record.
+    #[inline(always)]
+    pub fn answers_syns(&self) -> bool {
+        self.syn_cookies == SYN_COOKIES_ALWAYS
+            || (self.syn_cookies == SYN_COOKIES_ATTACK && self.mode == MODE_ENFORCE)
+    }
+}
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integers only, no padding (size asserted).

@@ -16,7 +16,7 @@ pub enum Holding {
 }
 
 /// Every map the program defines, by name, with how it is held.
-pub const INVENTORY: [(&str, Holding); 20] = [
+pub const INVENTORY: [(&str, Holding); 22] = [
     (CONFIG, Holding::Shared),
     (PROTECTED, Holding::Shared),
     (DENY, Holding::Shared),
@@ -32,11 +32,13 @@ pub const INVENTORY: [(&str, Holding); 20] = [
     (UNKNOWN_BLOCKED, Holding::Shared),
     (ENDPOINT_BUCKETS, Holding::Shared),
     (ENDPOINT_BUDGET, Holding::Shared),
+    (SYN_REPLY_BUDGET, Holding::Shared),
     (TICKET_KEYS, Holding::Shared),
     (DROP_EVENTS, Holding::Shared),
     (HANDSHAKES, Holding::Shared),
     (STATS, Holding::PerInterface),
     (LEARN_SCOPE, Holding::Private),
+    (SYN_SCRATCH, Holding::Private),
 ];
 
 /// `Config` record, one entry.
@@ -68,12 +70,16 @@ pub const UNKNOWN_CREDIT: &str = "unknown_credit";
 /// take a packet again (see [`unknown_blocked_slot`]); word 0 is the epoch that forgets them
 /// all.
 pub const UNKNOWN_BLOCKED: &str = "unknown_blocked";
-/// Per-CPU packet and byte counters per reason and disposition.
 /// The admission endpoint's port has budgets of its own (`admission.http`): per source, and
 /// for all sources together.
 pub const ENDPOINT_BUCKETS: &str = "endpoint_bucket";
 pub const ENDPOINT_BUDGET: &str = "endpoint_budget";
+/// Per-CPU packet and byte counters per reason and disposition.
 pub const STATS: &str = "stats";
+/// The global budget of SYN-ACKs the program sends with cookies, one entry.
+pub const SYN_REPLY_BUDGET: &str = "syn_reply";
+/// Per CPU: where the SYN cookie stage copies headers and builds its reply; never pinned.
+pub const SYN_SCRATCH: &str = "syn_scratch";
 /// Ticket keys for knock verification: slot 0 current, slot 1 previous.
 pub const TICKET_KEYS: &str = "ticket_keys";
 

@@ -55,8 +55,20 @@ pub const ENDPOINT_PASS: Reason = 20;
 pub const ENDPOINT_RATE: Reason = 21;
 /// To the endpoint's port, the endpoint's global budget spent: dropped, no per-source state.
 pub const ENDPOINT_GLOBAL: Reason = 22;
+/// SYN cookies on (`[syn_cookies]`): a SYN to a protected TCP port with a listener, answered
+/// by the program with a SYN-ACK carrying a cookie (XDP_TX). Nothing is kept.
+pub const SYN_COOKIE_SENT: Reason = 23;
+/// SYN cookies on: a SYN left unanswered because the global reply budget is spent: dropped.
+pub const SYN_REPLY_BUDGET: Reason = 24;
+/// SYN cookies on: an ACK to a listener (no connection yet) whose cookie is valid, from a
+/// source edge knows or one within its unknown budgets: passed, and the kernel makes the
+/// connection.
+pub const COOKIE_VALID: Reason = 25;
+/// SYN cookies on: an ACK to a listener whose cookie is wrong, stale or another source's:
+/// dropped.
+pub const COOKIE_INVALID: Reason = 26;
 
-pub const REASON_COUNT: u32 = 23;
+pub const REASON_COUNT: u32 = 27;
 
 /// Stats slots: applied verdicts, then monitor-mode would-drops.
 pub const STATS_SLOTS: u32 = 2 * REASON_COUNT;
@@ -86,6 +98,10 @@ pub const REASON_NAMES: [&str; REASON_COUNT as usize] = [
     "endpoint_pass",
     "endpoint_rate",
     "endpoint_global",
+    "syn_cookie_sent",
+    "syn_reply_budget",
+    "cookie_valid",
+    "cookie_invalid",
 ];
 
 /// Whether a reason's verdict is a drop (in `enforce`; a would-drop in `monitor`).
@@ -105,6 +121,8 @@ pub const fn is_drop(reason: Reason) -> bool {
             | UNKNOWN_RATE
             | ENDPOINT_RATE
             | ENDPOINT_GLOBAL
+            | SYN_REPLY_BUDGET
+            | COOKIE_INVALID
             | MALFORMED
             | INTERNAL
     )

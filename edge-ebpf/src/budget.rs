@@ -118,6 +118,22 @@ pub fn judge_endpoint(src: &Source, cfg: &Config) -> Reason {
     judge(src, &cfg.endpoint, &budgets)
 }
 
+/// One shared bucket alone (the SYN cookie reply budget): whether it takes a packet now, and
+/// takes it if so. 0 interval: nothing is let through.
+#[inline(always)]
+pub fn take_shared(bucket: &Array<Bucket>, interval_ns: u64, tolerance_ns: u64) -> bool {
+    if interval_ns == 0 {
+        return false;
+    }
+    let Some(bucket) = bucket.get_ptr_mut(0) else { return false };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if !fits(bucket, now, tolerance_ns) {
+        return false;
+    }
+    take(bucket, now, interval_ns);
+    true
+}
+
 /// The global budget first (a spent budget drops before any per-source state is touched, so a
 /// random-source flood cannot churn the bucket table), then the source's own bucket, created
 /// only for a packet that will pass; the global budget is charged last, from this CPU's

@@ -1,6 +1,6 @@
 //! edge: the XDP admission filter. The pipeline reads top to bottom in `edge()` and `judge()`:
-//! mode, parse, deny, knock, admission endpoint, scope, allow, visitors, admitted, fragment,
-//! unknown budgets. The first
+//! mode, parse, deny, knock, admission endpoint, scope, SYN cookies, allow, visitors, admitted,
+//! fragment, unknown budgets. The first
 //! stage that decides wins. The stage order with every reason and action is documented once,
 //! in the README ("Verdict pipeline"); reason numbers live in `edge_common::reason`.
 //!
@@ -16,9 +16,10 @@ mod handshake;
 mod knock;
 mod maps;
 mod parse;
+mod syncookie;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     helpers::bpf_ktime_get_tai_ns,
     macros::xdp,
     programs::XdpContext,
@@ -37,6 +38,7 @@ use edge_common::{
     reason::*,
 };
 use parse::{Fragment, Packet, Parsed, Source};
+use syncookie::{Ack, TCP_ACK, TCP_RST, TCP_SYN};
 
 #[xdp]
 pub fn edge(ctx: XdpContext) -> u32 {
@@ -88,14 +90,43 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     if pkt.fragment == Fragment::No && !protected(pkt.proto, pkt.dport) {
         return PASS_UNPROTECTED;
     }
+    let proven = match cookie_stage(ctx, pkt, cfg) {
+        Ok(proven) => proven,
+        Err(answered) => return answered,
+    };
     if let Some(known) = known(pkt, cfg) {
-        return known;
+        return if proven { COOKIE_VALID } else { known };
     }
     if pkt.fragment == Fragment::Later {
         return FRAGMENT;
     }
     let mask = if pkt.is_v4 { &cfg.bucket_mask_v4 } else { &cfg.bucket_mask_v6 };
-    budget::judge_unknown(&pkt.src, mask, cfg)
+    match budget::judge_unknown(&pkt.src, mask, cfg) {
+        UNKNOWN_PASS if proven => COOKIE_VALID,
+        judged => judged,
+    }
+}
+
+/// SYN cookies, when on: a SYN is answered here (`Err`: the verdict), an ACK to a listener
+/// must bring a valid cookie (`Ok(true)`: it did, and goes on to pay the budgets of its
+/// source). Everything else is untouched (`Ok(false)`).
+#[inline(always)]
+fn cookie_stage(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Result<bool, Reason> {
+    if pkt.proto != IPPROTO_TCP || pkt.fragment != Fragment::No || !cfg.answers_syns() {
+        return Ok(false);
+    }
+    match pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) {
+        TCP_SYN => match syncookie::answer(ctx, pkt, cfg) {
+            Some(answered) => Err(answered),
+            None => Ok(false),
+        },
+        TCP_ACK => match syncookie::check(ctx, pkt) {
+            Ack::Valid => Ok(true),
+            Ack::Invalid => Err(COOKIE_INVALID),
+            Ack::NotAHandshake => Ok(false),
+        },
+        _ => Ok(false),
+    }
 }
 
 /// A source edge knows: on the allow list, a visitor, or admitted (in that order).
@@ -247,6 +278,9 @@ fn sample(src: &Source, reason: Reason, seen: u64, cfg: &Config) {
 /// the packet reached (this CPU's, under its reason and disposition).
 #[inline(always)]
 fn apply(reason: Reason, mode: u32, bytes: u64) -> (u32, u64) {
+    if reason == SYN_COOKIE_SENT {
+        return (XDP_TX, count(reason, false, bytes));
+    }
     if !is_drop(reason) {
         return (XDP_PASS, count(reason, false, bytes));
     }

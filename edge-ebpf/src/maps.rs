@@ -89,6 +89,15 @@ pub static ENDPOINT_BUCKETS: LruHashMap<Addr, Bucket> =
 #[map(name = "endpoint_budget")]
 pub static ENDPOINT_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
 
+/// The one bucket every SYN-ACK the program sends with a cookie is charged to.
+#[map(name = "syn_reply")]
+pub static SYN_REPLY: Array<Bucket> = Array::with_max_entries(1, 0);
+
+/// Per CPU: where the cookie stage copies headers and builds its reply (too big for the stack).
+#[map(name = "syn_scratch")]
+pub static SYN_SCRATCH: PerCpuArray<crate::syncookie::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// The current and previous ticket keys (knocks are verified here, so they keep working while
 /// the daemon is down). Written only by the control plane; never in the object file.
 #[map(name = "ticket_keys")]

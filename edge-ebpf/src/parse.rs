@@ -112,8 +112,12 @@ pub struct Packet {
     /// Destination port (TCP/UDP only; 0 otherwise).
     pub dport: u16,
     pub fragment: Fragment,
+    /// Offset of the network header from the start of the frame.
+    pub l3_offset: usize,
     /// Offset of the transport header from the start of the frame.
     pub l4_offset: usize,
+    /// TCP flags (FIN .. CWR), 0 for other protocols and later fragments.
+    pub tcp_flags: u8,
     /// UDP length field (header and payload); 0 for other protocols.
     pub udp_len: u16,
 }
@@ -224,7 +228,7 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
     let fragment =
         if u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 { Fragment::Later } else { Fragment::No };
     let src = Source::v4_mapped(ip.saddr);
-    transport(ctx, src, None, ip.protocol, offset + ihl, fragment)
+    transport(ctx, src, None, ip.protocol, (offset, offset + ihl), fragment)
 }
 
 #[inline(always)]
@@ -234,6 +238,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
         return Err(Malformed);
     }
     let src = Source::v6(&ip.saddr);
+    let l3_offset = offset;
     let mut next = ip.next_header;
     let mut offset = offset + core::mem::size_of::<Ipv6Hdr>();
     let mut fragment = Fragment::No;
@@ -268,7 +273,7 @@ fn ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, Malformed> {
         // Still inside the chain after the limit: we cannot see the transport header.
         return Err(Malformed);
     }
-    transport(ctx, src, Some(ip.hop_limit), next, offset, fragment)
+    transport(ctx, src, Some(ip.hop_limit), next, (l3_offset, offset), fragment)
 }
 
 #[inline(always)]
@@ -280,19 +285,20 @@ fn is_extension(next: u8) -> bool {
 }
 
 /// Reads the destination port (TCP/UDP) or recognises neighbour discovery. `hop_limit` is the
-/// IPv6 header's (`None` for IPv4).
+/// IPv6 header's (`None` for IPv4); `offsets` are the network and transport headers'.
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
     src: Source,
     hop_limit: Option<u8>,
     proto: u8,
-    offset: usize,
+    (l3_offset, offset): (usize, usize),
     fragment: Fragment,
 ) -> Result<Parsed, Malformed> {
     let is_v4 = hop_limit.is_none();
     let mut dport = 0;
     let mut udp_len = 0;
+    let mut tcp_flags = 0;
     if fragment == Fragment::No {
         match proto {
             IPPROTO_TCP => {
@@ -301,6 +307,7 @@ fn transport(
                     return Err(Malformed);
                 }
                 dport = u16::from_be_bytes(tcp.dport);
+                tcp_flags = tcp.doff_flags[1];
             }
             IPPROTO_UDP => {
                 let udp = unsafe { &*header::<UdpHdr>(ctx, offset)? };
@@ -318,5 +325,15 @@ fn transport(
             _ => {}
         }
     }
-    Ok(Parsed::Ip(Packet { src, is_v4, proto, dport, fragment, l4_offset: offset, udp_len }))
+    Ok(Parsed::Ip(Packet {
+        src,
+        is_v4,
+        proto,
+        dport,
+        fragment,
+        l3_offset,
+        l4_offset: offset,
+        tcp_flags,
+        udp_len,
+    }))
 }

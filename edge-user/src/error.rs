@@ -29,6 +29,10 @@ pub enum Error {
     Kernel { what: String, source: io::Error },
     #[error("{0}")]
     Pcap(String),
+    /// The host cannot be set up as a feature needs (a sysctl the kernel lacks, a saved value
+    /// that cannot be read back).
+    #[error("{0}")]
+    Host(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod replay;
 pub mod stats;
 pub mod store;
+pub mod syncookies;
 pub mod text;
 pub mod ticket;
 pub mod token;

@@ -380,10 +380,12 @@ impl Core {
                 }
                 maps.rebuild_admitted_hint()?;
                 self.needs_reconcile = false;
+                follow_syn_cookies(&kernel_config(&policy));
             }
             Mirror::Config => {
                 let config = kernel_config(&self.effective_policy());
                 self.maps.as_mut().expect("checked above").set_config(config)?;
+                follow_syn_cookies(&config);
             }
             Mirror::Change(op, departed) => self.mirror_change(op, departed)?,
         }
@@ -455,4 +457,19 @@ pub(super) fn check_capacity(map: &'static str, capacity: u32, wanted: usize) ->
         return Err(Fault::from(Error::MapFull { map, capacity, wanted }));
     }
     Ok(())
+}
+
+/// Sets the host up for the program's SYN cookies while the record has it answer SYNs, and
+/// puts it back when it stops (docs/syn-cookies.md). A failure is logged: the program then
+/// leaves SYNs to the kernel (its helper makes no cookie), which is the host as it was.
+fn follow_syn_cookies(config: &edge_common::config::Config) {
+    let host = crate::syncookies::Host::current();
+    let done = host.and_then(|host| match (config.answers_syns(), host.is_on()) {
+        (true, _) => host.turn_on(),
+        (false, true) => host.turn_off(),
+        (false, false) => Ok(()),
+    });
+    if let Err(e) = done {
+        error!(error = %e, "syn_cookies: the host's sysctls");
+    }
 }

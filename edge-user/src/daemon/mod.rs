@@ -110,6 +110,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         self::events::check_tracepoint_format()
             .map_err(|e| anyhow::anyhow!("learning.handshakes: {e}"))?;
     }
+    if policy.syn_cookies.mode != crate::policy::SynCookieMode::Off {
+        // Refused before anything starts: the program would answer SYNs the kernel cannot
+        // turn into connections.
+        crate::syncookies::Host::current()?.check()?;
+    }
     let (core, recovery) = Core::open(config_path, policy, clock.clone())?;
     if recovery.torn_bytes > 0 {
         warn!(bytes = recovery.torn_bytes, "cut off the torn tail of an unacknowledged record");

@@ -533,7 +533,14 @@ impl Maps {
             let _ = buckets.remove(&key);
         }
         let mut budget: Array<&mut MapData, Bucket> = view(&mut self.maps, names::ENDPOINT_BUDGET)?;
-        budget.set(0, Bucket::default(), 0).map_err(|e| kernel("resetting the endpoint budget", e))
+        budget
+            .set(0, Bucket::default(), 0)
+            .map_err(|e| kernel("resetting the endpoint budget", e))?;
+        let mut replies: Array<&mut MapData, Bucket> =
+            view(&mut self.maps, names::SYN_REPLY_BUDGET)?;
+        replies
+            .set(0, Bucket::default(), 0)
+            .map_err(|e| kernel("resetting the SYN reply budget", e))
     }
 }
 

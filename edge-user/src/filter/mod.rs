@@ -34,7 +34,7 @@ use crate::error::{chain, errno, kernel, Error, Result};
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edge"));
 
 /// The maps every interface of one daemon shares (from `edge_common::maps::INVENTORY`).
-pub const SHARED_MAPS: [&str; 18] = held(Holding::Shared);
+pub const SHARED_MAPS: [&str; 19] = held(Holding::Shared);
 
 /// Every map the program has that is pinned (these are also the pin file names): the shared
 /// ones and the per-interface counters.
@@ -69,7 +69,7 @@ const fn held<const N: usize>(holding: Holding) -> [&'static str; N] {
 /// What the program did with one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Judgement {
-    /// XDP action: 1 drop, 2 pass, 0 aborted.
+    /// XDP action: 1 drop, 2 pass, 3 sent back (a SYN cookie), 0 aborted.
     pub action: u32,
     pub reason: Reason,
     /// Counted as a monitor-mode would-drop.
@@ -81,6 +81,7 @@ impl Judgement {
         match self.action {
             XDP_PASS => "pass",
             XDP_DROP => "drop",
+            XDP_TX => "reply",
             _ => "aborted",
         }
     }
@@ -92,6 +93,8 @@ impl Judgement {
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+/// Sent back out of the interface it came in on: the program's SYN-ACK with a cookie.
+pub const XDP_TX: u32 = 3;
 
 /// The XDP program loaded into the kernel, not attached.
 pub struct Filter {
@@ -122,9 +125,30 @@ impl Filter {
 
     /// Runs a frame `repeat` times in the kernel; returns the action and the mean time per run.
     pub fn run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration)> {
+        let (action, duration, _) = self.run_frame(frame, repeat, None)?;
+        Ok((action, duration))
+    }
+
+    /// Runs the program once on `frame` and returns its action with the frame as the program
+    /// left it (a reply it sent back with XDP_TX, say).
+    pub fn run_and_read(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        // Room for the frame to grow (XDP headroom and tailroom are a page at most).
+        let mut out = vec![0u8; frame.len() + 4096];
+        let (action, _, len) = self.run_frame(frame, 1, Some(&mut out))?;
+        out.truncate(len);
+        Ok((action, out))
+    }
+
+    fn run_frame(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+        out: Option<&mut [u8]>,
+    ) -> Result<(u32, Duration, usize)> {
         let prog = program(&mut self.ebpf)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
+        opts.data_out = out;
         opts.repeat = repeat;
         let result = prog.test_run(opts).map_err(|e| {
             if errno(&e) == Some(libc::EINVAL) && frame.len() < 14 {
@@ -138,7 +162,7 @@ impl Filter {
                 kernel("BPF_PROG_TEST_RUN", e)
             }
         })?;
-        Ok((result.return_value, result.duration))
+        Ok((result.return_value, result.duration, result.data_size_out as usize))
     }
 
     /// The loaded program's descriptor, for callers that run it from several threads at once

@@ -212,5 +212,11 @@ pub fn detach(iface: &str) -> Result<()> {
     let link = link.unpin().map_err(|e| kernel("unpinning the link", e))?;
     aya::programs::links::Link::detach(link).map_err(|e| kernel("detaching", e))?;
     std::fs::remove_dir_all(&dir)
-        .map_err(|e| Error::Kernel { what: format!("removing {}", dir.display()), source: e })
+        .map_err(|e| Error::Kernel { what: format!("removing {}", dir.display()), source: e })?;
+    // The SYN cookie sysctls go back with the last interface of this namespace.
+    let others = pinned_interfaces()?.into_iter().filter(|i| if_index(i).is_ok()).count();
+    if others == 0 {
+        crate::syncookies::Host::current()?.turn_off()?;
+    }
+    Ok(())
 }

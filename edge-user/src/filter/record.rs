@@ -1,7 +1,13 @@
 //! The config record the program reads once per packet, made from a policy.
-use edge_common::config::{Budget, Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY};
+use edge_common::config::{
+    Budget, Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, SYN_COOKIES_ALWAYS, SYN_COOKIES_ATTACK,
+    SYN_COOKIES_OFF,
+};
 
-use crate::policy::Policy;
+use crate::{
+    policy::{Policy, SynCookieMode},
+    syncookies::host_options,
+};
 
 /// Network-order byte mask of a prefix length over 16 bytes, as the two words `Config` holds.
 fn mask_words(bits: u32) -> [u64; 2] {
@@ -30,6 +36,8 @@ pub fn kernel_config(policy: &Policy) -> Config {
     let u = &policy.unknown;
     let unknown = budget(u.rate_pps, u.burst, u.global_pps, u.global_burst);
     let endpoint = policy.admission.http.as_ref();
+    let c = &policy.syn_cookies;
+    let reply = budget(1, 1, c.reply_pps, c.reply_burst);
     let mut lists = 0;
     if !policy.deny.is_empty() {
         lists |= LIST_DENY;
@@ -58,6 +66,17 @@ pub fn kernel_config(policy: &Policy) -> Config {
         endpoint: endpoint.map_or(Budget::default(), |h| {
             budget(h.source_pps, h.source_burst, h.global_pps, h.global_burst)
         }),
+        syn_cookies: match c.mode {
+            SynCookieMode::Off => SYN_COOKIES_OFF,
+            SynCookieMode::Attack => SYN_COOKIES_ATTACK,
+            SynCookieMode::Always => SYN_COOKIES_ALWAYS,
+        },
+        syn_options: if c.mode == SynCookieMode::Off { 0 } else { host_options() },
+        syn_mss_v4: c.mss_v4,
+        syn_mss_v6: c.mss_v6,
+        _pad: 0,
+        syn_reply_interval_ns: reply.global_interval_ns,
+        syn_reply_tolerance_ns: reply.global_tolerance_ns,
     }
 }
 

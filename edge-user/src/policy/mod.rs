@@ -176,6 +176,72 @@ impl Default for UnknownBudget {
     }
 }
 
+/// `[syn_cookies] mode`: when the program answers SYNs to protected TCP ports itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SynCookieMode {
+    Off,
+    /// Whenever the filter enforces (also the attack phase of `mode = "auto"`).
+    Attack,
+    /// Whenever the filter runs (monitor too).
+    Always,
+}
+
+impl SynCookieMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(Self::Off),
+            "attack" => Some(Self::Attack),
+            "always" => Some(Self::Always),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SynCookieMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Attack => "attack",
+            Self::Always => "always",
+        })
+    }
+}
+
+/// `[syn_cookies]`: SYN cookies answered by the program (docs/syn-cookies.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynCookies {
+    pub mode: SynCookieMode,
+    /// SYN-ACKs per second the program may send, all sources together: edge never becomes
+    /// an amplifier.
+    pub reply_pps: u32,
+    pub reply_burst: u32,
+    /// The MSS our SYN-ACKs announce (what a 1500-byte MTU carries).
+    pub mss_v4: u16,
+    pub mss_v6: u16,
+}
+
+impl Default for SynCookies {
+    fn default() -> Self {
+        Self {
+            mode: SynCookieMode::Off,
+            reply_pps: 100_000,
+            reply_burst: 10_000,
+            mss_v4: 1460,
+            mss_v6: 1440,
+        }
+    }
+}
+
+impl fmt::Display for SynCookies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mode = \"{}\", reply_pps = {}, reply_burst = {}, mss_v4 = {}, mss_v6 = {}",
+            self.mode, self.reply_pps, self.reply_burst, self.mss_v4, self.mss_v6
+        )
+    }
+}
+
 /// `mode = "auto"`: when the daemon switches to enforce and back. Two thresholds and two
 /// durations make the hysteresis: a flood must last `sustain_s` above `enter_pps` to switch
 /// on, and the rate must stay below `exit_pps` for `cool_down_s` to switch off.
@@ -230,6 +296,8 @@ pub struct Policy {
     /// `learning.handshakes`: record peers that complete a TCP handshake with a local server
     /// on a protected port as today's visitors (the daemon only).
     pub learn_handshakes: bool,
+    /// `[syn_cookies]`.
+    pub syn_cookies: SynCookies,
 }
 
 /// Default `events.drop_sample`: cheap under any flood (a multiply per drop, a ring write per
@@ -473,6 +541,7 @@ impl Default for Policy {
             fleet: None,
             drop_sample: DEFAULT_DROP_SAMPLE,
             learn_handshakes: false,
+            syn_cookies: SynCookies::default(),
         }
     }
 }

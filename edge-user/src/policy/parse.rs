@@ -14,8 +14,9 @@ use toml::Spanned;
 
 use super::{
     admission::{admission, RawAdmission},
-    AutoMode, DaemonSettings, Fleet, Mode, Policy, PolicyError, Protected, TcpApi, UnknownBudget,
-    XdpModeSetting, DEFAULT_METRICS, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+    AutoMode, DaemonSettings, Fleet, Mode, Policy, PolicyError, Protected, SynCookieMode,
+    SynCookies, TcpApi, UnknownBudget, XdpModeSetting, DEFAULT_METRICS, DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
 };
 
 #[derive(Deserialize)]
@@ -32,6 +33,17 @@ struct RawPolicy {
     events: Option<RawEvents>,
     learning: Option<RawLearning>,
     fleet: Option<RawFleet>,
+    syn_cookies: Option<RawSynCookies>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSynCookies {
+    mode: Option<Spanned<String>>,
+    reply_pps: Option<Spanned<i64>>,
+    reply_burst: Option<Spanned<i64>>,
+    mss_v4: Option<Spanned<i64>>,
+    mss_v6: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +246,16 @@ impl Policy {
                 return Err(src.error(v.span(), "learning.handshakes", reason.into()));
             }
         }
+        if let Some(c) = raw.syn_cookies {
+            policy.syn_cookies = syn_cookies(&src, &c)?;
+            if let (Some(mode), None) = (&c.mode, &raw.daemon) {
+                if policy.syn_cookies.mode != SynCookieMode::Off {
+                    let reason = "SYN cookies need `edge daemon` (a [daemon] table): it sets up \
+                                  the host's sysctls and puts them back";
+                    return Err(src.error(mode.span(), "syn_cookies.mode", reason.into()));
+                }
+            }
+        }
         if let Some(w) = raw.window {
             if let Some(days) = &w.days {
                 policy.window_days = src.int(days, "window.days", 1..3651)? as u16;
@@ -301,6 +323,32 @@ fn unknown(src: &Source, u: &RawUnknown) -> Checked<UnknownBudget> {
         b.prefix_v6 = src.int(v, "unknown.prefix_v6", 0..129)? as u8;
     }
     Ok(b)
+}
+
+fn syn_cookies(src: &Source, c: &RawSynCookies) -> Checked<SynCookies> {
+    let mut cookies = SynCookies::default();
+    if let Some(mode) = &c.mode {
+        cookies.mode = SynCookieMode::parse(mode.get_ref()).ok_or_else(|| {
+            let reason = format!("`{}` is not off, attack or always", mode.get_ref());
+            src.error(mode.span(), "syn_cookies.mode", reason)
+        })?;
+    }
+    if let Some(v) = &c.reply_pps {
+        cookies.reply_pps = src.int(v, "syn_cookies.reply_pps", 0..MAX_PPS + 1)? as u32;
+        // The burst follows the rate unless set: a tenth of a second's worth.
+        cookies.reply_burst = (cookies.reply_pps / 10).max(1);
+    }
+    if let Some(v) = &c.reply_burst {
+        cookies.reply_burst = src.int(v, "syn_cookies.reply_burst", U32_RANGE)? as u32;
+    }
+    // RFC 879's smallest datagram (576) less the headers, up to a 9000-byte jumbo frame's.
+    if let Some(v) = &c.mss_v4 {
+        cookies.mss_v4 = src.int(v, "syn_cookies.mss_v4", 536..8961)? as u16;
+    }
+    if let Some(v) = &c.mss_v6 {
+        cookies.mss_v6 = src.int(v, "syn_cookies.mss_v6", 1220..8941)? as u16;
+    }
+    Ok(cookies)
 }
 
 fn auto(src: &Source, a: &RawAuto) -> Checked<AutoMode> {

@@ -114,6 +114,18 @@ impl Policy {
         let mut learning = Table::new();
         learning.insert("handshakes".into(), Value::Boolean(self.learn_handshakes));
         root.insert("learning".into(), Value::Table(learning));
+        let c = &self.syn_cookies;
+        let mut cookies = Table::new();
+        cookies.insert("mode".into(), Value::String(c.mode.to_string()));
+        for (key, value) in [
+            ("reply_pps", c.reply_pps),
+            ("reply_burst", c.reply_burst),
+            ("mss_v4", u32::from(c.mss_v4)),
+            ("mss_v6", u32::from(c.mss_v6)),
+        ] {
+            cookies.insert(key.into(), Value::Integer(i64::from(value)));
+        }
+        root.insert("syn_cookies".into(), Value::Table(cookies));
         let mut lists = Table::new();
         lists.insert("allow".into(), strings(self.allow.iter().map(|n| n.to_string()).collect()));
         lists.insert("deny".into(), strings(self.deny.iter().map(|n| n.to_string()).collect()));

@@ -1,0 +1,310 @@
+//! SYN cookies through the real program (BPF_PROG_TEST_RUN): a SYN to a protected port with a
+//! listener comes back as the SYN-ACK (XDP_TX) with the kernel's cookie, addresses, ports,
+//! checksums and options right, in both families and under a VLAN tag; the ACK that brings the
+//! cookie back passes, and one with a wrong or another source's cookie is dropped.
+//!
+//! The program looks listeners up in the namespace of the device a test run uses (the
+//! loopback of the running thread's namespace), so each test runs in a thread moved to a
+//! network namespace of its own, with its own listener and `tcp_syncookies = 2`.
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+
+use edge::filter::{XDP_DROP, XDP_PASS, XDP_TX};
+use edge_common::reason::*;
+use edge_tests::{
+    frames::{DST_V4, DST_V6},
+    harness::{loaded, Loaded},
+    lab::TODAY,
+    privileged,
+};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+
+const PORT: u16 = 443;
+const CLIENT_PORT: u16 = 40_000;
+const CLIENT_SEQ: u32 = 1_000_000;
+const CLIENT_TSVAL: u32 = 123_456;
+const CLIENT_WSCALE: u8 = 9;
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+const VISITOR_V4: &str = "198.51.100.7";
+const VISITOR_V6: &str = "2001:db8:1:2::7";
+const OTHER_VISITOR_V4: &str = "198.51.100.8";
+const VISITORS: &str = "198.51.100.7\n198.51.100.8\n2001:db8:1:2::7\n";
+
+/// Enforcing, strict for unknown sources, cookies always; a small reply budget for the last
+/// case.
+fn policy(reply_burst: u32) -> String {
+    format!(
+        r#"
+mode = "enforce"
+[unknown]
+rate_pps = 0
+[syn_cookies]
+mode = "always"
+reply_pps = 1
+reply_burst = {reply_burst}
+[daemon]
+interfaces = ["lo"]
+state_dir = "/nonexistent"
+"#
+    )
+}
+
+/// A TCP frame from `src` to the fixtures' destination, port 443.
+struct Tcp {
+    src: IpAddr,
+    vlan: bool,
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    options: Vec<TcpOptionElement>,
+}
+
+impl Tcp {
+    fn syn(src: &str) -> Self {
+        Tcp {
+            src: src.parse().unwrap(),
+            vlan: false,
+            seq: CLIENT_SEQ,
+            ack: None,
+            syn: true,
+            options: vec![
+                TcpOptionElement::MaximumSegmentSize(1400),
+                TcpOptionElement::SelectiveAcknowledgementPermitted,
+                TcpOptionElement::Timestamp(CLIENT_TSVAL, 0),
+                TcpOptionElement::Noop,
+                TcpOptionElement::WindowScale(CLIENT_WSCALE),
+            ],
+        }
+    }
+
+    /// The third packet of the handshake: acknowledging `cookie`.
+    fn ack(src: &str, cookie: u32) -> Self {
+        Tcp {
+            src: src.parse().unwrap(),
+            vlan: false,
+            seq: CLIENT_SEQ + 1,
+            ack: Some(cookie.wrapping_add(1)),
+            syn: false,
+            options: Vec::new(),
+        }
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(SRC_MAC, DST_MAC);
+        let ip = match self.src {
+            IpAddr::V4(src) => eth.ipv4(src.octets(), DST_V4, 64),
+            IpAddr::V6(src) => eth.ipv6(src.octets(), DST_V6, 64),
+        };
+        let mut tcp = ip.tcp(CLIENT_PORT, PORT, self.seq, 64_240);
+        if self.syn {
+            tcp = tcp.syn();
+        }
+        if let Some(ack) = self.ack {
+            tcp = tcp.ack(ack);
+        }
+        let tcp = tcp.options(&self.options).unwrap();
+        let mut out = Vec::new();
+        tcp.write(&mut out, &[]).unwrap();
+        if self.vlan {
+            // An 802.1Q tag (VLAN 10) before the ethertype.
+            out.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+        }
+        out
+    }
+}
+
+/// Runs `body` in a thread moved to a network namespace of its own, with `tcp_syncookies =
+/// 2` and a dual-stack listener on port 443.
+fn in_own_netns(body: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        // SAFETY: plain syscall; it moves only this thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+        // /proc/sys/net shows the namespace of the thread that opens it.
+        std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2")
+            .expect("tcp_syncookies = 2 in the test's namespace");
+        let listener =
+            TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT)).unwrap();
+        body();
+        drop(listener);
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// One run: the action, the frame the program left, and the one reason counted.
+fn run(l: &mut Loaded, frame: &[u8]) -> (u32, Vec<u8>, Reason) {
+    let before = l.filter.maps.stats().unwrap();
+    let (action, out) = l.filter.run_and_read(frame).unwrap();
+    let delta = l.filter.maps.stats().unwrap().since(&before);
+    let rows = delta.rows(false);
+    assert_eq!(delta.total_packets(), 1, "one packet counted once: {rows:?}");
+    let reason = (0..REASON_COUNT).find(|r| delta.applied(*r).packets == 1).unwrap();
+    (action, out, reason)
+}
+
+/// What a SYN-ACK the program sent says, checked against the SYN it answers.
+struct SynAck {
+    cookie: u32,
+    options: Vec<TcpOptionElement>,
+}
+
+/// Checks `reply` answers `syn` (addresses, ports, flags, numbers, checksums, VLAN tag) and
+/// returns its cookie and options.
+fn answers(syn: &[u8], reply: &[u8]) -> SynAck {
+    let asked = SlicedPacket::from_ethernet(syn).unwrap();
+    let got = SlicedPacket::from_ethernet(reply).unwrap();
+    let (Some(etherparse::LinkSlice::Ethernet2(a)), Some(etherparse::LinkSlice::Ethernet2(g))) =
+        (&asked.link, &got.link)
+    else {
+        panic!("Ethernet frames")
+    };
+    assert_eq!((g.source(), g.destination()), (a.destination(), a.source()), "MACs swapped");
+    assert_eq!(asked.vlan_ids(), got.vlan_ids(), "VLAN tags kept");
+    let (Some(TransportSlice::Tcp(a_tcp)), Some(TransportSlice::Tcp(g_tcp))) =
+        (&asked.transport, &got.transport)
+    else {
+        panic!("TCP in both")
+    };
+    match (&asked.net, &got.net) {
+        (Some(NetSlice::Ipv4(a)), Some(NetSlice::Ipv4(g))) => {
+            let (a, g) = (a.header(), g.header());
+            assert_eq!((g.source(), g.destination()), (a.destination(), a.source()));
+            assert_eq!(g.ttl(), 64);
+            assert!(g.dont_fragment());
+            assert_eq!(g.total_len() as usize, 20 + g_tcp.slice().len(), "IPv4 total length");
+            let header = g.to_header();
+            assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 checksum");
+            let sum = g_tcp.to_header().calc_checksum_ipv4(&header, g_tcp.payload()).unwrap();
+            assert_eq!(g_tcp.checksum(), sum, "TCP checksum (IPv4)");
+        }
+        (Some(NetSlice::Ipv6(a)), Some(NetSlice::Ipv6(g))) => {
+            let (a, g) = (a.header(), g.header());
+            assert_eq!((g.source(), g.destination()), (a.destination(), a.source()));
+            assert_eq!(g.hop_limit(), 64);
+            assert_eq!(g.payload_length() as usize, g_tcp.slice().len(), "IPv6 payload length");
+            let sum =
+                g_tcp.to_header().calc_checksum_ipv6(&g.to_header(), g_tcp.payload()).unwrap();
+            assert_eq!(g_tcp.checksum(), sum, "TCP checksum (IPv6) of {reply:02x?}");
+        }
+        other => panic!("the same IP family in and out: {other:?}"),
+    }
+    assert_eq!(g_tcp.payload().len(), 0, "no payload");
+    assert_eq!((g_tcp.source_port(), g_tcp.destination_port()), (PORT, CLIENT_PORT));
+    assert!(g_tcp.syn() && g_tcp.ack() && !g_tcp.rst() && !g_tcp.fin(), "SYN-ACK flags");
+    assert_eq!(g_tcp.acknowledgment_number(), a_tcp.sequence_number().wrapping_add(1));
+    let options = g_tcp.options_iterator().map(|o| o.unwrap()).collect();
+    SynAck { cookie: g_tcp.sequence_number(), options }
+}
+
+/// The window scale this namespace's listeners choose (what the program announces).
+fn host_wscale() -> u8 {
+    let options = edge::syncookies::host_options();
+    ((options >> edge_common::config::SYN_OPT_WSCALE_SHIFT) & 0xf) as u8
+}
+
+#[test]
+fn a_syn_is_answered_with_a_cookie_and_only_its_ack_passes() {
+    if !privileged("a_syn_is_answered_with_a_cookie_and_only_its_ack_passes") {
+        return;
+    }
+    in_own_netns(|| {
+        let mut l = loaded();
+        l.setup(&policy(1_000), VISITORS, TODAY);
+        for (src, vlan) in [(VISITOR_V4, false), (VISITOR_V6, false), (VISITOR_V4, true)] {
+            let what = format!("{src}{}", if vlan { " under a VLAN tag" } else { "" });
+            let syn = Tcp { vlan, ..Tcp::syn(src) }.build();
+            let (action, reply, reason) = run(&mut l, &syn);
+            assert_eq!((action, reason), (XDP_TX, SYN_COOKIE_SENT), "{what}: answered");
+            let answer = answers(&syn, &reply);
+            let mss = if src.contains(':') { 1440 } else { 1460 };
+            let [TcpOptionElement::MaximumSegmentSize(got_mss), TcpOptionElement::SelectiveAcknowledgementPermitted, TcpOptionElement::Timestamp(tsval, tsecr), TcpOptionElement::Noop, TcpOptionElement::WindowScale(ws)] =
+                answer.options[..]
+            else {
+                panic!(
+                    "{what}: MSS, SACK-permitted, timestamps, window scale: {:?}",
+                    answer.options
+                )
+            };
+            assert_eq!(got_mss, mss, "{what}: our MSS");
+            assert_eq!(tsecr, CLIENT_TSVAL, "{what}: the client's timestamp echoed");
+            assert_eq!(tsval & 0xf, u32::from(CLIENT_WSCALE), "{what}: its window scale kept");
+            assert_ne!(tsval & 0x10, 0, "{what}: SACK kept in the timestamp");
+            assert_eq!(ws, host_wscale(), "{what}: the listener's own window scale");
+
+            let ack = Tcp { vlan, ..Tcp::ack(src, answer.cookie) }.build();
+            let (action, _, reason) = run(&mut l, &ack);
+            assert_eq!((action, reason), (XDP_PASS, COOKIE_VALID), "{what}: its ACK passes");
+            let wrong = Tcp { vlan, ..Tcp::ack(src, answer.cookie ^ 0x0100_0000) }.build();
+            let (action, _, reason) = run(&mut l, &wrong);
+            assert_eq!((action, reason), (XDP_DROP, COOKIE_INVALID), "{what}: a wrong cookie");
+        }
+
+        let syn = Tcp::syn(VISITOR_V4).build();
+        let cookie = answers(&syn, &run(&mut l, &syn).1).cookie;
+        let stolen = Tcp::ack(OTHER_VISITOR_V4, cookie).build();
+        let (action, _, reason) = run(&mut l, &stolen);
+        assert_eq!((action, reason), (XDP_DROP, COOKIE_INVALID), "another source's cookie");
+        let unknown = Tcp::ack("203.0.113.9", cookie).build();
+        assert_eq!(run(&mut l, &unknown).2, COOKIE_INVALID, "an unknown source, any cookie");
+
+        // Without options the SYN-ACK has only the MSS: without a timestamp to carry them,
+        // scaling and SACK cannot survive a cookie.
+        let bare = Tcp { options: vec![], ..Tcp::syn(VISITOR_V4) }.build();
+        let (action, reply, _) = run(&mut l, &bare);
+        assert_eq!(action, XDP_TX);
+        assert_eq!(answers(&bare, &reply).options, [TcpOptionElement::MaximumSegmentSize(1460)]);
+    });
+}
+
+#[test]
+fn what_is_not_a_handshake_is_judged_as_before() {
+    if !privileged("what_is_not_a_handshake_is_judged_as_before") {
+        return;
+    }
+    in_own_netns(|| {
+        let mut l = loaded();
+        l.setup(&policy(1_000), VISITORS, TODAY);
+        // No listener on the port: the SYN is the kernel's to refuse, judged as before. (The
+        // program reads no checksum, so the edited port needs no new one.)
+        let mut closed = Tcp::syn(VISITOR_V4).build();
+        closed[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&444u16.to_be_bytes());
+        let policy_all = format!("{}\n[scope]\nprotect = [\"tcp/*\"]\n", policy(1_000));
+        l.setup(&policy_all, VISITORS, TODAY);
+        let (action, _, reason) = run(&mut l, &closed);
+        assert_eq!((action, reason), (XDP_PASS, VISITOR), "a SYN to a closed port");
+        // An unknown source's SYN to a closed port still meets its budget (strict here).
+        let mut unknown = Tcp::syn("203.0.113.9").build();
+        unknown[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&444u16.to_be_bytes());
+        assert_eq!(run(&mut l, &unknown).2, UNKNOWN_RATE);
+        // A RST is never a cookie's business.
+        let mut rst = Tcp::ack(VISITOR_V4, 5).build();
+        rst[14 + 20 + 13] |= 0x04;
+        assert_eq!(run(&mut l, &rst).2, VISITOR, "a RST");
+        // Cookies in `attack` mode answer nothing while the filter only monitors.
+        let monitoring = policy(1_000)
+            .replace("mode = \"enforce\"", "mode = \"monitor\"")
+            .replace("mode = \"always\"", "mode = \"attack\"");
+        l.setup(&monitoring, VISITORS, TODAY);
+        let (action, _, reason) = run(&mut l, &Tcp::syn(VISITOR_V4).build());
+        assert_eq!((action, reason), (XDP_PASS, VISITOR), "attack mode while monitoring");
+    });
+}
+
+#[test]
+fn replies_stop_at_the_reply_budget() {
+    if !privileged("replies_stop_at_the_reply_budget") {
+        return;
+    }
+    in_own_netns(|| {
+        let mut l = loaded();
+        l.setup(&policy(2), VISITORS, TODAY);
+        let syn = Tcp::syn(VISITOR_V4).build();
+        let reasons: Vec<Reason> = (0..4).map(|_| run(&mut l, &syn).2).collect();
+        assert_eq!(
+            reasons,
+            [SYN_COOKIE_SENT, SYN_COOKIE_SENT, SYN_REPLY_BUDGET, SYN_REPLY_BUDGET],
+            "a burst of 2 at 1 per second"
+        );
+    });
+}
