@@ -2,7 +2,7 @@
 use aya::maps::{MapData, PerCpuArray};
 use edge_common::{
     keys::Counter,
-    reason::{is_drop, Reason, INTERNAL, REASON_COUNT, REASON_NAMES, STATS_SLOTS},
+    reason::{is_drop, Reason, INTERNAL, REASON_COUNT, REASON_NAMES, STATS_SLOTS, SYN_COOKIE_SENT},
 };
 use serde::Serialize;
 
@@ -109,6 +109,7 @@ impl Stats {
             if all || applied.packets > 0 {
                 let action = match reason {
                     INTERNAL => "aborted",
+                    SYN_COOKIE_SENT => "reply",
                     r if is_drop(r) => "drop",
                     _ => "pass",
                 };

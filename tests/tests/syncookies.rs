@@ -3,6 +3,11 @@
 //! checksums and options right, in both families and under a VLAN tag; the ACK that brings the
 //! cookie back passes, and one with a wrong or another source's cookie is dropped.
 //!
+//! End to end (the last test): a real client connects to a real server through a cookie and
+//! keeps what it negotiates, a connection open before cookies turn on talks throughout,
+//! forged SYNs and ACKs from allowed addresses reach no listener, and the host's sysctls go
+//! back as they were when cookies turn off or edge is detached.
+//!
 //! The program looks listeners up in the namespace of the device a test run uses (the
 //! loopback of the running thread's namespace), so each test runs in a thread moved to a
 //! network namespace of its own, with its own listener and `tcp_syncookies = 2`.
@@ -11,10 +16,11 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
 use edge::filter::{XDP_DROP, XDP_PASS, XDP_TX};
 use edge_common::reason::*;
 use edge_tests::{
+    daemon::Daemon,
     frames::{DST_V4, DST_V6},
     harness::{loaded, Loaded},
-    lab::TODAY,
-    privileged,
+    lab::{Lab, TODAY},
+    privileged, probe,
 };
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 
@@ -307,4 +313,173 @@ fn replies_stop_at_the_reply_budget() {
             "a burst of 2 at 1 per second"
         );
     });
+}
+
+// ---- End to end, in namespaces: a real client, a real server, forged handshakes. ----
+
+/// The lab's client here (no other test uses it: the handshake tracepoint sees every
+/// namespace).
+const CLIENT: &str = "192.0.2.181";
+/// Sources of forged segments: in the allowed range, owned by no one.
+const FORGED_FIRST: u8 = 200;
+const FORGED: u8 = 20;
+
+fn in_ns(ns: &str, program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `net.ipv4.tcp_syncookies` and `tcp_timestamps` in the server's namespace.
+fn sysctls(lab: &Lab) -> (String, String) {
+    let read = |name| in_ns(&lab.server_ns, "cat", &[name]).trim().to_string();
+    (read("/proc/sys/net/ipv4/tcp_syncookies"), read("/proc/sys/net/ipv4/tcp_timestamps"))
+}
+
+/// A TcpExt counter of the server's namespace (`/proc/net/netstat`).
+fn tcp_ext(lab: &Lab, name: &str) -> u64 {
+    let text = in_ns(&lab.server_ns, "cat", &["/proc/net/netstat"]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let names = lines[0].split_whitespace();
+    let values = lines[1].split_whitespace();
+    names.zip(values).find(|(n, _)| *n == name).map(|(_, v)| v.parse().unwrap()).unwrap()
+}
+
+fn packets(daemon: &Daemon, reason: &str) -> u64 {
+    let out = daemon.cli(&["stats", "--json"]).ok("stats");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    rows.iter().filter(|r| r["reason"] == reason).map(|r| r["packets"].as_u64().unwrap()).sum()
+}
+
+/// Rewrites `[syn_cookies] mode` in the daemon's config file and reloads it.
+fn set_cookies(daemon: &Daemon, mode: &str) {
+    let text = std::fs::read_to_string(&daemon.config).unwrap();
+    let start = text.find("[syn_cookies]\nmode = \"").unwrap() + "[syn_cookies]\nmode = \"".len();
+    let end = start + text[start..].find('"').unwrap();
+    let mut changed = text.clone();
+    changed.replace_range(start..end, mode);
+    std::fs::write(&daemon.config, changed).unwrap();
+    daemon.cli(&["config", "reload"]).ok("config reload");
+}
+
+#[test]
+fn real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing() {
+    if !privileged("real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing") {
+        return;
+    }
+    let mut lab = Lab::new(&[CLIENT]).expect("creating the namespace lab");
+    // A veth wakes its peer for the frames it sends back with XDP_TX only if the peer runs an
+    // XDP program itself (a NIC has no such condition).
+    let mut pass = lab.in_client(probe());
+    pass.args(["xdp-pass", &lab.client_if.clone()]);
+    lab.spawn(pass).unwrap();
+    let attached =
+        || in_ns(&lab.client_ns, "ip", &["link", "show", &lab.client_if]).contains("xdp");
+    edge_tests::wait_until(
+        "xdp-pass on the client",
+        std::time::Duration::from_secs(5),
+        attached,
+        String::new,
+    );
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut echo = lab.in_server(probe());
+    echo.args(["echo", "192.0.2.1:443", report.path().to_str().unwrap()]);
+    lab.spawn(echo).unwrap();
+    // What the server's side of each connection negotiated, by the client's port.
+    let server_side = || -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(report.path()).unwrap_or_default();
+        let split = |l: &str| l.split_once(' ').map(|(p, o)| (p.to_string(), o.to_string()));
+        text.lines().filter_map(split).collect()
+    };
+    let before = sysctls(&lab);
+    let policy = "mode = \"enforce\"\n[scope]\nprotect = [\"tcp/443\"]\n[lists]\n\
+                  allow = [\"192.0.2.0/24\"]\n[learning]\nhandshakes = true\n\
+                  [syn_cookies]\nmode = \"off\"\n";
+    let iface = lab.server_if.clone();
+    let mut daemon = Daemon::configure(&lab, &[&iface], policy, TODAY).unwrap();
+    daemon.start().unwrap();
+    daemon.wait_ready().unwrap();
+    assert_eq!(sysctls(&lab), before, "cookies off: the host as it was");
+
+    // A connection opened before cookies turn on, talking all along.
+    let long = lab
+        .in_client(probe())
+        .args(["talk", "--from", CLIENT, "--to", "192.0.2.1:443", "--secs", "6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    set_cookies(&daemon, "always");
+    assert_eq!(sysctls(&lab), ("2".into(), "2".into()), "cookies on: syncookies and timestamps");
+    let failed_before = tcp_ext(&lab, "SyncookiesFailed");
+    let sent_before = packets(&daemon, "syn_cookie_sent");
+
+    // A new connection goes through a cookie and gets what the first one got.
+    let short = lab
+        .in_client(probe())
+        .args(["talk", "--from", CLIENT, "--to", "192.0.2.1:443", "--secs", "1.5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let short_out = short.wait_with_output().unwrap();
+    let short_said = String::from_utf8_lossy(&short_out.stdout).into_owned();
+    assert!(short_out.status.success(), "{short_said}\n{}", daemon.log());
+    assert!(packets(&daemon, "syn_cookie_sent") > sent_before, "the SYN was answered by edge");
+    assert!(packets(&daemon, "cookie_valid") >= 1, "and its ACK brought the cookie back");
+
+    // Forged SYNs and ACKs from allowed addresses no one there owns.
+    let invalid_before = packets(&daemon, "cookie_invalid");
+    let sent_before = packets(&daemon, "syn_cookie_sent");
+    for i in 0..FORGED {
+        for (flag, last) in [("syn", FORGED_FIRST + i), ("ack", FORGED_FIRST + FORGED + i)] {
+            let from = format!("192.0.2.{last}");
+            in_ns(
+                &lab.client_ns,
+                probe().to_str().unwrap(),
+                &["spoof", "--from", &from, "--to", "192.0.2.1:443", "--flag", flag],
+            );
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let answered = packets(&daemon, "syn_cookie_sent") - sent_before;
+    let refused = packets(&daemon, "cookie_invalid") - invalid_before;
+    assert_eq!((answered, refused), (u64::from(FORGED), u64::from(FORGED)), "forged SYNs, ACKs");
+    assert_eq!(tcp_ext(&lab, "SyncookiesFailed"), failed_before, "no forged ACK reached TCP");
+    let sockets = in_ns(&lab.server_ns, "ss", &["-tanH"]);
+    assert!(!sockets.contains("192.0.2.2"), "no socket for a forged source:\n{sockets}");
+
+    let long_out = long.wait_with_output().unwrap();
+    let long_said = String::from_utf8_lossy(&long_out.stdout).into_owned();
+    assert!(long_out.status.success(), "the long connection: {long_said}");
+
+    // The cookie connection negotiated what the one before cookies did, on both sides.
+    let client_side =
+        |said: &str| said.lines().find_map(|l| l.strip_prefix("negotiated ")).unwrap().to_string();
+    let (plain, cookie) = (client_side(&long_said), client_side(&short_said));
+    assert_eq!(cookie, plain, "the client's side");
+    assert!(plain.contains("ts") && plain.contains("sack") && plain.contains("wscale"), "{plain}");
+    let server = server_side();
+    assert_eq!(server.len(), 2, "two connections: {server:?}");
+    assert_eq!(server[1].1, server[0].1, "the server's side: {server:?}");
+
+    let visitors = daemon.cli(&["visitors", "list", "--json"]).ok("visitors list");
+    assert!(visitors.contains(CLIENT), "the cookie client is learned: {visitors}");
+    assert!(!visitors.contains("192.0.2.2"), "no forged source is learned: {visitors}");
+
+    // Off again: the host exactly as before. On, then detached: the same.
+    set_cookies(&daemon, "off");
+    assert_eq!(sysctls(&lab), before, "cookies off again");
+    set_cookies(&daemon, "always");
+    assert_eq!(sysctls(&lab), ("2".into(), "2".into()));
+    daemon.stop().unwrap();
+    let detached =
+        lab.in_server(edge_tests::edge_bin()).args(["detach", "--iface", &iface]).output();
+    assert!(detached.unwrap().status.success(), "edge detach");
+    assert_eq!(sysctls(&lab), before, "detached: the host as it was");
 }

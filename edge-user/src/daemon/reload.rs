@@ -149,6 +149,7 @@ fn describe_changes(old: &Policy, new: &Policy) -> Vec<String> {
     note("window.days", old.window_days.to_string(), new.window_days.to_string());
     note("window.max_jump_days", old.max_jump_days.to_string(), new.max_jump_days.to_string());
     note("events.drop_sample", old.drop_sample.to_string(), new.drop_sample.to_string());
+    note("syn_cookies", old.syn_cookies.to_string(), new.syn_cookies.to_string());
     let list = |l: &[ipnet::IpNet]| format!("{} prefixes", l.len());
     if old.allow != new.allow {
         note("lists.allow", list(&old.allow), format!("{} (changed)", list(&new.allow)));
