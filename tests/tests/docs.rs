@@ -29,7 +29,13 @@ fn toml_blocks(text: &str) -> Vec<(usize, String)> {
 #[test]
 fn every_documented_config_example_parses() {
     let mut checked = 0;
-    for doc in ["README.md", "docs/operations.md", "docs/fleet.md", "docs/tokens.md"] {
+    for doc in [
+        "README.md",
+        "docs/operations.md",
+        "docs/fleet.md",
+        "docs/tokens.md",
+        "docs/syn-cookies.md",
+    ] {
         let text = std::fs::read_to_string(repo().join(doc)).unwrap();
         let blocks = toml_blocks(&text);
         assert!(!blocks.is_empty(), "{doc} shows no config example");

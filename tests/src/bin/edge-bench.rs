@@ -335,6 +335,76 @@ fn two_cpus(
     Ok(())
 }
 
+/// Calls per SYN cookie case.
+const COOKIE_CALLS: usize = 20_000;
+
+/// The SYN cookie cases, in a thread moved to a network namespace of its own (the program
+/// looks listeners up in the test run's namespace) with a listener on port 443 and
+/// `tcp_syncookies = 2`: the reply to a visitor's SYN beside an unknown source's drop, and the
+/// check of a valid cookie beside a visitor's pass, each frame run once per call.
+fn syn_cookies(
+    filter: &mut Filter,
+    report: &Report,
+    visitor_syn: &[u8],
+    unknown: &[u8],
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<()> {
+                // SAFETY: plain syscall; it moves only this thread.
+                anyhow::ensure!(unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0, "unshare");
+                std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2")?;
+                let _listener = std::net::TcpListener::bind("[::]:443")?;
+                let calls = |frame: &[u8]| vec![frame.to_vec(); COOKIE_CALLS];
+                let run = |filter: &mut Filter, frames: &[Vec<u8>]| -> Result<f64> {
+                    filter.maps.reset_budgets()?;
+                    per_call(|f, r| Ok(filter.run(f, r)?.1), frames)
+                };
+                let drop = run(filter, &calls(unknown))?;
+                let visitor = run(filter, &calls(visitor_syn))?;
+                let on = Policy::parse(
+                    &format!(
+                        "{POLICY}\n[syn_cookies]\nmode = \"always\"\nreply_pps = 1000000000\n\
+                         reply_burst = 1000000000\n[daemon]\ninterfaces = [\"lo\"]\n"
+                    ),
+                    "bench.toml",
+                    Path::new("."),
+                )?;
+                filter.maps.set_config(kernel_config(&on))?;
+                let (action, answer) = filter.run_and_read(visitor_syn)?;
+                anyhow::ensure!(action == edge::filter::XDP_TX, "the SYN was not answered");
+                // The ACK that brings the cookie back: the SYN's frame (no options) with ACK
+                // instead of SYN, the next sequence number and the cookie plus one.
+                let tcp = 14 + 20;
+                let cookie = u32::from_be_bytes(answer[tcp + 4..tcp + 8].try_into()?);
+                let mut ack = visitor_syn.to_vec();
+                let seq = u32::from_be_bytes(ack[tcp + 4..tcp + 8].try_into()?);
+                ack[tcp + 4..tcp + 8].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+                ack[tcp + 8..tcp + 12].copy_from_slice(&cookie.wrapping_add(1).to_be_bytes());
+                ack[tcp + 13] = 0x10;
+                let judged = filter.judge(&ack)?;
+                anyhow::ensure!(
+                    judged.reason == edge_common::reason::COOKIE_VALID,
+                    "the bench's ACK is judged {}",
+                    judged.reason_name()
+                );
+                let reply = run(filter, &calls(visitor_syn))?;
+                let valid = run(filter, &calls(&ack))?;
+                report.case("unknown_drop_per_call", drop, true);
+                report.case("syn_cookie_reply", reply, true);
+                report.case("visitor_per_call", visitor, true);
+                report.case("cookie_valid", valid, true);
+                if !report.json {
+                    println!("  syn_cookie_reply / unknown_drop_per_call = {:.2}", reply / drop);
+                    println!("  cookie_valid / visitor_per_call = {:.2}", valid / visitor);
+                }
+                Ok(())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 fn main() -> Result<()> {
     let json = std::env::args().any(|a| a == "--json");
     let say = |s: &str| {
@@ -446,6 +516,10 @@ fn main() -> Result<()> {
     filter.maps.revoke("192.0.2.77".parse()?)?;
     filter.maps.set_config(kernel_config(&policy))?;
     expect_visitor(&mut filter, &frames[0].1)?;
+
+    say("\nSYN cookies, one call per packet (a reply changes its frame, so no repeats):");
+    syn_cookies(&mut filter, &report, &frames[0].1, &frames[4].1)?;
+    filter.maps.set_config(kernel_config(&policy))?;
 
     say(&format!(
         "\nrandom sources, one packet per source ({FLOOD_FRAMES} frames, median of {RUNS} passes):"
