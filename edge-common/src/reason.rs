@@ -58,7 +58,9 @@ pub const ENDPOINT_GLOBAL: Reason = 22;
 /// SYN cookies on (`[syn_cookies]`): a SYN to a protected TCP port with a listener, answered
 /// by the program with a SYN-ACK carrying a cookie (XDP_TX). Nothing is kept.
 pub const SYN_COOKIE_SENT: Reason = 23;
-/// SYN cookies on: a SYN left unanswered because the global reply budget is spent: dropped.
+/// SYN cookies on, the global reply budget spent: a SYN from a source edge knows, or one
+/// within its unknown budgets, passed unanswered to the kernel, which answers it with its own
+/// cookie (`tcp_syncookies = 2`). Spent replies never cost a known source its SYN.
 pub const SYN_REPLY_BUDGET: Reason = 24;
 /// SYN cookies on: an ACK to a listener (no connection yet) whose cookie is valid, from a
 /// source edge knows or one within its unknown budgets: passed, and the kernel makes the
@@ -121,7 +123,6 @@ pub const fn is_drop(reason: Reason) -> bool {
             | UNKNOWN_RATE
             | ENDPOINT_RATE
             | ENDPOINT_GLOBAL
-            | SYN_REPLY_BUDGET
             | COOKIE_INVALID
             | MALFORMED
             | INTERNAL

@@ -118,20 +118,20 @@ pub fn judge_endpoint(src: &Source, cfg: &Config) -> Reason {
     judge(src, &cfg.endpoint, &budgets)
 }
 
-/// One shared bucket alone (the SYN cookie reply budget): whether it takes a packet now, and
-/// takes it if so. 0 interval: nothing is let through.
+/// Whether one shared bucket alone (the SYN cookie reply budget) would take a packet now.
+/// 0 interval: nothing is let through.
 #[inline(always)]
-pub fn take_shared(bucket: &Array<Bucket>, interval_ns: u64, tolerance_ns: u64) -> bool {
-    if interval_ns == 0 {
-        return false;
-    }
+pub fn shared_fits(bucket: &Array<Bucket>, interval_ns: u64, tolerance_ns: u64) -> bool {
     let Some(bucket) = bucket.get_ptr_mut(0) else { return false };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !fits(bucket, now, tolerance_ns) {
-        return false;
+    interval_ns != 0 && fits(bucket, unsafe { bpf_ktime_get_coarse_ns() }, tolerance_ns)
+}
+
+/// Takes a token from that bucket (after `shared_fits`, once the packet is sure to use it).
+#[inline(always)]
+pub fn shared_take(bucket: &Array<Bucket>, interval_ns: u64) {
+    if let Some(bucket) = bucket.get_ptr_mut(0) {
+        take(bucket, unsafe { bpf_ktime_get_coarse_ns() }, interval_ns);
     }
-    take(bucket, now, interval_ns);
-    true
 }
 
 /// The global budget first (a spent budget drops before any per-source state is touched, so a

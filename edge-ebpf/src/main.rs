@@ -38,7 +38,7 @@ use edge_common::{
     reason::*,
 };
 use parse::{Fragment, Packet, Parsed, Source};
-use syncookie::{Ack, TCP_ACK, TCP_RST, TCP_SYN};
+use syncookie::{Ack, Answer, TCP_ACK, TCP_RST, TCP_SYN};
 
 #[xdp]
 pub fn edge(ctx: XdpContext) -> u32 {
@@ -90,42 +90,74 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     if pkt.fragment == Fragment::No && !protected(pkt.proto, pkt.dport) {
         return PASS_UNPROTECTED;
     }
-    let proven = match cookie_stage(ctx, pkt, cfg) {
-        Ok(proven) => proven,
-        Err(answered) => return answered,
-    };
+    let step = handshake_step(pkt, cfg);
+    let mut spent = false;
+    if step == Step::Syn {
+        match syncookie::answer(ctx, pkt, cfg) {
+            Answer::Sent => return SYN_COOKIE_SENT,
+            Answer::Broken => return INTERNAL,
+            Answer::BudgetSpent => spent = true,
+            Answer::NotOurs => {}
+        }
+    }
+    // A SYN the reply budget left unanswered is counted as such when it passes.
+    let passed = |reason| if spent { SYN_REPLY_BUDGET } else { reason };
     if let Some(known) = known(pkt, cfg) {
-        return if proven { COOKIE_VALID } else { known };
+        if step == Step::Ack {
+            if let Some(checked) = cookie_check(ctx, pkt) {
+                return checked;
+            }
+        }
+        return passed(known);
     }
     if pkt.fragment == Fragment::Later {
         return FRAGMENT;
     }
     let mask = if pkt.is_v4 { &cfg.bucket_mask_v4 } else { &cfg.bucket_mask_v6 };
-    match budget::judge_unknown(&pkt.src, mask, cfg) {
-        UNKNOWN_PASS if proven => COOKIE_VALID,
-        judged => judged,
+    let judged = budget::judge_unknown(&pkt.src, mask, cfg);
+    if is_drop(judged) {
+        // Dropped by its budgets before any cookie work: a random-source ACK flood costs what
+        // any unknown flood costs.
+        return judged;
+    }
+    if step == Step::Ack {
+        if let Some(checked) = cookie_check(ctx, pkt) {
+            return checked;
+        }
+    }
+    passed(judged)
+}
+
+/// What a TCP packet is to the SYN cookie stage (`Step::None` while cookies are off).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    None,
+    /// A SYN (no ACK, no RST): answered by the program.
+    Syn,
+    /// An ACK (no SYN, no RST): if it is to a listener, it must bring a valid cookie.
+    Ack,
+}
+
+#[inline(always)]
+fn handshake_step(pkt: &Packet, cfg: &Config) -> Step {
+    if pkt.proto != IPPROTO_TCP || pkt.fragment != Fragment::No || !cfg.answers_syns() {
+        return Step::None;
+    }
+    match pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) {
+        TCP_SYN => Step::Syn,
+        TCP_ACK => Step::Ack,
+        _ => Step::None,
     }
 }
 
-/// SYN cookies, when on: a SYN is answered here (`Err`: the verdict), an ACK to a listener
-/// must bring a valid cookie (`Ok(true)`: it did, and goes on to pay the budgets of its
-/// source). Everything else is untouched (`Ok(false)`).
+/// An ACK to a listener (no connection for its addresses): its cookie decides. `None`: part
+/// of a connection, or to no listener, which the pipeline judges as before.
 #[inline(always)]
-fn cookie_stage(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Result<bool, Reason> {
-    if pkt.proto != IPPROTO_TCP || pkt.fragment != Fragment::No || !cfg.answers_syns() {
-        return Ok(false);
-    }
-    match pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) {
-        TCP_SYN => match syncookie::answer(ctx, pkt, cfg) {
-            Some(answered) => Err(answered),
-            None => Ok(false),
-        },
-        TCP_ACK => match syncookie::check(ctx, pkt) {
-            Ack::Valid => Ok(true),
-            Ack::Invalid => Err(COOKIE_INVALID),
-            Ack::NotAHandshake => Ok(false),
-        },
-        _ => Ok(false),
+fn cookie_check(ctx: &XdpContext, pkt: &Packet) -> Option<Reason> {
+    match syncookie::check(ctx, pkt) {
+        Ack::Valid => Some(COOKIE_VALID),
+        Ack::Invalid => Some(COOKIE_INVALID),
+        Ack::NotAHandshake => None,
     }
 }
 

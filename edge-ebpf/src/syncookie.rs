@@ -25,7 +25,7 @@
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_tuple, tcphdr},
     helpers::{
-        bpf_ktime_get_ns,
+        bpf_ktime_get_coarse_ns,
         generated::{
             bpf_csum_diff, bpf_loop, bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_check_syncookie,
             bpf_tcp_gen_syncookie, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
@@ -38,7 +38,6 @@ use edge_common::config::{
     Config, SYN_OPT_SACK, SYN_OPT_TIMESTAMPS, SYN_OPT_WSCALE, SYN_OPT_WSCALE_SHIFT,
 };
 use edge_common::keys::IPPROTO_TCP;
-use edge_common::reason::{Reason, SYN_COOKIE_SENT, SYN_REPLY_BUDGET};
 
 use crate::{budget, maps, parse::Packet};
 
@@ -99,20 +98,22 @@ struct Headers {
 }
 
 impl Headers {
-    /// The headers of `pkt`, with the TCP options if `whole_tcp`; `None` if the network header
-    /// has options or extension headers (those SYNs are left to the kernel, which answers them
-    /// with its own cookies while the mode is on).
+    /// The headers of `pkt`: the network header's fixed part (its addresses) and the TCP
+    /// header, whole with its options for a SYN (`syn`). `None` for a SYN whose network header
+    /// has options or extension headers: its reply would have to drop them, so it is left to
+    /// the kernel, which answers it with its own cookie while the mode is on. An ACK is
+    /// checked whatever its network header holds.
     #[inline(always)]
-    fn read(ctx: &XdpContext, pkt: &Packet, whole_tcp: bool) -> Option<Self> {
+    fn read(ctx: &XdpContext, pkt: &Packet, syn: bool) -> Option<Self> {
         let ip_len = if pkt.is_v4 { IPV4_HEADER } else { IPV6_HEADER };
-        if pkt.l4_offset != pkt.l3_offset + ip_len {
+        if syn && pkt.l4_offset != pkt.l3_offset + ip_len {
             return None;
         }
         let s = unsafe { &mut *maps::SYN_SCRATCH.get_ptr_mut(0)? };
         load(ctx, pkt.l3_offset, &mut s.ip, ip_len)?;
         load(ctx, pkt.l4_offset, &mut s.tcp, TCP_HEADER)?;
         let mut tcp_len = TCP_HEADER;
-        if whole_tcp {
+        if syn {
             tcp_len = usize::from(s.tcp[12] >> 4) * 4;
             if !(TCP_HEADER..=TCP_HEADER_MAX).contains(&tcp_len) {
                 return None;
@@ -171,23 +172,32 @@ impl Drop for Socket {
     }
 }
 
-/// A SYN (no ACK, no RST) to a protected port: answered with a cookie, or dropped when the
-/// reply budget is spent. `None`: no listener (or the kernel would not make a cookie for it)
-/// and the packet goes on through the pipeline as before.
+/// What became of a SYN.
+pub enum Answer {
+    /// Answered: the frame is now the SYN-ACK.
+    Sent,
+    /// The reply budget is spent: the SYN goes on through the pipeline and, if it passes, to
+    /// the kernel, which answers it with its own cookie (`tcp_syncookies = 2`).
+    BudgetSpent,
+    /// No listener, or the kernel would make no cookie for it: the pipeline as before.
+    NotOurs,
+    /// The frame was cut to the reply's length but could not be written: it must not go on.
+    Broken,
+}
+
+/// A SYN (no ACK, no RST) to a protected port. The budget is looked at first, so a flood
+/// past it costs no lookup, and charged only for a reply that goes out.
 #[inline(always)]
-pub fn answer(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<Reason> {
-    let mut h = Headers::read(ctx, pkt, true)?;
+pub fn answer(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Answer {
+    let (interval, tolerance) = (cfg.syn_reply_interval_ns, cfg.syn_reply_tolerance_ns);
+    if !budget::shared_fits(&maps::SYN_REPLY, interval, tolerance) {
+        return Answer::BudgetSpent;
+    }
+    let Some(mut h) = Headers::read(ctx, pkt, true) else { return Answer::NotOurs };
     let cookie = {
-        let sk = h.socket(ctx)?;
+        let Some(sk) = h.socket(ctx) else { return Answer::NotOurs };
         if !sk.listening() {
-            return None;
-        }
-        if !budget::take_shared(
-            &maps::SYN_REPLY,
-            cfg.syn_reply_interval_ns,
-            cfg.syn_reply_tolerance_ns,
-        ) {
-            return Some(SYN_REPLY_BUDGET);
+            return Answer::NotOurs;
         }
         let made = unsafe {
             bpf_tcp_gen_syncookie(
@@ -199,14 +209,14 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Option<Reason> {
             )
         };
         if made < 0 {
-            return None;
+            return Answer::NotOurs;
         }
         made as u32
     };
+    budget::shared_take(&maps::SYN_REPLY, interval);
     let asked = Asked::parse(&h);
     let reply_len = synack(&mut h, &asked, cookie, cfg);
-    send(ctx, pkt, &mut h, reply_len)?;
-    Some(SYN_COOKIE_SENT)
+    send(ctx, pkt, &mut h, reply_len)
 }
 
 /// An ACK (no SYN, no RST) to a protected port.
@@ -250,6 +260,9 @@ impl Asked {
     /// dependent lengths is more paths than it will explore.
     #[inline(always)]
     fn parse(h: &Headers) -> Self {
+        if let Some(linux) = Self::linux_layout(h) {
+            return linux;
+        }
         let mut walk = OptionWalk {
             at: TCP_HEADER as u32,
             end: h.tcp_len as u32,
@@ -271,6 +284,24 @@ impl Asked {
             sack: walk.sack != 0,
             tsval: (walk.has_tsval != 0).then_some(walk.tsval),
         }
+    }
+}
+
+impl Asked {
+    /// The options as Linux (and Android) lay them out in every SYN: MSS, SACK-permitted,
+    /// timestamps, a no-op, window scale. Read at fixed places: most SYNs need no walk.
+    #[inline(always)]
+    fn linux_layout(h: &Headers) -> Option<Self> {
+        let t = &h.s.tcp;
+        let layout = h.tcp_len == 40
+            && t[20..22] == [2, 4]
+            && t[24..28] == [4, 2, 8, 10]
+            && t[36..39] == [1, 3, 3];
+        layout.then(|| Asked {
+            wscale: Some(t[39].min(MAX_WSCALE)),
+            sack: true,
+            tsval: Some(u32::from_be_bytes(word(t, 28))),
+        })
     }
 }
 
@@ -371,12 +402,14 @@ fn synack(h: &mut Headers, asked: &Asked, cookie: u32, cfg: &Config) -> usize {
     len
 }
 
-/// Our timestamp: the kernel's TCP clock in ms (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`) with
-/// the client's window scale and SACK in its low bits, never ahead of the clock (as the
-/// kernel's `cookie_init_timestamp`), so the connection's later timestamps never go back.
+/// Our timestamp: the kernel's TCP clock in ms (CLOCK_MONOTONIC) with the client's window
+/// scale and SACK in its low bits, never ahead of the clock (as the kernel's
+/// `cookie_init_timestamp`), so the connection's later timestamps never go back. The coarse
+/// clock (a tick behind at most, and never ahead) spares the precise clock's serializing
+/// read; the kernel already rounds the value down by up to 63 ms.
 #[inline(always)]
 fn timestamp(wscale: Option<u8>, sack: bool) -> u32 {
-    let now = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000) as u32;
     let mut options = wscale.map_or(TS_OPT_WSCALE_MASK, u32::from);
     if sack {
         options |= TS_OPT_SACK;
@@ -393,9 +426,11 @@ fn timestamp(wscale: Option<u8>, sack: bool) -> u32 {
 /// IP header, and the reply's TCP header (with checksums) in place of the SYN's TCP header and
 /// any payload.
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, h: &mut Headers, tcp_len: usize) -> Option<()> {
+fn send(ctx: &XdpContext, pkt: &Packet, h: &mut Headers, tcp_len: usize) -> Answer {
     let s = &mut *h.s;
-    load(ctx, 0, &mut s.macs, 12)?;
+    if load(ctx, 0, &mut s.macs, 12).is_none() {
+        return Answer::NotOurs;
+    }
     s.swapped[..6].copy_from_slice(&s.macs[6..]);
     s.swapped[6..].copy_from_slice(&s.macs[..6]);
 
@@ -436,11 +471,15 @@ fn send(ctx: &XdpContext, pkt: &Packet, h: &mut Headers, tcp_len: usize) -> Opti
     let frame = (ctx.data_end() - ctx.data()) as i32;
     let delta = (pkt.l4_offset + tcp_len) as i32 - frame;
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return None;
+        return Answer::NotOurs;
     }
-    store(ctx, 0, &s.swapped, 12)?;
-    store(ctx, pkt.l3_offset, &s.reply_ip, h.ip_len)?;
-    store(ctx, pkt.l4_offset, &s.reply_tcp, tcp_len)
+    let written = store(ctx, 0, &s.swapped, 12)
+        .and_then(|()| store(ctx, pkt.l3_offset, &s.reply_ip, h.ip_len))
+        .and_then(|()| store(ctx, pkt.l4_offset, &s.reply_tcp, tcp_len));
+    match written {
+        Some(()) => Answer::Sent,
+        None => Answer::Broken,
+    }
 }
 
 #[inline(always)]

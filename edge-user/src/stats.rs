@@ -54,9 +54,14 @@ impl Stats {
 
     /// Packets from sources on no list that reached the budgets (passed within them, over
     /// them, or non-first fragments), whatever the mode did with them: what `auto` watches.
+    /// SYNs answered with cookies and refused cookie ACKs count too: they come from sources
+    /// that proved nothing yet, and during an attack phase they are most of a SYN flood (without
+    /// them the measure would fall to nothing, and `auto` would leave the attack phase mid-flood).
     pub fn unknown_packets(&self) -> u64 {
-        use edge_common::reason::{FRAGMENT, UNKNOWN_GLOBAL, UNKNOWN_PASS, UNKNOWN_RATE};
-        [FRAGMENT, UNKNOWN_GLOBAL, UNKNOWN_RATE, UNKNOWN_PASS]
+        use edge_common::reason::{
+            COOKIE_INVALID, FRAGMENT, SYN_COOKIE_SENT, UNKNOWN_GLOBAL, UNKNOWN_PASS, UNKNOWN_RATE,
+        };
+        [FRAGMENT, UNKNOWN_GLOBAL, UNKNOWN_RATE, UNKNOWN_PASS, SYN_COOKIE_SENT, COOKIE_INVALID]
             .iter()
             .map(|&r| self.applied(r).packets + self.would_drop(r).packets)
             .sum()

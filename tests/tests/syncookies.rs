@@ -11,7 +11,10 @@
 //! The program looks listeners up in the namespace of the device a test run uses (the
 //! loopback of the running thread's namespace), so each test runs in a thread moved to a
 //! network namespace of its own, with its own listener and `tcp_syncookies = 2`.
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
+    time::Duration,
+};
 
 use edge::filter::{XDP_DROP, XDP_PASS, XDP_TX};
 use edge_common::reason::*;
@@ -251,8 +254,33 @@ fn a_syn_is_answered_with_a_cookie_and_only_its_ack_passes() {
         let stolen = Tcp::ack(OTHER_VISITOR_V4, cookie).build();
         let (action, _, reason) = run(&mut l, &stolen);
         assert_eq!((action, reason), (XDP_DROP, COOKIE_INVALID), "another source's cookie");
+        // An unknown source meets its budgets before any cookie work (strict here).
         let unknown = Tcp::ack("203.0.113.9", cookie).build();
-        assert_eq!(run(&mut l, &unknown).2, COOKIE_INVALID, "an unknown source, any cookie");
+        assert_eq!(run(&mut l, &unknown).2, UNKNOWN_RATE, "an unknown source's ACK");
+
+        // Options in another order (macOS's) are walked one by one to the same answer.
+        let walked = Tcp {
+            options: vec![
+                TcpOptionElement::MaximumSegmentSize(1460),
+                TcpOptionElement::Noop,
+                TcpOptionElement::WindowScale(6),
+                TcpOptionElement::Noop,
+                TcpOptionElement::Noop,
+                TcpOptionElement::Timestamp(CLIENT_TSVAL, 0),
+                TcpOptionElement::SelectiveAcknowledgementPermitted,
+            ],
+            ..Tcp::syn(VISITOR_V4)
+        }
+        .build();
+        let (action, reply, _) = run(&mut l, &walked);
+        assert_eq!(action, XDP_TX, "another layout");
+        let answer = answers(&walked, &reply);
+        let [TcpOptionElement::MaximumSegmentSize(_), TcpOptionElement::SelectiveAcknowledgementPermitted, TcpOptionElement::Timestamp(tsval, tsecr), TcpOptionElement::Noop, TcpOptionElement::WindowScale(_)] =
+            answer.options[..]
+        else {
+            panic!("another layout: {:?}", answer.options)
+        };
+        assert_eq!((tsval & 0x1f, tsecr), (0x10 | 6, CLIENT_TSVAL), "its scale and SACK kept");
 
         // Without options the SYN-ACK has only the MSS: without a timestamp to carry them,
         // scaling and SACK cannot survive a cookie.
@@ -306,12 +334,14 @@ fn replies_stop_at_the_reply_budget() {
         let mut l = loaded();
         l.setup(&policy(2), VISITORS, TODAY);
         let syn = Tcp::syn(VISITOR_V4).build();
-        let reasons: Vec<Reason> = (0..4).map(|_| run(&mut l, &syn).2).collect();
-        assert_eq!(
-            reasons,
-            [SYN_COOKIE_SENT, SYN_COOKIE_SENT, SYN_REPLY_BUDGET, SYN_REPLY_BUDGET],
-            "a burst of 2 at 1 per second"
-        );
+        let verdicts: Vec<(u32, Reason)> =
+            (0..4).map(|_| run(&mut l, &syn)).map(|(action, _, reason)| (action, reason)).collect();
+        // Past the budget a visitor's SYN goes to the kernel (which answers with its own
+        // cookie): a spent budget never costs a known source its connection.
+        let (sent, spent) = ((XDP_TX, SYN_COOKIE_SENT), (XDP_PASS, SYN_REPLY_BUDGET));
+        assert_eq!(verdicts, [sent, sent, spent, spent], "a burst of 2 at 1 per second");
+        let unknown = Tcp::syn("203.0.113.9").build();
+        assert_eq!(run(&mut l, &unknown).2, UNKNOWN_RATE, "an unknown source's SYN, spent");
     });
 }
 
@@ -408,13 +438,17 @@ fn real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing() {
     assert_eq!(sysctls(&lab), before, "cookies off: the host as it was");
 
     // A connection opened before cookies turn on, talking all along.
-    let long = lab
+    let mut long = lab
         .in_client(probe())
         .args(["talk", "--from", CLIENT, "--to", "192.0.2.1:443", "--secs", "6"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Its first line comes once it is connected: only then do cookies turn on.
+    let mut long_said = String::new();
+    let mut long_stdout = std::io::BufReader::new(long.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut long_stdout, &mut long_said).unwrap();
+    assert!(long_said.starts_with("negotiated "), "the long connection: {long_said}");
     set_cookies(&daemon, "always");
     assert_eq!(sysctls(&lab), ("2".into(), "2".into()), "cookies on: syncookies and timestamps");
     let failed_before = tcp_ext(&lab, "SyncookiesFailed");
@@ -446,17 +480,22 @@ fn real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing() {
             );
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let answered = packets(&daemon, "syn_cookie_sent") - sent_before;
-    let refused = packets(&daemon, "cookie_invalid") - invalid_before;
-    assert_eq!((answered, refused), (u64::from(FORGED), u64::from(FORGED)), "forged SYNs, ACKs");
+    let counted = || {
+        let answered = packets(&daemon, "syn_cookie_sent") - sent_before;
+        let refused = packets(&daemon, "cookie_invalid") - invalid_before;
+        (answered, refused)
+    };
+    let all = (u64::from(FORGED), u64::from(FORGED));
+    let seen = || counted() == all;
+    edge_tests::wait_until("the forged segments counted", Duration::from_secs(5), seen, || {
+        format!("{:?} of {all:?} (SYNs answered, ACKs refused)", counted())
+    });
     assert_eq!(tcp_ext(&lab, "SyncookiesFailed"), failed_before, "no forged ACK reached TCP");
     let sockets = in_ns(&lab.server_ns, "ss", &["-tanH"]);
     assert!(!sockets.contains("192.0.2.2"), "no socket for a forged source:\n{sockets}");
 
-    let long_out = long.wait_with_output().unwrap();
-    let long_said = String::from_utf8_lossy(&long_out.stdout).into_owned();
-    assert!(long_out.status.success(), "the long connection: {long_said}");
+    std::io::Read::read_to_string(&mut long_stdout, &mut long_said).unwrap();
+    assert!(long.wait().unwrap().success(), "the long connection: {long_said}");
 
     // The cookie connection negotiated what the one before cookies did, on both sides.
     let client_side =

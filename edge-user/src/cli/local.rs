@@ -142,9 +142,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// A policy and its visitors, both validated, as of today (UTC).
+/// The policy for the commands that use the program without a daemon (attach, replay,
+/// check). SYN cookies are the daemon's alone: it sets up the host's sysctls and puts them
+/// back, and a replay must not make cookies for this host's listeners.
 fn load_policy(path: &std::path::Path) -> anyhow::Result<(Policy, VisitorHistory, Day)> {
     let today = Day::today_utc();
-    let policy = Policy::load(path)?;
+    let mut policy = Policy::load(path)?;
+    policy.syn_cookies.mode = edge::policy::SynCookieMode::Off;
     let history = match &policy.visitors {
         Some(file) => edge::import::load(file, edge::import::Format::Csv, today)?,
         None => VisitorHistory::default(),

@@ -367,7 +367,10 @@ impl Core {
         }
         match what {
             Mirror::Everything => {
-                let policy = self.effective_policy();
+                let mut policy = self.effective_policy();
+                if !host_ready_for(&kernel_config(&policy)) {
+                    policy.syn_cookies.mode = crate::policy::SynCookieMode::Off;
+                }
                 let (today, now) = (self.today(), self.now());
                 let ring = self.keys.as_ref().map(|(ring, _)| ring.clone());
                 let maps = self.maps.as_mut().expect("checked above");
@@ -380,12 +383,15 @@ impl Core {
                 }
                 maps.rebuild_admitted_hint()?;
                 self.needs_reconcile = false;
-                follow_syn_cookies(&kernel_config(&policy));
+                put_host_back_unless(&kernel_config(&policy));
             }
             Mirror::Config => {
-                let config = kernel_config(&self.effective_policy());
+                let mut config = kernel_config(&self.effective_policy());
+                if !host_ready_for(&config) {
+                    config.syn_cookies = edge_common::config::SYN_COOKIES_OFF;
+                }
                 self.maps.as_mut().expect("checked above").set_config(config)?;
-                follow_syn_cookies(&config);
+                put_host_back_unless(&config);
             }
             Mirror::Change(op, departed) => self.mirror_change(op, departed)?,
         }
@@ -459,17 +465,36 @@ pub(super) fn check_capacity(map: &'static str, capacity: u32, wanted: usize) ->
     Ok(())
 }
 
-/// Sets the host up for the program's SYN cookies while the record has it answer SYNs, and
-/// puts it back when it stops (docs/syn-cookies.md). A failure is logged: the program then
-/// leaves SYNs to the kernel (its helper makes no cookie), which is the host as it was.
-fn follow_syn_cookies(config: &edge_common::config::Config) {
-    let host = crate::syncookies::Host::current();
-    let done = host.and_then(|host| match (config.answers_syns(), host.is_on()) {
-        (true, _) => host.turn_on(),
-        (false, true) => host.turn_off(),
-        (false, false) => Ok(()),
+/// Before a record that answers SYNs is written: sets the host up for the program's cookies
+/// (docs/syn-cookies.md). `false` if that failed (logged): the record must then leave SYNs to
+/// the kernel, or the program would make cookies the host's sysctls do not back.
+fn host_ready_for(config: &edge_common::config::Config) -> bool {
+    if !config.answers_syns() {
+        return true;
+    }
+    match crate::syncookies::Host::current().and_then(|host| host.turn_on()) {
+        Ok(()) => true,
+        Err(e) => {
+            error!(error = %e, "syn_cookies: setting up the host failed; SYNs are left to the kernel");
+            false
+        }
+    }
+}
+
+/// After a record that answers no SYNs is written (the program has stopped making cookies):
+/// puts the host's sysctls back if they were set up.
+fn put_host_back_unless(config: &edge_common::config::Config) {
+    if config.answers_syns() {
+        return;
+    }
+    let done = crate::syncookies::Host::current().and_then(|host| {
+        if host.is_on() {
+            host.turn_off()
+        } else {
+            Ok(())
+        }
     });
     if let Err(e) = done {
-        error!(error = %e, "syn_cookies: the host's sysctls");
+        error!(error = %e, "syn_cookies: putting the host's sysctls back");
     }
 }

@@ -354,7 +354,7 @@ fn syn_cookies(
                 // SAFETY: plain syscall; it moves only this thread.
                 anyhow::ensure!(unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0, "unshare");
                 std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2")?;
-                let _listener = std::net::TcpListener::bind("[::]:443")?;
+                let listener = std::net::TcpListener::bind("[::]:443")?;
                 let calls = |frame: &[u8]| vec![frame.to_vec(); COOKIE_CALLS];
                 let run = |filter: &mut Filter, frames: &[Vec<u8>]| -> Result<f64> {
                     filter.maps.reset_budgets()?;
@@ -390,19 +390,57 @@ fn syn_cookies(
                 );
                 let reply = run(filter, &calls(visitor_syn))?;
                 let valid = run(filter, &calls(&ack))?;
+                // A packet of an established connection: a real one over loopback (a child
+                // process shares this thread's namespace), its ACK run with cookies on, where
+                // it pays the socket lookup, and off.
+                let up =
+                    std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status()?;
+                anyhow::ensure!(up.success(), "ip link set lo up");
+                let client = std::net::TcpStream::connect("127.0.0.1:443")?;
+                let (_server, _) = listener.accept()?;
+                let established = established_ack(client.local_addr()?.port())?;
+                let on_established = run(filter, &calls(&established))?;
+                let before = filter.judge(&established)?.reason;
+                filter.maps.set_config(kernel_config(&Policy::parse(
+                    POLICY,
+                    "bench.toml",
+                    Path::new("."),
+                )?))?;
+                let off_established = run(filter, &calls(&established))?;
+                anyhow::ensure!(
+                    filter.judge(&established)?.reason == before,
+                    "the established ACK is judged alike with cookies on and off"
+                );
                 report.case("unknown_drop_per_call", drop, true);
                 report.case("syn_cookie_reply", reply, true);
                 report.case("visitor_per_call", visitor, true);
                 report.case("cookie_valid", valid, true);
+                report.case("established_ack_cookies_off", off_established, true);
+                report.case("established_ack_cookies_on", on_established, true);
                 if !report.json {
                     println!("  syn_cookie_reply / unknown_drop_per_call = {:.2}", reply / drop);
                     println!("  cookie_valid / visitor_per_call = {:.2}", valid / visitor);
+                    println!(
+                        "  established_ack_cookies_on / _off = {:.2}",
+                        on_established / off_established
+                    );
                 }
                 Ok(())
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// An ACK of the loopback connection from `client_port` to port 443, as a frame.
+fn established_ack(client_port: u16) -> Result<Vec<u8>> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64)
+        .tcp(client_port, 443, 1_000, 512)
+        .ack(2_000);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &[0; 8])?;
+    Ok(frame)
 }
 
 fn main() -> Result<()> {
