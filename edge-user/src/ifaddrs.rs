@@ -76,3 +76,25 @@ mod tests {
         assert!(super::all().iter().any(|(_, a)| a.is_loopback()) || super::all().is_empty());
     }
 }
+
+/// The MTU of interface `name` in this network namespace (SIOCGIFMTU: unlike /sys/class/net,
+/// which shows the namespace sysfs was mounted in, an ioctl sees the caller's).
+pub fn mtu(name: &str) -> Option<u32> {
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (slot, byte) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: plain syscalls on a descriptor we own, with a valid request.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let got = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
+        libc::close(fd);
+        (got == 0).then(|| req.ifr_ifru.ifru_mtu as u32)
+    }
+}

@@ -52,6 +52,8 @@ rate_pps = 0
 mode = "always"
 reply_pps = 1
 reply_burst = {reply_burst}
+mss_v4 = 1460
+mss_v6 = 1440
 [daemon]
 interfaces = ["lo"]
 state_dir = "/nonexistent"

@@ -38,6 +38,7 @@ pub fn kernel_config(policy: &Policy) -> Config {
     let endpoint = policy.admission.http.as_ref();
     let c = &policy.syn_cookies;
     let reply = budget(1, 1, c.reply_pps, c.reply_burst);
+    let (mss_v4, mss_v6) = if c.mode == SynCookieMode::Off { (0, 0) } else { syn_mss(policy) };
     let mut lists = 0;
     if !policy.deny.is_empty() {
         lists |= LIST_DENY;
@@ -72,12 +73,23 @@ pub fn kernel_config(policy: &Policy) -> Config {
             SynCookieMode::Always => SYN_COOKIES_ALWAYS,
         },
         syn_options: if c.mode == SynCookieMode::Off { 0 } else { host_options() },
-        syn_mss_v4: c.mss_v4,
-        syn_mss_v6: c.mss_v6,
+        syn_mss_v4: mss_v4,
+        syn_mss_v6: mss_v6,
         _pad: 0,
         syn_reply_interval_ns: reply.global_interval_ns,
         syn_reply_tolerance_ns: reply.global_tolerance_ns,
     }
+}
+
+/// The MSS our SYN-ACKs announce: as configured, or what the smallest MTU of the daemon's
+/// interfaces carries (less the IPv4 or IPv6 and TCP headers), as the kernel announces it.
+fn syn_mss(policy: &Policy) -> (u16, u16) {
+    let c = &policy.syn_cookies;
+    let interfaces = policy.daemon.iter().flat_map(|d| d.interfaces.iter());
+    let mtu = interfaces.filter_map(|i| crate::ifaddrs::mtu(i)).min().unwrap_or(1500);
+    let carried =
+        |headers: u32, floor: u32| (mtu.saturating_sub(headers)).clamp(floor, 65_495) as u16;
+    (c.mss_v4.unwrap_or_else(|| carried(40, 536)), c.mss_v6.unwrap_or_else(|| carried(60, 1220)))
 }
 
 /// Most tokens a CPU takes from the global budget at once.

@@ -215,9 +215,10 @@ pub struct SynCookies {
     /// an amplifier.
     pub reply_pps: u32,
     pub reply_burst: u32,
-    /// The MSS our SYN-ACKs announce (what a 1500-byte MTU carries).
-    pub mss_v4: u16,
-    pub mss_v6: u16,
+    /// The MSS our SYN-ACKs announce; unset: the smallest MTU of the daemon's interfaces less
+    /// the headers.
+    pub mss_v4: Option<u16>,
+    pub mss_v6: Option<u16>,
 }
 
 impl Default for SynCookies {
@@ -226,18 +227,23 @@ impl Default for SynCookies {
             mode: SynCookieMode::Off,
             reply_pps: 100_000,
             reply_burst: 10_000,
-            mss_v4: 1460,
-            mss_v6: 1440,
+            mss_v4: None,
+            mss_v6: None,
         }
     }
 }
 
 impl fmt::Display for SynCookies {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mss = |m: Option<u16>| m.map_or("from the MTU".to_string(), |m| m.to_string());
         write!(
             f,
             "mode = \"{}\", reply_pps = {}, reply_burst = {}, mss_v4 = {}, mss_v6 = {}",
-            self.mode, self.reply_pps, self.reply_burst, self.mss_v4, self.mss_v6
+            self.mode,
+            self.reply_pps,
+            self.reply_burst,
+            mss(self.mss_v4),
+            mss(self.mss_v6)
         )
     }
 }

@@ -343,10 +343,10 @@ fn syn_cookies(src: &Source, c: &RawSynCookies) -> Checked<SynCookies> {
     }
     // RFC 879's smallest datagram (576) less the headers, up to a 9000-byte jumbo frame's.
     if let Some(v) = &c.mss_v4 {
-        cookies.mss_v4 = src.int(v, "syn_cookies.mss_v4", 536..8961)? as u16;
+        cookies.mss_v4 = Some(src.int(v, "syn_cookies.mss_v4", 536..8961)? as u16);
     }
     if let Some(v) = &c.mss_v6 {
-        cookies.mss_v6 = src.int(v, "syn_cookies.mss_v6", 1220..8941)? as u16;
+        cookies.mss_v6 = Some(src.int(v, "syn_cookies.mss_v6", 1220..8941)? as u16);
     }
     Ok(cookies)
 }

@@ -117,13 +117,13 @@ impl Policy {
         let c = &self.syn_cookies;
         let mut cookies = Table::new();
         cookies.insert("mode".into(), Value::String(c.mode.to_string()));
-        for (key, value) in [
-            ("reply_pps", c.reply_pps),
-            ("reply_burst", c.reply_burst),
-            ("mss_v4", u32::from(c.mss_v4)),
-            ("mss_v6", u32::from(c.mss_v6)),
-        ] {
-            cookies.insert(key.into(), Value::Integer(i64::from(value)));
+        for (key, value) in [("reply_pps", Some(c.reply_pps)), ("reply_burst", Some(c.reply_burst))]
+            .into_iter()
+            .chain([("mss_v4", c.mss_v4.map(u32::from)), ("mss_v6", c.mss_v6.map(u32::from))])
+        {
+            if let Some(value) = value {
+                cookies.insert(key.into(), Value::Integer(i64::from(value)));
+            }
         }
         root.insert("syn_cookies".into(), Value::Table(cookies));
         let mut lists = Table::new();
