@@ -68,15 +68,6 @@ pub fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn this_namespace_has_a_cookie_and_a_loopback_address() {
-        assert_ne!(super::netns_cookie().unwrap(), 0);
-        assert!(super::all().iter().any(|(_, a)| a.is_loopback()) || super::all().is_empty());
-    }
-}
-
 /// The MTU of interface `name` in this network namespace (SIOCGIFMTU: unlike /sys/class/net,
 /// which shows the namespace sysfs was mounted in, an ioctl sees the caller's).
 pub fn mtu(name: &str) -> Option<u32> {
@@ -95,6 +86,15 @@ pub fn mtu(name: &str) -> Option<u32> {
         }
         let got = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
         libc::close(fd);
-        (got == 0).then(|| req.ifr_ifru.ifru_mtu as u32)
+        (got == 0).then_some(req.ifr_ifru.ifru_mtu as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_namespace_has_a_cookie_and_a_loopback_address() {
+        assert_ne!(super::netns_cookie().unwrap(), 0);
+        assert!(super::all().iter().any(|(_, a)| a.is_loopback()) || super::all().is_empty());
     }
 }
