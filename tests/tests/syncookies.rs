@@ -260,6 +260,15 @@ fn a_syn_is_answered_with_a_cookie_and_only_its_ack_passes() {
         let unknown = Tcp::ack("203.0.113.9", cookie).build();
         assert_eq!(run(&mut l, &unknown).2, UNKNOWN_RATE, "an unknown source's ACK");
 
+        // IPv4 options do not hide an ACK from the check (a SYN with them is the kernel's).
+        let mut optioned = Tcp::ack(VISITOR_V4, cookie ^ 0x0100_0000).build();
+        optioned.splice(14 + 20..14 + 20, [1, 1, 1, 0]);
+        optioned[14] = 0x46;
+        let total = u16::from_be_bytes([optioned[16], optioned[17]]) + 4;
+        optioned[16..18].copy_from_slice(&total.to_be_bytes());
+        let (action, _, reason) = run(&mut l, &optioned);
+        assert_eq!((action, reason), (XDP_DROP, COOKIE_INVALID), "a wrong cookie under IP options");
+
         // Options in another order (macOS's) are walked one by one to the same answer.
         let walked = Tcp {
             options: vec![
