@@ -18,7 +18,8 @@ pub struct Stats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Row {
     pub reason: String,
-    /// `pass`, `drop`, `would_drop` (monitor mode) or `aborted`.
+    /// `pass`, `drop`, `reply` (a SYN cookie sent back), `would_drop` (monitor mode) or
+    /// `aborted`.
     pub action: String,
     pub packets: u64,
     pub bytes: u64,
@@ -153,4 +154,44 @@ pub fn render_table(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_common::reason::{
+        COOKIE_INVALID, COOKIE_VALID, SYN_REPLY_BUDGET, UNKNOWN_RATE, VISITOR,
+    };
+
+    fn counting(reasons: &[(Reason, u64)]) -> Stats {
+        let mut slots = vec![Counter::default(); STATS_SLOTS as usize];
+        for &(reason, packets) in reasons {
+            slots[reason as usize].packets = packets;
+        }
+        Stats { slots }
+    }
+
+    #[test]
+    fn auto_counts_what_the_cookie_stage_answered_or_refused_as_unknown() {
+        // A SYN flood in the attack phase is answered (syn_cookie_sent) and its forged ACKs
+        // refused (cookie_invalid): both must keep the attack measured. Visitors, valid
+        // cookies and SYNs passed to the kernel are not unknown traffic.
+        let stats = counting(&[
+            (UNKNOWN_RATE, 5),
+            (SYN_COOKIE_SENT, 1_000),
+            (COOKIE_INVALID, 200),
+            (VISITOR, 7),
+            (COOKIE_VALID, 3),
+            (SYN_REPLY_BUDGET, 11),
+        ]);
+        assert_eq!(stats.unknown_packets(), 1_205);
+    }
+
+    #[test]
+    fn a_sent_cookie_is_shown_as_a_reply() {
+        let rows = counting(&[(SYN_COOKIE_SENT, 2), (COOKIE_INVALID, 1)]).rows(false);
+        let shown: Vec<(&str, &str)> =
+            rows.iter().map(|r| (r.reason.as_str(), r.action.as_str())).collect();
+        assert_eq!(shown, [("syn_cookie_sent", "reply"), ("cookie_invalid", "drop")]);
+    }
 }
