@@ -100,24 +100,17 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
             Answer::NotOurs => {}
         }
     }
-    // A SYN the reply budget left unanswered is counted as such when it passes.
-    let passed = |reason| if spent { SYN_REPLY_BUDGET } else { reason };
-    if let Some(known) = known(pkt, cfg) {
-        if step == Step::Ack {
-            if let Some(checked) = cookie_check(ctx, pkt) {
-                return checked;
-            }
+    let judged = match known(pkt, cfg) {
+        Some(known) => known,
+        None if pkt.fragment == Fragment::Later => FRAGMENT,
+        None => {
+            let mask = if pkt.is_v4 { &cfg.bucket_mask_v4 } else { &cfg.bucket_mask_v6 };
+            budget::judge_unknown(&pkt.src, mask, cfg)
         }
-        return passed(known);
-    }
-    if pkt.fragment == Fragment::Later {
-        return FRAGMENT;
-    }
-    let mask = if pkt.is_v4 { &cfg.bucket_mask_v4 } else { &cfg.bucket_mask_v6 };
-    let judged = budget::judge_unknown(&pkt.src, mask, cfg);
+    };
     if is_drop(judged) {
-        // Dropped by its budgets before any cookie work: a random-source ACK flood costs what
-        // any unknown flood costs.
+        // Dropped before any cookie work: a random-source ACK flood costs what any unknown
+        // flood costs.
         return judged;
     }
     if step == Step::Ack {
@@ -125,7 +118,12 @@ fn judge(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
             return checked;
         }
     }
-    passed(judged)
+    // A SYN the reply budget left unanswered is counted as such when it passes.
+    if spent {
+        SYN_REPLY_BUDGET
+    } else {
+        judged
+    }
 }
 
 /// What a TCP packet is to the SYN cookie stage (`Step::None` while cookies are off).
