@@ -47,8 +47,11 @@ pub struct Host {
 }
 
 impl Host {
-    /// The namespace this process runs in.
+    /// The namespace this process runs in. Its file is named by the namespace's cookie, which,
+    /// unlike its inode number, is never given to another namespace while the host runs: a
+    /// file left by a namespace since deleted is never taken for this one's.
     pub fn current() -> Result<Self> {
+        let netns_cookie = || crate::ifaddrs::netns_cookie().map_err(|e| io("SO_NETNS_COOKIE", e));
         Ok(Self {
             root: PathBuf::from(SYSCTL_ROOT),
             saved: Path::new(SAVED_DIR).join(format!("syn-cookies-netns-{}.conf", netns_cookie()?)),
@@ -160,38 +163,6 @@ pub fn host_options() -> u32 {
 /// The window scale a listener chooses for a receive space of `space` bytes.
 fn window_scale(space: u64) -> u32 {
     (space.max(1).ilog2().saturating_sub(15)).min(14)
-}
-
-/// The network namespace's cookie: unlike its inode number, never given to another namespace
-/// while the host runs, so a file left by a namespace since deleted is never taken for this
-/// one's.
-fn netns_cookie() -> Result<u64> {
-    /// `SO_NETNS_COOKIE` (include/uapi/asm-generic/socket.h; Linux 5.14).
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    // An unbound socket: it needs no address, and belongs to this namespace.
-    // SAFETY: plain syscall; the descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io("a socket to read the namespace's cookie", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a descriptor just made, owned by nothing else.
-    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid socket, buffer and length.
-    let got = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if got != 0 {
-        return Err(io("SO_NETNS_COOKIE", std::io::Error::last_os_error()));
-    }
-    Ok(cookie)
 }
 
 fn write_durably(path: &Path, text: &str) -> Result<()> {
