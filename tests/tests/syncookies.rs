@@ -1,7 +1,8 @@
 //! SYN cookies through the real program (BPF_PROG_TEST_RUN): a SYN to a protected port with a
 //! listener comes back as the SYN-ACK (XDP_TX) with the kernel's cookie, addresses, ports,
 //! checksums and options right, in both families and under a VLAN tag; the ACK that brings the
-//! cookie back passes, and one with a wrong or another source's cookie is dropped.
+//! cookie back passes, and one with a wrong, another source's or a two-minute-old cookie is
+//! dropped.
 //!
 //! End to end (the last test): a real client connects to a real server through a cookie and
 //! keeps what it negotiates, a connection open before cookies turn on talks throughout,
@@ -299,6 +300,40 @@ fn a_syn_is_answered_with_a_cookie_and_only_its_ack_passes() {
         let (action, reply, _) = run(&mut l, &bare);
         assert_eq!(action, XDP_TX);
         assert_eq!(answers(&bare, &reply).options, [TcpOptionElement::MaximumSegmentSize(1460)]);
+    });
+}
+
+/// The kernel's cookie carries the minute it was made, and the kernel takes it back for two
+/// minutes at most: the ACK that passes at once is dropped two minutes later.
+#[test]
+fn a_cookie_older_than_two_minutes_is_refused() {
+    if !privileged("a_cookie_older_than_two_minutes_is_refused") {
+        return;
+    }
+    in_own_netns(|| {
+        let syn = Tcp::syn(VISITOR_V4).build();
+        let ack = {
+            let mut l = loaded();
+            l.setup(&policy(1_000), VISITORS, TODAY);
+            let (action, reply, _) = run(&mut l, &syn);
+            assert_eq!(action, XDP_TX, "answered");
+            let ack = Tcp::ack(VISITOR_V4, answers(&syn, &reply).cookie).build();
+            assert_eq!(run(&mut l, &ack).2, COOKIE_VALID, "a fresh cookie");
+            ack
+        };
+        // The cookie's clock ticks once a minute (jiffies / (60 * HZ)), from an unknown phase:
+        // 121 s are two ticks for certain. The program is free for the other tests meanwhile.
+        std::thread::sleep(Duration::from_secs(121));
+        let mut l = loaded();
+        l.setup(&policy(1_000), VISITORS, TODAY);
+        // A new SYN first, so that the listener has sent a cookie in the last two minutes and
+        // only the old cookie's age is left to refuse it.
+        let (action, reply, _) = run(&mut l, &syn);
+        assert_eq!(action, XDP_TX, "answered again");
+        let (action, _, reason) = run(&mut l, &ack);
+        assert_eq!((action, reason), (XDP_DROP, COOKIE_INVALID), "the cookie two minutes on");
+        let again = Tcp::ack(VISITOR_V4, answers(&syn, &reply).cookie).build();
+        assert_eq!(run(&mut l, &again).2, COOKIE_VALID, "the new cookie for the same SYN");
     });
 }
 
