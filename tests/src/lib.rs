@@ -5,6 +5,7 @@ pub mod cores;
 pub mod daemon;
 pub mod fleet;
 pub mod frames;
+pub mod generator;
 pub mod harness;
 pub mod lab;
 pub mod tls;

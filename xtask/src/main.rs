@@ -54,7 +54,9 @@ enum Task {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
-        /// Instead: the namespace lab under a live flood, edge against nftables (about 1 min).
+        /// Instead: the namespace lab under live floods: edge against nftables and reference
+        /// XDP programs, then a SYN flood against edge with and without cookies and the kernel
+        /// alone (about 20 min).
         #[arg(long)]
         lab: bool,
     },
@@ -130,7 +132,7 @@ fn main() -> Result<()> {
             // The data plane (program in the kernel), then the control plane (store, daemon, API);
             // or the lab.
             let benches: &[&str] = if lab {
-                &["edge-bench-lab"]
+                &["edge-bench-lab", "edge-bench-syn-flood"]
             } else {
                 &["edge-bench", "edge-bench-daemon", "edge-bench-tokens", "edge-bench-fleet"]
             };

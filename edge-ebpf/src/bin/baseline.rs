@@ -3,9 +3,10 @@
 //! what any filter must, the source and the ports, then drops: the ceiling with the header's
 //! cache miss), and `anchor_hash` (a one-lookup whitelist on a plain preallocated hash map, the
 //! design edge's visitor bitmap is measured against); and the lab's packet generator
-//! (`generate_fixed`, `generate_random`, `generate_random_v6`, `generate_botnet`), run with
-//! BPF_PROG_TEST_RUN in live frames mode: each run transmits its frame (XDP_TX) out of the
-//! generator's veth.
+//! (`generate_fixed`, `generate_random`, `generate_random_v6`, `generate_botnet`,
+//! `generate_visitor_syn`), run with BPF_PROG_TEST_RUN in live frames mode: each run transmits
+//! its frame (XDP_TX) out of the generator's veth; and `reply_sink`, on the generator's side of
+//! the SYN flood, counting the SYN-ACKs that come back.
 #![no_std]
 #![no_main]
 
@@ -13,7 +14,7 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::{bpf_get_prandom_u32, bpf_xdp_adjust_head},
     macros::{map, xdp},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 
@@ -221,6 +222,111 @@ pub fn generate_random_v6(ctx: XdpContext) -> u32 {
         *word = unsafe { bpf_get_prandom_u32() };
     }
     XDP_TX
+}
+
+/// How many visitors the lab's whitelist holds (set at load time: the bench's `LAB_VISITORS`).
+#[unsafe(no_mangle)]
+static LAB_VISITORS: u32 = 1;
+
+/// A TCP SYN per frame from a random member of the lab's visitor whitelist, with a random
+/// source port and sequence number: a SYN flood forging addresses the whitelist passes. Both
+/// checksums are computed afresh, so the listener of a host without cookies in XDP takes each
+/// SYN as a real one. The frame is Ethernet + IPv4 (no options) + TCP with 20 bytes of options.
+#[xdp]
+pub fn generate_visitor_syn(ctx: XdpContext) -> u32 {
+    if !strip_pad(&ctx) || !transmit() {
+        return XDP_DROP;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + SYN_FRAME > end {
+        return XDP_DROP;
+    }
+    // A live frame comes back to the generator as the receiver left it: edge turns a SYN into
+    // its SYN-ACK in place. The frame is written whole, then its fields changed.
+    // Word by word: a whole-array copy would go through the stack.
+    let template = &raw const SYN_TEMPLATE as *const u8;
+    let mut i = 0;
+    while i + 8 <= SYN_FRAME {
+        unsafe {
+            let word = core::ptr::read_volatile(template.add(i) as *const [u8; 8]);
+            *((start + i) as *mut [u8; 8]) = word;
+        }
+        i += 8;
+    }
+    while i < SYN_FRAME {
+        unsafe { *((start + i) as *mut u8) = core::ptr::read_volatile(template.add(i)) };
+        i += 1;
+    }
+    let visitors = unsafe { core::ptr::read_volatile(&LAB_VISITORS) }.max(1);
+    let visitor = unsafe { bpf_get_prandom_u32() } % visitors;
+    // The bench's `lab_visitor(i)`.
+    let src = visitor.wrapping_mul(2_654_435_761) & 0x3fff_ffff | 0x8000_0000;
+    if !set_source_v4(&ctx, src) {
+        return XDP_DROP;
+    }
+    let ip = unsafe { &*((start + 14) as *const [u8; 20]) };
+    let tcp = unsafe { &mut *((start + 34) as *mut [u8; SYN_FRAME - 34]) };
+    let random = unsafe { bpf_get_prandom_u32() };
+    // Ports 1024-65535, as clients use.
+    let port = (random as u16) | 0x0400;
+    tcp[0..2].copy_from_slice(&port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&unsafe { bpf_get_prandom_u32() }.to_be_bytes());
+    tcp[16] = 0;
+    tcp[17] = 0;
+    // The pseudo-header (addresses, protocol, TCP length), then the segment.
+    let mut sum = 6 + (SYN_FRAME - 34) as u32;
+    let mut i = 12;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([ip[i], ip[i + 1]]));
+        i += 2;
+    }
+    let mut i = 0;
+    while i < SYN_FRAME - 34 {
+        sum += u32::from(u16::from_be_bytes([tcp[i], tcp[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    XDP_TX
+}
+
+/// Ethernet (14) + IPv4 (20) + TCP with Linux's SYN options (40).
+const SYN_FRAME: usize = 74;
+
+/// The SYN flood's frame, as the generator is given it without its padding (set at load
+/// time).
+#[unsafe(no_mangle)]
+static SYN_TEMPLATE: [u8; SYN_FRAME] = [0; SYN_FRAME];
+
+/// SYN-ACKs that reached the generator's side, per CPU.
+#[map(name = "replies")]
+static REPLIES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// On the generator's veth during the SYN flood: counts the SYN-ACKs that come back, passes
+/// what is addressed to the lab's own clients (192.0.2.0/24: the real visitors' connections)
+/// and drops the rest, the replies to forged sources, which have nowhere to go.
+#[xdp]
+pub fn reply_sink(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 34 > end || unsafe { *((start + 12) as *const [u8; 2]) } != [0x08, 0x00] {
+        return XDP_PASS;
+    }
+    let ip = unsafe { &*((start + 14) as *const [u8; 20]) };
+    // Both the program's and the kernel's SYN-ACKs carry no IP options.
+    if ip[0] == 0x45 && ip[9] == 6 && start + 34 + 14 <= end {
+        let flags = unsafe { *((start + 34 + 13) as *const u8) };
+        if flags & 0x12 == 0x12 {
+            if let Some(count) = REPLIES.get_ptr_mut(0) {
+                unsafe { *count += 1 };
+            }
+        }
+    }
+    if ip[16..19] == [192, 0, 2] {
+        XDP_PASS
+    } else {
+        XDP_DROP
+    }
 }
 
 #[cfg(not(test))]
