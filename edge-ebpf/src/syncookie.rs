@@ -78,19 +78,27 @@ pub enum Ack {
 /// Where the headers are copied and the reply is built: per CPU, since the program's 512
 /// bytes of stack cannot hold them. Offsets are masked into the arrays (the verifier and the
 /// compiler then need no bounds checks).
-#[repr(C)]
+///
+/// A network header ends where its TCP header starts: IPv6's fills `ip`, IPv4's its last 20
+/// bytes (see [`ip_start`]). A SYN is then read with one helper call, and its reply written
+/// with one. (An ACK is checked in place, without a copy.)
+#[repr(C, align(8))]
 pub struct Scratch {
     ip: [u8; IPV6_HEADER],
     /// The whole TCP header with its options; 64 bytes so an index masked with 63 is in bounds.
     tcp: [u8; 64],
     reply_ip: [u8; IPV6_HEADER],
-    pseudo: [u8; IPV6_HEADER],
     reply_tcp: [u8; 40],
-    macs: [u8; 12],
-    swapped: [u8; 12],
+    pseudo: [u8; IPV6_HEADER],
 }
 
-/// The network and TCP headers of a packet, copied to the scratch where the helpers take them.
+/// Where a network header of `ip_len` bytes starts in `Scratch::ip` or `Scratch::reply_ip`.
+#[inline(always)]
+fn ip_start(ip_len: usize) -> usize {
+    IPV6_HEADER - ip_len
+}
+
+/// The network and TCP headers of a SYN, copied to the scratch where the reply is built.
 struct Headers {
     s: &'static mut Scratch,
     ip_len: usize,
@@ -98,61 +106,74 @@ struct Headers {
 }
 
 impl Headers {
-    /// The headers of `pkt`: the network header's fixed part (its addresses) and the TCP
-    /// header, whole with its options for a SYN (`syn`). `None` for a SYN whose network header
-    /// has options or extension headers: its reply would have to drop them, so it is left to
-    /// the kernel, which answers it with its own cookie while the mode is on. An ACK is
-    /// checked whatever its network header holds.
+    /// The headers of a SYN: the network header and the TCP header with its options, read
+    /// with one helper call. `None` for a SYN whose network header has options or extension
+    /// headers: its reply would have to drop them, so it is left to the kernel, which answers
+    /// it with its own cookie while the mode is on.
     #[inline(always)]
-    fn read(ctx: &XdpContext, pkt: &Packet, syn: bool) -> Option<Self> {
+    fn read(ctx: &XdpContext, pkt: &Packet) -> Option<Self> {
         let ip_len = if pkt.is_v4 { IPV4_HEADER } else { IPV6_HEADER };
-        if syn && pkt.l4_offset != pkt.l3_offset + ip_len {
+        if pkt.l4_offset != pkt.l3_offset + ip_len {
             return None;
         }
+        let tcp_len = syn_header_len(ctx, pkt)?;
         let s = unsafe { &mut *maps::SYN_SCRATCH.get_ptr_mut(0)? };
-        load(ctx, pkt.l3_offset, &mut s.ip, ip_len)?;
-        load(ctx, pkt.l4_offset, &mut s.tcp, TCP_HEADER)?;
-        let mut tcp_len = TCP_HEADER;
-        if syn {
-            tcp_len = usize::from(s.tcp[12] >> 4) * 4;
-            if !(TCP_HEADER..=TCP_HEADER_MAX).contains(&tcp_len) {
-                return None;
-            }
-            load(ctx, pkt.l4_offset, &mut s.tcp, tcp_len)?;
-        }
+        let ip = unsafe { (s as *mut Scratch).cast::<u8>().add(ip_start(ip_len)) };
+        // SAFETY: `ip` (40 bytes) ends where `tcp` (64) starts (repr(C), byte arrays): the
+        // network header read at `ip` ends there, and the TCP header goes on into `tcp`.
+        unsafe { load(ctx, pkt.l3_offset, ip, ip_len + tcp_len)? };
         Some(Headers { s, ip_len, tcp_len })
     }
 
-    /// The listening socket (or connection) these headers are addressed to, if any. Released
-    /// when the returned guard drops.
+    /// The network header in the scratch, as the cookie helpers take it.
+    #[inline(always)]
+    fn ip_header(&mut self) -> *mut c_void {
+        unsafe { self.s.ip.as_mut_ptr().add(ip_start(self.ip_len)).cast() }
+    }
+
+    /// The listening socket (or connection) these headers are addressed to, if any.
     #[inline(always)]
     fn socket(&self, ctx: &XdpContext) -> Option<Socket> {
-        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-        let size = if self.ip_len == IPV4_HEADER {
-            let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
-            t.saddr = u32::from_ne_bytes(word(&self.s.ip, 12));
-            t.daddr = u32::from_ne_bytes(word(&self.s.ip, 16));
-            t.sport = u16::from_ne_bytes([self.s.tcp[0], self.s.tcp[1]]);
-            t.dport = u16::from_ne_bytes([self.s.tcp[2], self.s.tcp[3]]);
-            core::mem::size_of_val(t)
-        } else {
-            let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
-            for i in 0..4 {
-                t.saddr[i] = u32::from_ne_bytes(word(&self.s.ip, 8 + i * 4));
-                t.daddr[i] = u32::from_ne_bytes(word(&self.s.ip, 24 + i * 4));
-            }
-            t.sport = u16::from_ne_bytes([self.s.tcp[0], self.s.tcp[1]]);
-            t.dport = u16::from_ne_bytes([self.s.tcp[2], self.s.tcp[3]]);
-            core::mem::size_of_val(t)
-        };
-        let sk = unsafe {
-            bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size as u32, CURRENT_NETNS, 0)
-        };
-        if sk.is_null() {
-            return None;
-        }
-        Some(Socket(sk))
+        let ip = unsafe { self.s.ip.as_ptr().add(ip_start(self.ip_len)) };
+        socket(ctx, ip, self.ip_len, self.s.tcp.as_ptr())
     }
+}
+
+/// The listening socket (or connection) a packet with these headers is addressed to, if any;
+/// released when the returned guard drops. `ip` points at a network header of `ip_len` bytes
+/// and `tcp` at a TCP header, in the scratch or in the packet (the caller has checked them).
+#[inline(always)]
+fn socket(ctx: &XdpContext, ip: *const u8, ip_len: usize, tcp: *const u8) -> Option<Socket> {
+    // Zeroed with five word stores: `mem::zeroed()` compiles to a call to a byte-wise memset,
+    // and filling only the family's variant lets the compiler merge the two families' stores
+    // into code the verifier refuses.
+    let mut words = core::mem::MaybeUninit::<[u64; 5]>::uninit();
+    let zeroed = words.as_mut_ptr().cast::<u64>();
+    for i in 0..5 {
+        unsafe { core::ptr::write_volatile(zeroed.add(i), 0) };
+    }
+    // SAFETY: 40 zeroed, 8-aligned bytes hold the 36-byte, 4-aligned tuple.
+    let tuple = unsafe { &mut *zeroed.cast::<bpf_sock_tuple>() };
+    let read = |at: usize| unsafe { ip.add(at).cast::<u32>().read_unaligned() };
+    let [sport, dport] = unsafe { tcp.cast::<[u16; 2]>().read_unaligned() };
+    let size = if ip_len == IPV4_HEADER {
+        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
+        (t.saddr, t.daddr, t.sport, t.dport) = (read(12), read(16), sport, dport);
+        core::mem::size_of_val(t)
+    } else {
+        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
+        for i in 0..4 {
+            t.saddr[i] = read(8 + i * 4);
+            t.daddr[i] = read(24 + i * 4);
+        }
+        (t.sport, t.dport) = (sport, dport);
+        core::mem::size_of_val(t)
+    };
+    let sk = unsafe { bpf_skc_lookup_tcp(ctx.ctx.cast(), tuple, size as u32, CURRENT_NETNS, 0) };
+    if sk.is_null() {
+        return None;
+    }
+    Some(Socket(sk))
 }
 
 /// A socket reference from a lookup; the verifier requires every one to be released.
@@ -193,7 +214,7 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Answer {
     if !budget::shared_fits(&maps::SYN_REPLY, interval, tolerance) {
         return Answer::BudgetSpent;
     }
-    let Some(mut h) = Headers::read(ctx, pkt, true) else { return Answer::NotOurs };
+    let Some(mut h) = Headers::read(ctx, pkt) else { return Answer::NotOurs };
     let cookie = {
         let Some(sk) = h.socket(ctx) else { return Answer::NotOurs };
         if !sk.listening() {
@@ -202,10 +223,12 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Answer {
         let made = unsafe {
             bpf_tcp_gen_syncookie(
                 sk.0.cast(),
-                h.s.ip.as_mut_ptr().cast(),
+                h.ip_header(),
                 h.ip_len as u32,
                 h.s.tcp.as_mut_ptr().cast::<tcphdr>(),
-                h.tcp_len as u32,
+                // Clamped again where the verifier sees it: the compiler checked the length
+                // on a copy the verifier learns nothing from, and would drop a plain clamp.
+                core::hint::black_box(h.tcp_len).clamp(TCP_HEADER, TCP_HEADER_MAX) as u32,
             )
         };
         if made < 0 {
@@ -219,11 +242,37 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Answer {
     send(ctx, pkt, &mut h, reply_len)
 }
 
-/// An ACK (no SYN, no RST) to a protected port.
+/// An ACK (no SYN, no RST) to a protected port. Its headers are read in place: the helpers
+/// take packet memory, and an ACK needs no copy to build on.
 #[inline(always)]
 pub fn check(ctx: &XdpContext, pkt: &Packet) -> Ack {
-    let Some(h) = Headers::read(ctx, pkt, false) else { return Ack::NotAHandshake };
-    let Some(sk) = h.socket(ctx) else { return Ack::NotAHandshake };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let (ip, tcp) = (start + pkt.l3_offset, start + pkt.l4_offset);
+    if tcp + TCP_HEADER > end {
+        return Ack::NotAHandshake;
+    }
+    // Each family checks its own header's length against the packet: the verifier learns a
+    // pointer's range only from a compare with a constant added to it.
+    if pkt.is_v4 {
+        if ip + IPV4_HEADER > end {
+            return Ack::NotAHandshake;
+        }
+        cookie(ctx, ip, IPV4_HEADER, tcp)
+    } else {
+        if ip + IPV6_HEADER > end {
+            return Ack::NotAHandshake;
+        }
+        cookie(ctx, ip, IPV6_HEADER, tcp)
+    }
+}
+
+/// The cookie an ACK to a listener brings back, checked by the kernel; the headers are in the
+/// packet, checked by the caller.
+#[inline(always)]
+fn cookie(ctx: &XdpContext, ip: usize, ip_len: usize, tcp: usize) -> Ack {
+    let Some(sk) = socket(ctx, ip as *const u8, ip_len, tcp as *const u8) else {
+        return Ack::NotAHandshake;
+    };
     if !sk.listening() {
         return Ack::NotAHandshake;
     }
@@ -232,9 +281,9 @@ pub fn check(ctx: &XdpContext, pkt: &Packet) -> Ack {
     let checked = unsafe {
         bpf_tcp_check_syncookie(
             sk.0.cast(),
-            h.s.ip.as_mut_ptr().cast(),
-            h.ip_len as u32,
-            h.s.tcp.as_mut_ptr().cast::<tcphdr>(),
+            ip as *mut c_void,
+            ip_len as u32,
+            tcp as *mut tcphdr,
             TCP_HEADER as u32,
         )
     };
@@ -368,8 +417,8 @@ fn next(at: usize) -> u32 {
 fn synack(h: &mut Headers, asked: &Asked, cookie: u32, cfg: &Config) -> usize {
     let t = &h.s.tcp;
     let out = &mut h.s.reply_tcp;
-    // The scratch holds the last reply: the checksum and urgent pointer must start at zero.
-    *out = [0; 40];
+    // The scratch holds the last reply: every byte up to the reply's length is written below
+    // (a whole-array zeroing would cost a call to a byte-wise memset).
     let client_seq = u32::from_be_bytes(word(t, 4));
     out[0..2].copy_from_slice(&t[2..4]);
     out[2..4].copy_from_slice(&t[0..2]);
@@ -377,6 +426,8 @@ fn synack(h: &mut Headers, asked: &Asked, cookie: u32, cfg: &Config) -> usize {
     out[8..12].copy_from_slice(&client_seq.wrapping_add(1).to_be_bytes());
     out[13] = TCP_SYN | TCP_ACK;
     out[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+    // The checksum (computed over zero) and the urgent pointer.
+    out[16..20].copy_from_slice(&[0; 4]);
 
     let allowed = |bit: u32| cfg.syn_options & bit != 0;
     let wscale = asked.wscale.filter(|_| allowed(SYN_OPT_WSCALE));
@@ -428,40 +479,48 @@ fn timestamp(wscale: Option<u8>, sack: bool) -> u32 {
 #[inline(always)]
 fn send(ctx: &XdpContext, pkt: &Packet, h: &mut Headers, tcp_len: usize) -> Answer {
     let s = &mut *h.s;
-    if load(ctx, 0, &mut s.macs, 12).is_none() {
-        return Answer::NotOurs;
-    }
-    s.swapped[..6].copy_from_slice(&s.macs[6..]);
-    s.swapped[6..].copy_from_slice(&s.macs[..6]);
-
+    // Every byte of the headers and the pseudo-header is written: the scratch holds the last
+    // reply, and zeroing it first would cost a call to a byte-wise memset.
     let (ip, pseudo) = (&mut s.reply_ip, &mut s.pseudo);
-    *ip = [0; IPV6_HEADER];
-    *pseudo = [0; IPV6_HEADER];
     let pseudo_len;
     if h.ip_len == IPV4_HEADER {
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((IPV4_HEADER + tcp_len) as u16).to_be_bytes());
-        ip[6] = 0x40; // don't fragment
-        ip[8] = REPLY_TTL;
-        ip[9] = IPPROTO_TCP;
-        ip[12..16].copy_from_slice(&s.ip[16..20]);
-        ip[16..20].copy_from_slice(&s.ip[12..16]);
+        // The last 20 bytes of the slot (see `ip_start`).
+        let Ok(ip) = <&mut [u8; IPV4_HEADER]>::try_from(&mut ip[ip_start(IPV4_HEADER)..]) else {
+            return Answer::NotOurs;
+        };
+        let syn_ip = &s.ip[ip_start(IPV4_HEADER)..];
+        let total = ((IPV4_HEADER + tcp_len) as u16).to_be_bytes();
+        // Version and length, TOS, total length, ID, don't fragment, TTL, protocol, checksum.
+        ip[0..12].copy_from_slice(&[
+            0x45,
+            0,
+            total[0],
+            total[1],
+            0,
+            0,
+            0x40,
+            0,
+            REPLY_TTL,
+            IPPROTO_TCP,
+            0,
+            0,
+        ]);
+        ip[12..16].copy_from_slice(&syn_ip[16..20]);
+        ip[16..20].copy_from_slice(&syn_ip[12..16]);
         let check = fold(csum(ip, IPV4_HEADER, 0));
         ip[10..12].copy_from_slice(&check.to_ne_bytes());
         pseudo[0..8].copy_from_slice(&ip[12..20]);
-        pseudo[9] = IPPROTO_TCP;
-        pseudo[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        let length = (tcp_len as u16).to_be_bytes();
+        pseudo[8..12].copy_from_slice(&[0, IPPROTO_TCP, length[0], length[1]]);
         pseudo_len = 12;
     } else {
-        ip[0] = 0x60;
-        ip[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-        ip[6] = IPPROTO_TCP;
-        ip[7] = REPLY_TTL;
+        let length = (tcp_len as u16).to_be_bytes();
+        // Version, class and flow label, payload length, next header, hop limit.
+        ip[0..8].copy_from_slice(&[0x60, 0, 0, 0, length[0], length[1], IPPROTO_TCP, REPLY_TTL]);
         ip[8..24].copy_from_slice(&s.ip[24..40]);
         ip[24..40].copy_from_slice(&s.ip[8..24]);
         pseudo[0..32].copy_from_slice(&ip[8..40]);
-        pseudo[34..36].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-        pseudo[39] = IPPROTO_TCP;
+        pseudo[32..40].copy_from_slice(&[0, 0, length[0], length[1], 0, 0, 0, IPPROTO_TCP]);
         pseudo_len = IPV6_HEADER;
     }
     let tcp = &mut s.reply_tcp;
@@ -473,10 +532,22 @@ fn send(ctx: &XdpContext, pkt: &Packet, h: &mut Headers, tcp_len: usize) -> Answ
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return Answer::NotOurs;
     }
-    let written = store(ctx, 0, &s.swapped, 12)
-        .and_then(|()| store(ctx, pkt.l3_offset, &s.reply_ip, h.ip_len))
-        .and_then(|()| store(ctx, pkt.l4_offset, &s.reply_tcp, tcp_len));
-    match written {
+    // The MACs swapped in place (the packet's first 12 bytes), then both headers in one store:
+    // `reply_ip` ends where `reply_tcp` starts, as `ip` and `tcp` do (the SYN's headers are
+    // contiguous, so are the reply's).
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 12 > end {
+        return Answer::Broken;
+    }
+    unsafe {
+        let (dst, src) = (start as *mut [u8; 6], (start + 6) as *mut [u8; 6]);
+        let (to, from) = (dst.read_unaligned(), src.read_unaligned());
+        dst.write_unaligned(from);
+        src.write_unaligned(to);
+    }
+    let reply = unsafe { s.reply_ip.as_ptr().add(ip_start(h.ip_len)) };
+    // SAFETY: `reply_ip` (40 bytes) ends where `reply_tcp` (40) starts (repr(C), byte arrays).
+    match unsafe { store(ctx, pkt.l3_offset, reply, h.ip_len + tcp_len) } {
         Some(()) => Answer::Sent,
         None => Answer::Broken,
     }
@@ -487,31 +558,36 @@ fn word<const N: usize>(bytes: &[u8; N], at: usize) -> [u8; 4] {
     [bytes[at % N], bytes[(at + 1) % N], bytes[(at + 2) % N], bytes[(at + 3) % N]]
 }
 
+/// Copies `len` bytes of the packet from `offset` to `to`.
+///
+/// # Safety
+/// `to` must be valid for `len` bytes.
 #[inline(always)]
-fn load<const N: usize>(
-    ctx: &XdpContext,
-    offset: usize,
-    buf: &mut [u8; N],
-    len: usize,
-) -> Option<()> {
-    if len == 0 || len > N {
-        return None;
-    }
-    let r = unsafe {
-        bpf_xdp_load_bytes(ctx.ctx, offset as u32, buf.as_mut_ptr().cast::<c_void>(), len as u32)
-    };
+unsafe fn load(ctx: &XdpContext, offset: usize, to: *mut u8, len: usize) -> Option<()> {
+    let r = unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, to.cast(), len as u32) };
     (r == 0).then_some(())
 }
 
+/// Writes `len` bytes from `from` into the packet at `offset`.
+///
+/// # Safety
+/// `from` must be valid for `len` bytes.
 #[inline(always)]
-fn store<const N: usize>(ctx: &XdpContext, offset: usize, buf: &[u8; N], len: usize) -> Option<()> {
-    if len == 0 || len > N {
+unsafe fn store(ctx: &XdpContext, offset: usize, from: *const u8, len: usize) -> Option<()> {
+    let r = unsafe { bpf_xdp_store_bytes(ctx.ctx, offset as u32, from as *mut c_void, len as u32) };
+    (r == 0).then_some(())
+}
+
+/// A SYN's TCP header length, read from the packet (its data offset), if it is one a TCP
+/// header can have.
+#[inline(always)]
+fn syn_header_len(ctx: &XdpContext, pkt: &Packet) -> Option<usize> {
+    let at = ctx.data() + pkt.l4_offset + 12;
+    if at + 1 > ctx.data_end() {
         return None;
     }
-    let r = unsafe {
-        bpf_xdp_store_bytes(ctx.ctx, offset as u32, buf.as_ptr() as *mut c_void, len as u32)
-    };
-    (r == 0).then_some(())
+    let len = usize::from(unsafe { *(at as *const u8) } >> 4) * 4;
+    (TCP_HEADER..=TCP_HEADER_MAX).contains(&len).then_some(len)
 }
 
 /// The ones' complement sum of the first `len` bytes of `buf` (a multiple of 4), on `seed`.
