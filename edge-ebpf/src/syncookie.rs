@@ -545,8 +545,10 @@ fn send(ctx: &XdpContext, pkt: &Packet, h: &mut Headers, tcp_len: usize) -> Answ
         dst.write_unaligned(from);
         src.write_unaligned(to);
     }
-    let reply = unsafe { s.reply_ip.as_ptr().add(ip_start(h.ip_len)) };
-    // SAFETY: `reply_ip` (40 bytes) ends where `reply_tcp` (40) starts (repr(C), byte arrays).
+    // From the whole scratch, since the store spans two fields: `reply_ip` (40 bytes) ends
+    // where `reply_tcp` (40) starts (repr(C), byte arrays).
+    let at = core::mem::offset_of!(Scratch, reply_ip) + ip_start(h.ip_len);
+    let reply = unsafe { (s as *const Scratch).cast::<u8>().add(at) };
     match unsafe { store(ctx, pkt.l3_offset, reply, h.ip_len + tcp_len) } {
         Some(()) => Answer::Sent,
         None => Answer::Broken,

@@ -268,7 +268,7 @@ pub fn generate_visitor_syn(ctx: XdpContext) -> u32 {
     let tcp = unsafe { &mut *((start + 34) as *mut [u8; SYN_FRAME - 34]) };
     let random = unsafe { bpf_get_prandom_u32() };
     // Ports 1024-65535, as clients use.
-    let port = (random as u16) | 0x0400;
+    let port = 1024 + (random % 64_512) as u16;
     tcp[0..2].copy_from_slice(&port.to_be_bytes());
     tcp[4..8].copy_from_slice(&unsafe { bpf_get_prandom_u32() }.to_be_bytes());
     tcp[16] = 0;

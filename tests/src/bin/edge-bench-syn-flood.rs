@@ -8,8 +8,8 @@
 //!
 //! For each: the listener's counters (what reached the server's TCP stack), the most
 //! half-open connections seen at once, the share of a real visitor's TCP connections that
-//! complete during the flood, the SYN-ACKs per second that came back to the generator's side,
-//! and the receiver CPU's time per SYN answered. The lab is the first part's (see
+//! complete during the flood, the SYN-ACKs per second the server sent (its own counters) and
+//! those that came back to the generator's side, and the receiver CPU's time per SYN-ACK sent. The lab is the first part's (see
 //! `edge-bench-lab` and `edge_tests::generator`): the generator on CPU 1, the receiver's NAPI
 //! on CPU 0. The replies go back through a program on the generator's veth that counts the
 //! SYN-ACKs, passes the lab's own clients' and drops the rest: forged sources' replies have
@@ -37,14 +37,19 @@ use edge_tests::{
     BASELINE_OBJECT,
 };
 
-/// The real visitor that connects during the flood (on the whitelist, as the forged sources).
-const VISITOR: &str = "192.0.2.10";
+/// The real visitors that connect during the floods (on the whitelist, as the forged sources):
+/// each flood's two client threads have an address of their own, so no connection meets the
+/// TIME_WAIT of an earlier one with the same ports (its SYN would go to the kernel and look
+/// like a forged one reaching the listener). The first is also the route for forged addresses.
+const VISITORS: [&str; 6] =
+    ["192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14", "192.0.2.15"];
+const VISITOR: &str = VISITORS[0];
 const FLOOD: Duration = Duration::from_secs(12);
 /// A connection may lose its SYN (or SYN-ACK) once: Linux retransmits it after 1 s.
 const CONNECT_TIMEOUT_MS: u64 = 3000;
-/// The real visitor's source ports: each flood's two client threads take a share of their own.
+/// A client thread's source ports, each used once per flood (more than a thread connects in
+/// a flood: it reports running out).
 const CLIENT_PORTS: std::ops::Range<u16> = 10_000..64_000;
-const CLIENT_PORTS_EACH: u16 = (CLIENT_PORTS.end - CLIENT_PORTS.start) / 6;
 /// The generator's SYN flood program (`edge-ebpf/src/bin/baseline.rs`).
 const SYN_FLOOD: &str = "generate_visitor_syn";
 /// The listener counters shown (`nstat` names), from the server namespace's `/proc/net/snmp`
@@ -64,12 +69,19 @@ const LISTENER_COUNTERS: [&str; 8] = [
 struct Case {
     server: &'static str,
     offered_pps: f64,
-    /// SYN-ACKs that reached the generator's side, per second.
+    /// SYN-ACKs the server sent, per second: edge's `syn_cookie_sent` and the kernel's
+    /// `TcpExtSyncookiesSent` (the few a kernel sends from its SYN queue uncounted).
     syn_acks_pps: f64,
+    /// SYN-ACKs that reached the generator's side, per second (the rest were lost on the way
+    /// back, in the generator's veth ring: its NAPI shares a CPU with the generator).
+    syn_acks_back_pps: f64,
     /// Share of the receiver CPU its NAPI thread ran (edge, or the kernel's TCP stack).
     receiver_busy: f64,
-    /// The receiver's CPU time per SYN-ACK that came back.
+    /// The receiver's CPU time per SYN-ACK sent.
     receiver_ns_per_syn_ack: f64,
+    /// Whether a client thread used up its ports before the flood ended (its count is then
+    /// a floor, not what the flood allowed).
+    clients_ran_out: bool,
     connections: u64,
     connected: u64,
     success_share: f64,
@@ -102,7 +114,7 @@ fn run() -> Result<Vec<Case>> {
         bail!("needs two CPUs: one for the generator, one for the receiver");
     }
     let _awake = NoIdleSleep::hold();
-    let mut lab = Lab::new(&[VISITOR])?;
+    let mut lab = Lab::new(&VISITORS)?;
     let mut serve = lab.in_server("taskset");
     serve
         .args(["-c", &GENERATOR_CPU.to_string()])
@@ -135,7 +147,7 @@ fn run() -> Result<Vec<Case>> {
         Daemon::configure_with(&lab, &[&iface], policy, TODAY, "xdp_mode = \"native\"")?;
     let visitors = daemon.config_dir().join("visitors.txt");
     let list: Vec<String> = (0..LAB_VISITORS).map(|i| lab_visitor(i).to_string()).collect();
-    std::fs::write(&visitors, list.join("\n") + &format!("\n{VISITOR}\n"))?;
+    std::fs::write(&visitors, list.join("\n") + "\n" + &VISITORS.join("\n") + "\n")?;
     daemon.start()?;
     daemon.wait_ready()?;
     say(&format!("importing {LAB_VISITORS} visitors..."));
@@ -163,7 +175,7 @@ fn run() -> Result<Vec<Case>> {
 
 /// One flood of `FLOOD` at the generator's full rate, a real visitor connecting throughout.
 fn flood(
-    round: u16,
+    round: usize,
     lab: &Lab,
     gen: &Generator,
     sink: &ReplySink,
@@ -171,7 +183,7 @@ fn flood(
     server: &'static str,
 ) -> Result<Case> {
     say(&format!("{server}: SYN flood from the visitor set, a real visitor connecting..."));
-    let edge_before = daemon.map(edge_counters).transpose()?;
+    let edge_before = daemon.map(edge_counters).transpose()?.unwrap_or_default();
     let listener_before = listener_counters(lab)?;
     let replies_before = sink.replies()?;
     let busy_before = gen.receiver_runtime()?;
@@ -190,74 +202,73 @@ fn flood(
         })
     };
     let started = Instant::now();
-    let (offered_pps, connections, connected) = std::thread::scope(|s| -> Result<_> {
-        let flood = s.spawn(|| gen.run(SYN_FLOOD, FLOOD));
-        std::thread::sleep(Duration::from_secs(1));
-        let client_ns = netns(&lab.client_ns);
-        // Each client thread takes its source ports in turn from a range of its own, never
-        // used before in the run: a port reused while the server still holds the last
-        // connection on it in TIME_WAIT would send that SYN to the kernel, and it would look
-        // like a forged one reaching the listener.
-        let clients: Vec<_> = (0..2u16)
-            .map(|thread| {
-                let ns = client_ns.clone();
-                let first = CLIENT_PORTS.start + (2 * round + thread) * CLIENT_PORTS_EACH;
-                s.spawn(move || -> Result<(u64, u64)> {
-                    enter(&ns)?;
-                    set_cpu(0, GENERATOR_CPU)?;
-                    let (mut tried, mut ok) = (0u64, 0u64);
-                    let to: SocketAddr = format!("{SERVER_ADDR}:443").parse()?;
-                    for port in first..first + CLIENT_PORTS_EACH {
-                        if started.elapsed() >= FLOOD - Duration::from_millis(CONNECT_TIMEOUT_MS) {
-                            break;
+    let (offered_pps, connections, connected, clients_ran_out) =
+        std::thread::scope(|s| -> Result<_> {
+            let flood = s.spawn(|| gen.run(SYN_FLOOD, FLOOD));
+            std::thread::sleep(Duration::from_secs(1));
+            let client_ns = netns(&lab.client_ns);
+            let clients: Vec<_> = (0..2)
+                .map(|thread| {
+                    let ns = client_ns.clone();
+                    let from = VISITORS[2 * round + thread];
+                    s.spawn(move || -> Result<(u64, u64, bool)> {
+                        enter(&ns)?;
+                        set_cpu(0, GENERATOR_CPU)?;
+                        let (mut tried, mut ok) = (0u64, 0u64);
+                        let to: SocketAddr = format!("{SERVER_ADDR}:443").parse()?;
+                        let window = FLOOD - Duration::from_millis(CONNECT_TIMEOUT_MS);
+                        for port in CLIENT_PORTS {
+                            if started.elapsed() >= window {
+                                return Ok((tried, ok, false));
+                            }
+                            let Some(connected) = connect_from(from, port, to) else { continue };
+                            tried += 1;
+                            ok += u64::from(connected);
                         }
-                        let Some(connected) = connect_from(VISITOR, port, to) else { continue };
-                        tried += 1;
-                        ok += u64::from(connected);
-                    }
-                    Ok((tried, ok))
+                        Ok((tried, ok, started.elapsed() < window))
+                    })
                 })
-            })
-            .collect();
-        let (mut tried, mut ok) = (0, 0);
-        for client in clients {
-            let (t, o) = client.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
-            tried += t;
-            ok += o;
-        }
-        let offered = flood.join().map_err(|_| anyhow::anyhow!("the generator panicked"))??;
-        Ok((offered, tried, ok))
-    })?;
+                .collect();
+            let (mut tried, mut ok, mut ran_out) = (0, 0, false);
+            for client in clients {
+                let (t, o, out) =
+                    client.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
+                tried += t;
+                ok += o;
+                ran_out |= out;
+            }
+            let offered = flood.join().map_err(|_| anyhow::anyhow!("the generator panicked"))??;
+            Ok((offered, tried, ok, ran_out))
+        })?;
     let secs = started.elapsed().as_secs_f64();
     let busy = gen.receiver_runtime()?.saturating_sub(busy_before);
     let replies = sink.replies()? - replies_before;
     stop.store(true, Ordering::Relaxed);
     sampler.join().map_err(|_| anyhow::anyhow!("the sampler panicked"))??;
     let listener_after = listener_counters(lab)?;
-    let listener = LISTENER_COUNTERS
+    let listener: BTreeMap<&'static str, u64> = LISTENER_COUNTERS
         .iter()
         .map(|&name| (name, listener_after[name].saturating_sub(listener_before[name])))
         .collect();
-    let edge = match (daemon, edge_before) {
-        (Some(daemon), Some(before)) => {
-            let after = edge_counters(daemon)?;
-            // Every reason that counted a packet during the flood.
-            after
-                .iter()
-                .map(|(reason, &n)| {
-                    (reason.clone(), n.saturating_sub(before.get(reason).copied().unwrap_or(0)))
-                })
-                .filter(|(_, n)| *n > 0)
-                .collect()
-        }
-        _ => BTreeMap::new(),
-    };
+    // Every reason of edge's that counted a packet during the flood.
+    let edge_after = daemon.map(edge_counters).transpose()?.unwrap_or_default();
+    let edge: BTreeMap<String, u64> = edge_after
+        .iter()
+        .map(|(reason, &n)| {
+            (reason.clone(), n.saturating_sub(edge_before.get(reason).copied().unwrap_or(0)))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let sent = edge.get("syn_cookie_sent").copied().unwrap_or(0)
+        + listener.get("TcpExtSyncookiesSent").copied().unwrap_or(0);
     Ok(Case {
         server,
         offered_pps,
-        syn_acks_pps: replies as f64 / secs,
+        syn_acks_pps: sent as f64 / secs,
+        syn_acks_back_pps: replies as f64 / secs,
         receiver_busy: busy.as_secs_f64() / secs,
-        receiver_ns_per_syn_ack: busy.as_nanos() as f64 / replies.max(1) as f64,
+        receiver_ns_per_syn_ack: busy.as_nanos() as f64 / sent.max(1) as f64,
+        clients_ran_out,
         connections,
         connected,
         success_share: connected as f64 / connections.max(1) as f64,
@@ -410,22 +421,35 @@ fn print(cases: &[Case]) {
         "\n== a SYN flood at the generator's full rate, sources forged from the visitor set =="
     );
     println!(
-        "{:<34} {:>11} {:>11} {:>8} {:>9} {:>20}",
-        "server", "offered pps", "SYN-ACK/s", "rx busy", "ns/reply", "visitor connections"
+        "{:<34} {:>11} {:>11} {:>11} {:>8} {:>9} {:>22}",
+        "server",
+        "offered pps",
+        "SYN-ACK/s",
+        "came back",
+        "rx busy",
+        "ns/reply",
+        "visitor connections"
     );
     for c in cases {
         println!(
-            "{:<34} {:>11.0} {:>11.0} {:>7.0}% {:>9.0} {:>9}/{:<5} {:>6.2}%",
+            "{:<34} {:>11.0} {:>11.0} {:>11.0} {:>7.0}% {:>9.0} {:>9}/{:<5} {:>6.2}%{}",
             c.server,
             c.offered_pps,
             c.syn_acks_pps,
+            c.syn_acks_back_pps,
             c.receiver_busy * 100.0,
             c.receiver_ns_per_syn_ack,
             c.connected,
             c.connections,
-            c.success_share * 100.0
+            c.success_share * 100.0,
+            if c.clients_ran_out { " (the clients ran out of ports)" } else { "" }
         );
     }
+    println!(
+        "SYN-ACK/s: sent, by the server's counters (edge's syn_cookie_sent and the kernel's \
+         TcpExtSyncookiesSent); came back: counted on the generator's side; ns/reply: the \
+         receiver's CPU per SYN-ACK sent"
+    );
     println!(
         "\nthe listener's counters over each flood (TcpExtTCPReqQFullDoCookies also counts each \
          cookie edge's program makes: the kernel's helper counts it), and the most half-open \
@@ -457,8 +481,8 @@ fn print(cases: &[Case]) {
     );
     for c in &cases[1..] {
         println!(
-            "{} / edge with cookies: receiver CPU per SYN-ACK {:.2}x, SYN-ACKs per second \
-             {:.2}x, connections {:.2}% against {:.2}%",
+            "{} / edge with cookies: receiver CPU per SYN-ACK sent {:.2}x, SYN-ACKs sent per \
+             second {:.2}x, connections {:.2}% against {:.2}%",
             c.server,
             c.receiver_ns_per_syn_ack / on.receiver_ns_per_syn_ack.max(1e-9),
             c.syn_acks_pps / on.syn_acks_pps.max(1e-9),
