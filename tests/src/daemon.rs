@@ -134,6 +134,22 @@ impl Daemon {
         self.wait_status(&format!("rolled to {day}"), |s| s["rolled_to"] == day)
     }
 
+    /// Rewrites `[syn_cookies] mode` in the config file to `mode` and reloads it.
+    pub fn set_syn_cookies(&self, mode: &str) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let key = "[syn_cookies]\nmode = \"";
+        let start = text.find(key).context("no [syn_cookies] mode in the config")? + key.len();
+        let end = start + text[start..].find('"').context("an unterminated mode")?;
+        let mut changed = text.clone();
+        changed.replace_range(start..end, mode);
+        std::fs::write(&self.config, changed)?;
+        let reload = self.cli(&["config", "reload"]);
+        if reload.code != 0 {
+            bail!("edge config reload: {}", reload.stderr);
+        }
+        Ok(())
+    }
+
     /// Runs `edge ARGS` against this daemon's socket.
     pub fn cli(&self, args: &[&str]) -> Run {
         Run::of(&mut self.cli_command(args))

@@ -433,17 +433,6 @@ fn packets(daemon: &Daemon, reason: &str) -> u64 {
     rows.iter().filter(|r| r["reason"] == reason).map(|r| r["packets"].as_u64().unwrap()).sum()
 }
 
-/// Rewrites `[syn_cookies] mode` in the daemon's config file and reloads it.
-fn set_cookies(daemon: &Daemon, mode: &str) {
-    let text = std::fs::read_to_string(&daemon.config).unwrap();
-    let start = text.find("[syn_cookies]\nmode = \"").unwrap() + "[syn_cookies]\nmode = \"".len();
-    let end = start + text[start..].find('"').unwrap();
-    let mut changed = text.clone();
-    changed.replace_range(start..end, mode);
-    std::fs::write(&daemon.config, changed).unwrap();
-    daemon.cli(&["config", "reload"]).ok("config reload");
-}
-
 #[test]
 fn real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing() {
     if !privileged("real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing") {
@@ -495,7 +484,7 @@ fn real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing() {
     let mut long_stdout = std::io::BufReader::new(long.stdout.take().unwrap());
     std::io::BufRead::read_line(&mut long_stdout, &mut long_said).unwrap();
     assert!(long_said.starts_with("negotiated "), "the long connection: {long_said}");
-    set_cookies(&daemon, "always");
+    daemon.set_syn_cookies("always").unwrap();
     assert_eq!(sysctls(&lab), ("2".into(), "2".into()), "cookies on: syncookies and timestamps");
     let failed_before = tcp_ext(&lab, "SyncookiesFailed");
     let sent_before = packets(&daemon, "syn_cookie_sent");
@@ -558,9 +547,9 @@ fn real_clients_connect_through_cookies_and_forged_handshakes_reach_nothing() {
     assert!(!visitors.contains("192.0.2.2"), "no forged source is learned: {visitors}");
 
     // Off again: the host exactly as before. On, then detached: the same.
-    set_cookies(&daemon, "off");
+    daemon.set_syn_cookies("off").unwrap();
     assert_eq!(sysctls(&lab), before, "cookies off again");
-    set_cookies(&daemon, "always");
+    daemon.set_syn_cookies("always").unwrap();
     assert_eq!(sysctls(&lab), ("2".into(), "2".into()));
     daemon.stop().unwrap();
     let detached =

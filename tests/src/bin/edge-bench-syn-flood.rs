@@ -161,7 +161,7 @@ fn run() -> Result<Vec<Case>> {
 
     let mut cases = Vec::new();
     cases.push(flood(0, &lab, &gen, &sink, Some(&daemon), "edge, cookies on")?);
-    set_cookies(&daemon, "off")?;
+    daemon.set_syn_cookies("off")?;
     cases.push(flood(1, &lab, &gen, &sink, Some(&daemon), "edge, cookies off")?);
     daemon.stop()?;
     sh(lab.in_server(edge_bin()).args(["detach", "--iface", &iface]).stdout(Stdio::null()))?;
@@ -361,22 +361,6 @@ fn edge_counters(daemon: &Daemon) -> Result<BTreeMap<String, u64>> {
         }
     }
     Ok(counters)
-}
-
-/// Turns `[syn_cookies] mode` to `mode` in the daemon's config and reloads it.
-fn set_cookies(daemon: &Daemon, mode: &str) -> Result<()> {
-    let text = std::fs::read_to_string(&daemon.config)?;
-    let key = "[syn_cookies]\nmode = \"";
-    let start = text.find(key).context("no [syn_cookies] mode in the config")? + key.len();
-    let end = start + text[start..].find('"').context("an unterminated mode")?;
-    let mut changed = text.clone();
-    changed.replace_range(start..end, mode);
-    std::fs::write(&daemon.config, changed)?;
-    let reload = daemon.cli(&["config", "reload"]);
-    if reload.code != 0 {
-        bail!("edge config reload: {}", reload.stderr);
-    }
-    Ok(())
 }
 
 /// `reply_sink` on the generator's veth, its NAPI in a thread on the generator's CPU (the
