@@ -75,12 +75,20 @@ pub fn tcp_connects(src: &str, to: &str, timeout_ms: u64) -> bool {
     else {
         return false;
     };
-    let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-    else {
-        return false;
-    };
-    socket.bind(&std::net::SocketAddr::new(src, 0).into()).is_ok()
-        && socket.connect_timeout(&to.into(), Duration::from_millis(timeout_ms)).is_ok()
+    let timeout = Duration::from_millis(timeout_ms);
+    tcp_connects_from(std::net::SocketAddr::new(src, 0), to, timeout).unwrap_or(false)
+}
+
+/// One TCP connection from `src` (port 0: any) in the caller's namespace, closed at once;
+/// `None` if `src` cannot be bound.
+pub fn tcp_connects_from(
+    src: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    timeout: Duration,
+) -> Option<bool> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.bind(&src.into()).ok()?;
+    Some(socket.connect_timeout(&to.into(), timeout).is_ok())
 }
 
 /// Keeps the CPUs out of their halt idle state while held (PM QoS: a 0 µs wake-up latency

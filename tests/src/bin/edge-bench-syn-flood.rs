@@ -30,8 +30,8 @@ use edge_tests::{
     daemon::Daemon,
     edge_bin,
     generator::{
-        enter, lab_visitor, netns, pin_napi_threads, receiver_setup, set_cpu, Generator,
-        NoIdleSleep, GENERATOR_CPU, LAB_VISITORS,
+        enter, lab_visitor, netns, pin_napi_threads, receiver_setup, set_cpu, tcp_connects_from,
+        Generator, NoIdleSleep, GENERATOR_CPU, LAB_VISITORS,
     },
     lab::{sh, Lab, SERVER_ADDR, TODAY},
     BASELINE_OBJECT,
@@ -210,18 +210,23 @@ fn flood(
             let clients: Vec<_> = (0..2)
                 .map(|thread| {
                     let ns = client_ns.clone();
-                    let from = VISITORS[2 * round + thread];
+                    let address = VISITORS[2 * round + thread];
                     s.spawn(move || -> Result<(u64, u64, bool)> {
                         enter(&ns)?;
                         set_cpu(0, GENERATOR_CPU)?;
                         let (mut tried, mut ok) = (0u64, 0u64);
+                        let from: std::net::IpAddr = address.parse()?;
                         let to: SocketAddr = format!("{SERVER_ADDR}:443").parse()?;
+                        let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
                         let window = FLOOD - Duration::from_millis(CONNECT_TIMEOUT_MS);
                         for port in CLIENT_PORTS {
                             if started.elapsed() >= window {
                                 return Ok((tried, ok, false));
                             }
-                            let Some(connected) = connect_from(from, port, to) else { continue };
+                            let src = SocketAddr::new(from, port);
+                            let Some(connected) = tcp_connects_from(src, to, timeout) else {
+                                continue;
+                            };
                             tried += 1;
                             ok += u64::from(connected);
                         }
@@ -276,15 +281,6 @@ fn flood(
         max_forged_half_open: max_half_open.load(Ordering::Relaxed),
         edge,
     })
-}
-
-/// One TCP connection from `src`:`port` (in the caller's namespace), closed at once; None if
-/// the port cannot be bound.
-fn connect_from(src: &str, port: u16, to: SocketAddr) -> Option<bool> {
-    let src: std::net::IpAddr = src.parse().ok()?;
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
-    socket.bind(&SocketAddr::new(src, port).into()).ok()?;
-    Some(socket.connect_timeout(&to.into(), Duration::from_millis(CONNECT_TIMEOUT_MS)).is_ok())
 }
 
 /// One TCP connection from `src` in the client namespace, before the flood.
