@@ -20,6 +20,9 @@
 //! 2. Under a random-source flood at the generator's full rate: the share of TCP connections
 //!    from a visitor and an admitted client that complete, and the unknown packets per second
 //!    that reach the origin against the configured global budget.
+//!
+//! `--only single,random,random6,botnet` measures only those floods in part 1 and skips part
+//! 2: a change's before and after in minutes instead of a quarter of an hour.
 use std::{
     io::Write as _,
     net::UdpSocket,
@@ -59,8 +62,26 @@ const EDGE: &str = "edge";
 const NFTABLES: &str = "nftables";
 
 fn main() -> Result<()> {
-    let json = std::env::args().any(|a| a == "--json");
-    let report = run().context("the lab benchmark")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let only = match args.iter().position(|a| a == "--only") {
+        Some(at) => {
+            let list =
+                args.get(at + 1).context("--only needs a list: single,random,random6,botnet")?;
+            Some(list.split(',').map(str::to_owned).collect::<Vec<_>>())
+        }
+        None => None,
+    };
+    let floods: Vec<(&str, &str)> = match &only {
+        Some(kinds) => {
+            if let Some(bad) = kinds.iter().find(|k| !FLOODS.iter().any(|(_, s)| s == k)) {
+                bail!("--only: no flood {bad:?} (single, random, random6 or botnet)");
+            }
+            FLOODS.iter().copied().filter(|(_, s)| kinds.iter().any(|k| k == s)).collect()
+        }
+        None => FLOODS.to_vec(),
+    };
+    let report = run(&floods, only.is_none()).context("the lab benchmark")?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -124,7 +145,8 @@ fn say(line: &str) {
     eprintln!("bench-lab: {line}");
 }
 
-fn run() -> Result<Report> {
+/// Part 1 under `floods`; part 2 too if `connections`.
+fn run(floods: &[(&'static str, &'static str)], connections: bool) -> Result<Report> {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         bail!("needs two CPUs: one for the generator, one for the receiver");
     }
@@ -179,48 +201,57 @@ fn run() -> Result<Report> {
         // The ceiling: every frame dropped unread, native.
         {
             let _ceiling = Reference::attach(&lab, "drop_all", &[])?;
-            rounds.extend(measure(&gen, CEILING, Some("drop_all"), &FLOODS, || xdp_drops(&lab))?);
+            rounds.extend(measure(&gen, CEILING, Some("drop_all"), floods, || xdp_drops(&lab))?);
         }
         // The same, reading the header a filter must read.
         {
             let _headers = Reference::attach(&lab, "read_headers", &[])?;
-            rounds.extend(measure(&gen, READ_HEADERS, Some("read_headers"), &FLOODS, || {
+            rounds.extend(measure(&gen, READ_HEADERS, Some("read_headers"), floods, || {
                 xdp_drops(&lab)
             })?);
         }
         // The yardstick: a one-lookup XDP whitelist (a preallocated hash map), native.
         {
             let _anchor = Reference::attach(&lab, "anchor_hash", &whitelist)?;
-            rounds.extend(measure(&gen, ONE_LOOKUP, Some("anchor_hash"), &FLOODS, || {
+            rounds.extend(measure(&gen, ONE_LOOKUP, Some("anchor_hash"), floods, || {
                 xdp_drops(&lab)
             })?);
         }
         // edge, native XDP: no budget for unknown sources, then the botnet with budgets.
-        attach(&lab, &policy)?;
-        rounds.extend(measure(&gen, EDGE, Some("edge"), &FLOODS[..3], || edge_drops(&lab))?);
-        detach(&lab)?;
-        attach(&lab, &botnet_policy)?;
-        let passed_before = edge_unknown_passed(&lab)?;
-        let botnet = measure(&gen, EDGE, Some("edge"), &FLOODS[3..], || edge_drops(&lab))?;
-        botnets.push((
-            botnet[0].dropped_pps,
-            Botnet {
-                passed_pps: (edge_unknown_passed(&lab)? - passed_before) as f64
-                    / MEASURE.as_secs_f64(),
-                buckets: edge::filter::pinned_bucket_count(&lab.server_if)?,
-                capacity: edge_common::maps::UNKNOWN_BUCKETS_CAPACITY,
-            },
-        ));
-        rounds.extend(botnet);
-        detach(&lab)?;
+        let (botnet_flood, plain): (Vec<_>, Vec<_>) =
+            floods.iter().copied().partition(|(_, sources)| *sources == "botnet");
+        if !plain.is_empty() {
+            attach(&lab, &policy)?;
+            rounds.extend(measure(&gen, EDGE, Some("edge"), &plain, || edge_drops(&lab))?);
+            detach(&lab)?;
+        }
+        if !botnet_flood.is_empty() {
+            attach(&lab, &botnet_policy)?;
+            let passed_before = edge_unknown_passed(&lab)?;
+            let botnet = measure(&gen, EDGE, Some("edge"), &botnet_flood, || edge_drops(&lab))?;
+            botnets.push((
+                botnet[0].dropped_pps,
+                Botnet {
+                    passed_pps: (edge_unknown_passed(&lab)? - passed_before) as f64
+                        / MEASURE.as_secs_f64(),
+                    buckets: edge::filter::pinned_bucket_count(&lab.server_if)?,
+                    capacity: edge_common::maps::UNKNOWN_BUCKETS_CAPACITY,
+                },
+            ));
+            rounds.extend(botnet);
+            detach(&lab)?;
+        }
         // nftables: the same whitelist as a set, at netdev ingress on the same interface.
         nft_load(&lab, &whitelist, dir.path())?;
-        rounds.extend(measure(&gen, NFTABLES, None, &FLOODS, || nft_drops(&lab))?);
+        rounds.extend(measure(&gen, NFTABLES, None, floods, || nft_drops(&lab))?);
         nft_clear(&lab)?;
     }
     let drop_rates = medians(rounds);
     botnets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let botnet = botnets[botnets.len() / 2].1.clone();
+    let botnet = botnets.get(botnets.len() / 2).map(|b| b.1.clone()).unwrap_or_default();
+    if !connections {
+        return Ok(Report { drop_rates, botnet, under_flood: Vec::new() });
+    }
 
     let full = under_flood(&mut lab, &gen, dir.path(), None, &known)?;
     // The same at 70% of what edge judged per second under the full flood (its capacity on
@@ -642,7 +673,11 @@ fn print(r: &Report) {
     };
     let rate = |f, sources| row(f, sources).map_or(0.0, |d| d.dropped_pps);
     let cost = |f, sources| row(f, sources).map_or(0.0, |d| d.receiver_ns_per_drop);
+    let measured = |sources| row(EDGE, sources).is_some();
     for (sources, target) in [("single", 4.0), ("random", 2.5), ("random6", 2.5), ("botnet", 4.0)] {
+        if !measured(sources) {
+            continue;
+        }
         let nft = rate(NFTABLES, sources).max(1.0);
         println!(
             "{sources}: edge / nftables {:.2}x (target >= {target}x); the ceiling, drop-all / \
@@ -663,12 +698,17 @@ fn print(r: &Report) {
             cost(EDGE, sources) / cost(CEILING, sources).max(1e-9),
         );
     }
-    println!(
-        "random: edge / read-headers {:.2}x per drop (target <= 1.5x); random6: edge IPv6 / \
-         edge IPv4 {:.2}x per drop (target <= 1.5x)",
-        cost(EDGE, "random") / cost(READ_HEADERS, "random").max(1e-9),
-        cost(EDGE, "random6") / cost(EDGE, "random").max(1e-9)
-    );
+    if measured("random") && measured("random6") {
+        println!(
+            "random: edge / read-headers {:.2}x per drop (target <= 1.5x); random6: edge IPv6 / \
+             edge IPv4 {:.2}x per drop (target <= 1.5x)",
+            cost(EDGE, "random") / cost(READ_HEADERS, "random").max(1e-9),
+            cost(EDGE, "random6") / cost(EDGE, "random").max(1e-9)
+        );
+    }
+    if !measured("botnet") {
+        return print_under_flood(r);
+    }
     // The botnet's passes (a packet a second from each of 100 k sources) are stack work the
     // receiver's time includes; drop-all's receive cost plus edge's program time over
     // drop-all's is what edge's drops alone cost the receiver.
@@ -697,6 +737,10 @@ fn print(r: &Report) {
         edge_drop_only / cost(CEILING, "botnet").max(1e-9),
         cost(NFTABLES, "botnet") / edge_drop_only.max(1e-9),
     );
+    print_under_flood(r);
+}
+
+fn print_under_flood(r: &Report) {
     for f in &r.under_flood {
         let how =
             if f.paced { "paced to 70% of edge's capacity" } else { "the generator's full rate" };
