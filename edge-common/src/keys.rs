@@ -150,6 +150,16 @@ pub const fn list_net_v6_slot(list: u32, prefix32: u32) -> (u32, u64) {
     )
 }
 
+/// Where the bit of an IPv6 /48 (its first six bytes, big-endian) lives in `list`'s IPv6 /48
+/// region: its 24-bit multiply-shift hash. Read after the /32 bit: a /32 is an ISP's or a
+/// host's whole allocation, and a listed /48 in it (what one site is given) would otherwise
+/// send every visitor of that ISP to the trie.
+#[inline(always)]
+pub const fn list_net48_v6_slot(list: u32, prefix48: u64) -> (u32, u64) {
+    let offset = 2 * crate::maps::LIST_NETS_REGION_WORDS + crate::maps::LIST_NETS_BLOCK_WORDS;
+    list_net_slot(list, offset, (prefix48.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u32)
+}
+
 /// Bit `index` of the region at word `offset` of `list`'s words.
 #[inline(always)]
 const fn list_net_slot(list: u32, offset: u32, index: u32) -> (u32, u64) {

@@ -129,18 +129,20 @@ pub const VISITORS_V4_BLOCK_WORDS: u32 = 1 << 10;
 pub const VISITORS_V4_WORDS: u32 =
     VISITORS_V4_ADDR_WORDS + VISITORS_V4_NET_WORDS + VISITORS_V4_BLOCK_WORDS;
 /// Words of one region of `list_nets` (2 MiB): a list's IPv4 bits (one per /24) or its IPv6
-/// bits (one per hash of a /32). A trie lookup walks a chain of nodes, one per branch on the
-/// way to the longest match, each a likely cache miss once the list holds thousands of
-/// prefixes, and every packet paid one walk per non-empty list before its verdict. A clear bit
-/// proves the source is not listed; a set bit sends it on to the trie, which decides. Writers
-/// set a prefix's bits before inserting it and clear them only after removing it.
+/// bits (one per hash of a /32, or of a /48). A trie lookup walks a chain of nodes, one per
+/// branch on the way to the longest match, each a likely cache miss once the list holds
+/// thousands of prefixes, and every packet paid one walk per non-empty list before its
+/// verdict. A clear bit proves the source is not listed; a set bit sends it on to the trie,
+/// which decides. Writers set a prefix's bits before inserting it and clear them only after
+/// removing it.
 pub const LIST_NETS_REGION_WORDS: u32 = 1 << 18;
-/// Words of a list's IPv4 block region after its two regions: one bit per /16 that a prefix
-/// touches (8 KiB, resident in L1), read before the /24 bit. Under a whole-space flood most
-/// sources are in no listed /16, and the 2 MiB /24 region is more than L2 holds.
+/// Words of a list's IPv4 block region, after its /24 and /32 regions: one bit per /16 that a
+/// prefix touches (8 KiB, resident in L1), read before the /24 bit. Under a whole-space flood
+/// most sources are in no listed /16, and the 2 MiB /24 region is more than L2 holds.
 pub const LIST_NETS_BLOCK_WORDS: u32 = 1 << 10;
-/// Words of one list in `list_nets`: its IPv4 /24 region, IPv6 region and IPv4 /16 blocks.
-pub const LIST_NETS_LIST_WORDS: u32 = 2 * LIST_NETS_REGION_WORDS + LIST_NETS_BLOCK_WORDS;
+/// Words of one list in `list_nets`: its IPv4 /24 region, IPv6 /32 region, IPv4 /16 blocks
+/// and IPv6 /48 region (a region's size, one bit per hash of a /48, read after the /32 bit).
+pub const LIST_NETS_LIST_WORDS: u32 = 3 * LIST_NETS_REGION_WORDS + LIST_NETS_BLOCK_WORDS;
 /// Words in `list_nets`: the deny list's, then the allow list's.
 pub const LIST_NETS_WORDS: u32 = 2 * LIST_NETS_LIST_WORDS;
 /// IPv6 visitor /64 prefixes.

@@ -30,9 +30,10 @@ use edge_common::{
     },
     events::DropEvent,
     keys::{
-        admitted_hint_byte, admitted_hint_slot_words, list_block_v4_slot, list_net_v4_slot,
-        list_net_v6_slot, protected_slot, visitor_v4_block_slot, visitor_v4_net_slot,
-        visitor_v4_slot, Addr, Rule, IPPROTO_TCP, IPPROTO_UDP, LIST_NETS_ALLOW, LIST_NETS_DENY,
+        admitted_hint_byte, admitted_hint_slot_words, list_block_v4_slot, list_net48_v6_slot,
+        list_net_v4_slot, list_net_v6_slot, protected_slot, visitor_v4_block_slot,
+        visitor_v4_net_slot, visitor_v4_slot, Addr, Rule, IPPROTO_TCP, IPPROTO_UDP,
+        LIST_NETS_ALLOW, LIST_NETS_DENY,
     },
     maps::ADMITTED_HINT_GENERATION,
     reason::*,
@@ -187,9 +188,9 @@ fn endpoint(pkt: &Packet, cfg: &Config) -> Reason {
 }
 
 /// Whether a prefix of `list` holds the source. The list's bits for the source's IPv4 /16
-/// and /24, or its IPv6 /32, first (see `list_nets`): most sources are in no listed network,
-/// and a bit is one read where the trie walk is several dependent misses once the list is
-/// large.
+/// and /24, or its IPv6 /32 and /48, first (see `list_nets`): most sources are in no listed
+/// network, and a bit is one read where the trie walk is several dependent misses once the
+/// list is large.
 #[inline(always)]
 fn listed(list: &aya_ebpf::maps::LpmTrie<Addr, Rule>, which: u32, pkt: &Packet) -> bool {
     let marked = |(word, bit): (u32, u64)| maps::LIST_NETS.get(word).is_some_and(|w| w & bit != 0);
@@ -198,6 +199,7 @@ fn listed(list: &aya_ebpf::maps::LpmTrie<Addr, Rule>, which: u32, pkt: &Packet) 
         marked(list_block_v4_slot(which, addr >> 16)) && marked(list_net_v4_slot(which, addr >> 8))
     } else {
         marked(list_net_v6_slot(which, pkt.src.prefix32()))
+            && marked(list_net48_v6_slot(which, pkt.src.prefix48()))
     };
     touched && list.get(aya_ebpf::maps::lpm_trie::Key::new(128, *pkt.src.addr())).is_some()
 }

@@ -96,6 +96,12 @@ impl Source {
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])
     }
 
+    /// The first six bytes (an IPv6 /48), big-endian.
+    #[inline(always)]
+    pub fn prefix48(&self) -> u64 {
+        u64::from_be(self.words[0]) >> 16
+    }
+
     /// The first eight bytes (an IPv6 /64 prefix), as a key.
     #[inline(always)]
     pub fn prefix64(&self) -> &[u8; 8] {

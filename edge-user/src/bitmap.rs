@@ -13,12 +13,14 @@ use std::{
 use aya::maps::MapData;
 use edge_common::{
     keys::{
-        admitted_hint_byte, admitted_hint_slot, list_block_v4_slot, list_net_v4_slot,
-        list_net_v6_slot, visitor_v4_block_slot, visitor_v4_net_slot, visitor_v4_slot, Addr,
+        admitted_hint_byte, admitted_hint_slot, list_block_v4_slot, list_net48_v6_slot,
+        list_net_v4_slot, list_net_v6_slot, visitor_v4_block_slot, visitor_v4_net_slot,
+        visitor_v4_slot, Addr,
     },
     maps::{
-        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, LIST_NETS_LIST_WORDS,
-        LIST_NETS_REGION_WORDS, LIST_NETS_WORDS, VISITORS_V4_ADDR_WORDS, VISITORS_V4_WORDS,
+        ADMITTED_HINT_GENERATION, ADMITTED_HINT_SLOTS, ADMITTED_HINT_WORDS, LIST_NETS_BLOCK_WORDS,
+        LIST_NETS_LIST_WORDS, LIST_NETS_REGION_WORDS, LIST_NETS_WORDS, VISITORS_V4_ADDR_WORDS,
+        VISITORS_V4_WORDS,
     },
 };
 use roaring::RoaringBitmap;
@@ -301,14 +303,15 @@ impl AdmittedHint {
     }
 }
 
-/// A shared mapping of `list_nets`: per list, one bit per IPv4 /24, per hashed IPv6 /32 and
-/// per IPv4 /16 that a prefix touches (see `edge_common::maps::LIST_NETS_REGION_WORDS`). Only
-/// the control plane writes it.
+/// A shared mapping of `list_nets`: per list, one bit per IPv4 /24, per hashed IPv6 /32, per
+/// IPv4 /16 and per hashed IPv6 /48 that a prefix touches (see
+/// `edge_common::maps::LIST_NETS_REGION_WORDS`). Only the control plane writes it.
 pub struct ListNets {
     words: Mapping,
 }
 
-/// Words of one list's regions (IPv4 /24s, IPv6, IPv4 /16s), which are adjacent in the map.
+/// Words of one list's regions (IPv4 /24s, IPv6 /32s, IPv4 /16s, IPv6 /48s), which are
+/// adjacent in the map.
 const LIST_WORDS: usize = LIST_NETS_LIST_WORDS as usize;
 
 impl ListNets {
@@ -354,7 +357,11 @@ impl ListNets {
                 let a = u32::from(v4);
                 marked(list_block_v4_slot(list, a >> 16)) && marked(list_net_v4_slot(list, a >> 8))
             }
-            IpAddr::V6(v6) => marked(list_net_v6_slot(list, (u128::from(v6) >> 96) as u32)),
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                marked(list_net_v6_slot(list, (bits >> 96) as u32))
+                    && marked(list_net48_v6_slot(list, (bits >> 80) as u64))
+            }
         }
     }
 }
@@ -364,8 +371,8 @@ fn list_base(list: u32) -> usize {
     list_net_v4_slot(list, 0).0 as usize
 }
 
-/// `list`'s regions for `prefixes`: the bit of every IPv4 /24, IPv6 /32 and IPv4 /16 each
-/// prefix touches.
+/// `list`'s regions for `prefixes`: the bit of every IPv4 /24, IPv6 /32, IPv4 /16 and IPv6
+/// /48 each prefix touches.
 fn list_bits<'a>(list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>) -> Vec<u64> {
     let base = list_base(list);
     let mut bits = vec![0u64; LIST_WORDS];
@@ -375,6 +382,13 @@ fn list_bits<'a>(list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>)
             (first..first + count).for_each(|net| set(&mut bits, list_net_v4_slot(list, net)));
             let blocks = first >> 8..=(first + count - 1) >> 8;
             blocks.for_each(|block| set(&mut bits, list_block_v4_slot(list, block)));
+        }
+        match v6_nets48(len, addr) {
+            // Wider than a /32: every /48 bit (most would be set anyway).
+            None => bits[V6_48..V6_48 + LIST_NETS_REGION_WORDS as usize].fill(u64::MAX),
+            Some((first, count)) => {
+                (first..first + count).for_each(|net| set(&mut bits, list_net48_v6_slot(list, net)))
+            }
         }
         let (first, count) = v6_nets(len, addr);
         if count > WIDE_V6 {
@@ -389,6 +403,23 @@ fn list_bits<'a>(list: u32, prefixes: impl IntoIterator<Item = (u32, &'a Addr)>)
         }
     }
     bits
+}
+
+/// Where the IPv6 /48 region starts among a list's words.
+const V6_48: usize = 2 * LIST_NETS_REGION_WORDS as usize + LIST_NETS_BLOCK_WORDS as usize;
+
+/// The IPv6 /48s an LPM key touches, as (first /48, how many); `None` past 2^16 of them (a
+/// prefix shorter than /32), which marks the whole region.
+fn v6_nets48(len: u32, addr: &Addr) -> Option<(u64, u64)> {
+    let first = u64::from_be_bytes([0, 0, addr[0], addr[1], addr[2], addr[3], addr[4], addr[5]]);
+    if len >= 48 {
+        return Some((first, 1));
+    }
+    if len < 32 {
+        return None;
+    }
+    let count = 1u64 << (48 - len);
+    Some((first & !(count - 1), count))
 }
 
 /// IPv6 prefixes touching more /32s than this mark their list's whole IPv6 region.
@@ -472,6 +503,36 @@ mod tests {
         assert_eq!(v6("2001:db9::/29"), (0x2001_0db8, 8));
         assert_eq!(v6("::/0"), (0, 1 << 32));
         assert_eq!(v6("10.0.0.0/8"), (0, 1), "IPv4 keys live in the /32 ::");
+    }
+
+    #[test]
+    fn prefixes_touch_their_ipv6_48s() {
+        let v6 = |prefix: &str| {
+            let (len, key) = key(prefix);
+            super::v6_nets48(len, &key)
+        };
+        assert_eq!(v6("2001:db8:dead:beef::/64"), Some((0x2001_0db8_dead, 1)));
+        assert_eq!(v6("2001:db8:dead::/48"), Some((0x2001_0db8_dead, 1)));
+        assert_eq!(v6("2001:db8:de00::/40"), Some((0x2001_0db8_de00, 256)));
+        assert_eq!(v6("2001:db8::/32"), Some((0x2001_0db8_0000, 1 << 16)));
+        assert_eq!(v6("2001:db8::/31"), None, "wider than a /32: the whole region");
+        assert_eq!(v6("10.0.0.0/8"), Some((0, 1)), "IPv4 keys live in the /48 ::");
+    }
+
+    /// A listed /48 sends its own /48 to the trie and leaves the rest of its /32 out.
+    #[test]
+    fn a_listed_48_leaves_the_rest_of_its_32_out_of_the_trie() {
+        use edge_common::keys::{list_net48_v6_slot, list_net_v6_slot, LIST_NETS_DENY};
+        let (len, key) = key("2001:db8:dead::/48");
+        let list = LIST_NETS_DENY;
+        let bits = super::list_bits(list, [(len, &key)]);
+        let base = super::list_base(list);
+        let marked = |(word, bit): (u32, u64)| bits[word as usize - base] & bit != 0;
+        assert!(marked(list_net_v6_slot(list, 0x2001_0db8)));
+        assert!(marked(list_net48_v6_slot(list, 0x2001_0db8_dead)));
+        let neighbours = (0..1000u64).filter(|i| *i != 0xdead);
+        let listed = neighbours.filter(|i| marked(list_net48_v6_slot(list, 0x2001_0db8_0000 | i)));
+        assert_eq!(listed.count(), 0, "other /48s of 2001:db8::/32");
     }
 
     /// The /16 bits a list's prefixes set: those of every /16 a prefix touches, and only

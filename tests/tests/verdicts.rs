@@ -556,15 +556,19 @@ allow = ["192.0.2.128/25", "10.9.0.0/16", "2001:db8:a::/48"]
     assert!(marked(&s, deny, "10.200.3.4") && marked(&s, deny, "198.18.77.1"));
     assert!(!marked(&s, deny, "11.0.0.1") && !marked(&s, allow, "10.0.0.1"));
     assert!(marked(&s, allow, "192.0.2.1"), "a /25 marks its whole /24");
-    // IPv6: a listed /48 marks its /32; a source in another /32 skips the trie.
+    // IPv6: a listed /48 marks its /32 and itself; a source in another /48 of that /32, or in
+    // another /32, skips the trie.
     let udp = |ip: &str| frame(ip, L4::Udp(443)).build();
     s.check(&case("denied /48", udp("2001:db8:bad:ffff::1"), Drop(DENY)));
     s.check(&case("denied /47, its second /48", udp("2001:db8:caff::1"), Drop(DENY)));
     s.check(&case("same /32, not denied", udp("2001:db8:bae::1"), Drop(UNKNOWN_RATE)));
     s.check(&case("allowed /48", udp("2001:db8:a:1::1"), Pass(ALLOW)));
     s.check(&case("another /32", udp("2a00:1450::1"), Drop(UNKNOWN_RATE)));
-    assert!(marked(&s, deny, "2001:db8:ffff::1") && !marked(&s, deny, "2a00:1450::1"));
-    assert!(marked(&s, allow, "2001:db8::1") && !marked(&s, allow, "2001:db9::1"));
+    assert!(marked(&s, deny, "2001:db8:bad:ffff::1") && marked(&s, deny, "2001:db8:caff::1"));
+    assert!(!marked(&s, deny, "2001:db8:bae::1") && !marked(&s, deny, "2001:db8:ffff::1"));
+    assert!(!marked(&s, deny, "2a00:1450::1"));
+    assert!(marked(&s, allow, "2001:db8:a::1") && !marked(&s, allow, "2001:db8::1"));
+    assert!(!marked(&s, allow, "2001:db9::1"));
 
     // Removing the /8 clears its bits, except where a prefix still in the list lives.
     let net = |n: &str| n.parse::<ipnet::IpNet>().unwrap();
