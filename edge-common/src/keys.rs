@@ -69,6 +69,70 @@ pub struct Credit {
 }
 assert_size!(Credit, 8);
 
+/// Ways in one line of `unknown_blocked`.
+pub const BLOCKED_WAYS: usize = 8;
+
+/// One line of `unknown_blocked`: up to eight sources remembered over their own budget, each
+/// in one word (see [`blocked_word`]). A source's hash picks the line and it may sit in any
+/// way: a botnet of many sources fills lines without evicting each other, as one word per slot
+/// did (half of 100 k sources collided in 131 k slots), and a lookup reads one cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedLine {
+    pub ways: [u64; BLOCKED_WAYS],
+}
+assert_size!(BlockedLine, 64);
+
+/// Bits of a source's tag in its word: a source that is not remembered matches another's tag
+/// in its line once in 2^36 lookups (eight ways, bit 0 always set).
+pub const BLOCKED_TAG_BITS: u32 = 40;
+/// The clock unit of a word's time: 2^20 ns (about a millisecond).
+const BLOCKED_UNIT_SHIFT: u32 = 20;
+/// A word keeps the low 24 bits of its time; the rest, the era (2^24 units, 4.9 hours), is
+/// mixed into its tag.
+const BLOCKED_TIME_BITS: u32 = 64 - BLOCKED_TAG_BITS;
+const BLOCKED_TIME_MASK: u64 = (1 << BLOCKED_TIME_BITS) - 1;
+
+/// The tag a source's word carries in the era of `now` (2^24 units): its own, mixed with a
+/// hash of the era (bit 0 clear, so the tag stays odd and never 0). A word left behind cannot
+/// come back to life when the 24 bits of its time wrap: in a later era it is another tag.
+#[inline(always)]
+const fn blocked_era_tag(tag: u64, now: u64) -> u64 {
+    let era = now >> BLOCKED_TIME_BITS;
+    tag ^ (era.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> BLOCKED_TIME_BITS) & !1
+}
+
+/// A way's word for the source tagged `tag`, over its budget until `until_ns`: its tag in the
+/// era of `now_ns` in the high 40 bits, the time's low 24 bits below. The time is in units of
+/// 2^20 ns rounded down, so the word forgets the source before its bucket would take a packet,
+/// never after, and it is cut at the end of the era (a source blocked across it is looked up
+/// in its bucket once more then).
+#[inline(always)]
+pub const fn blocked_word(tag: u64, until_ns: u64, now_ns: u64) -> u64 {
+    let now = now_ns >> BLOCKED_UNIT_SHIFT;
+    let era_end = now | BLOCKED_TIME_MASK;
+    let until = until_ns >> BLOCKED_UNIT_SHIFT;
+    let until = if until < era_end { until } else { era_end };
+    blocked_era_tag(tag, now) << BLOCKED_TIME_BITS | until & BLOCKED_TIME_MASK
+}
+
+/// Whether `word` holds the source tagged `tag` over its budget at `now_ns`: written in this
+/// era, with a time still ahead.
+#[inline(always)]
+pub const fn blocked_holds(word: u64, tag: u64, now_ns: u64) -> bool {
+    let now = now_ns >> BLOCKED_UNIT_SHIFT;
+    word >> BLOCKED_TIME_BITS == blocked_era_tag(tag, now)
+        && word & BLOCKED_TIME_MASK > now & BLOCKED_TIME_MASK
+}
+
+/// Whether a way may be given to another source at `now_ns`: empty, or its time, read as of
+/// this era, passed. Only a guess for a word of an earlier era, whose source no longer matches
+/// it anyway.
+#[inline(always)]
+pub const fn blocked_way_free(word: u64, now_ns: u64) -> bool {
+    word == 0 || word & BLOCKED_TIME_MASK <= (now_ns >> BLOCKED_UNIT_SHIFT) & BLOCKED_TIME_MASK
+}
+
 /// Packet and byte counter (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,5 +273,6 @@ mod pod {
     unsafe impl aya::Pod for AdmittedUntil {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for Credit {}
+    unsafe impl aya::Pod for BlockedLine {}
     unsafe impl aya::Pod for Counter {}
 }

@@ -66,9 +66,9 @@ pub const UNKNOWN_BUCKETS: &str = "unknown_buckets";
 pub const UNKNOWN_BUDGET: &str = "unknown_budget";
 /// Per CPU: tokens taken from the global budget ahead, in batches of `Config::global_batch`.
 pub const UNKNOWN_CREDIT: &str = "unknown_credit";
-/// Sources found over their own budget, each remembered in one word until its bucket would
-/// take a packet again (see [`unknown_blocked_slot`]); word 0 is the epoch that forgets them
-/// all.
+/// Sources found over their own budget, each remembered in one word of a line of eight until
+/// its bucket would take a packet again (see [`unknown_blocked_slot`]); the first word of line
+/// 0 is the epoch that forgets them all.
 pub const UNKNOWN_BLOCKED: &str = "unknown_blocked";
 /// The admission endpoint's port has budgets of its own (`admission.http`): per source, and
 /// for all sources together.
@@ -155,22 +155,22 @@ pub const ALLOW_CAPACITY: u32 = 65_536;
 pub const DENY_CAPACITY: u32 = 65_536;
 /// Per-source token buckets kept at once; the least recently used are recycled.
 pub const UNKNOWN_BUCKETS_CAPACITY: u32 = 1_000_000;
-/// Slots of [`UNKNOWN_BLOCKED`] (a power of two; 1 MiB of words, mostly cache-resident), plus
-/// the epoch word before them.
-pub const UNKNOWN_BLOCKED_SLOTS: u32 = 1 << UNKNOWN_BLOCKED_BITS;
-pub const UNKNOWN_BLOCKED_BITS: u32 = 17;
+/// Lines of [`UNKNOWN_BLOCKED`] (a power of two; 2 MiB, 262 k ways: a botnet of 100 k sources
+/// fills them a third), plus the epoch's line before them.
+pub const UNKNOWN_BLOCKED_LINES: u32 = 1 << UNKNOWN_BLOCKED_BITS;
+pub const UNKNOWN_BLOCKED_BITS: u32 = 15;
 
-/// A bucket key's slot in [`UNKNOWN_BLOCKED`] (1-based: word 0 is the epoch) and its tag
-/// under `epoch`: a multiplicative hash of both words, its top bits the slot and its low word
-/// the tag (never 0, which is an empty slot).
+/// A bucket key's line in [`UNKNOWN_BLOCKED`] (1-based: line 0 holds the epoch) and its tag
+/// under `epoch`: a multiplicative hash of both words, its top bits the line and its low
+/// [`BLOCKED_TAG_BITS`](crate::keys::BLOCKED_TAG_BITS) the tag (never 0, which is an empty way).
 #[inline(always)]
-pub const fn unknown_blocked_slot(words: [u64; 2], epoch: u64) -> (u32, u32) {
+pub const fn unknown_blocked_slot(words: [u64; 2], epoch: u64) -> (u32, u64) {
     let h = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    let slot = 1 + (h >> (64 - UNKNOWN_BLOCKED_BITS)) as u32;
+    let line = 1 + (h >> (64 - UNKNOWN_BLOCKED_BITS)) as u32;
     // The epoch shifted past bit 0, which `| 1` sets: consecutive epochs always differ.
-    let tag = (h as u32 ^ (epoch as u32) << 1) | 1;
-    (slot, tag)
+    let tag = ((h ^ epoch << 1) & ((1 << crate::keys::BLOCKED_TAG_BITS) - 1)) | 1;
+    (line, tag)
 }
 /// Per-source buckets for the admission endpoint's port; the least recently used are recycled.
 pub const ENDPOINT_BUCKETS_CAPACITY: u32 = 262_144;
@@ -187,7 +187,7 @@ mod tests {
         for i in 0..100_000u64 {
             let words = [0, 0xffff_0000_0000 | i.wrapping_mul(2_654_435_761) & 0xffff_ffff];
             let (slot, tag) = unknown_blocked_slot(words, 7);
-            assert!((1..=UNKNOWN_BLOCKED_SLOTS).contains(&slot), "{slot}");
+            assert!((1..=UNKNOWN_BLOCKED_LINES).contains(&slot), "{slot}");
             assert_ne!(tag, 0);
             for epoch in [8, 9, u64::from(u32::MAX)] {
                 let (again, other) = unknown_blocked_slot(words, epoch);
@@ -201,5 +201,42 @@ mod tests {
             seen[(slot >> (UNKNOWN_BLOCKED_BITS - 6)) as usize % 64] = true;
         }
         assert!(seen.iter().all(|s| *s), "IPv4 sources spread over the slots");
+    }
+
+    #[test]
+    fn a_blocked_word_lapses_before_its_time_and_never_comes_back() {
+        use crate::keys::{blocked_holds, blocked_way_free, blocked_word};
+        let second = 1_000_000_000;
+        let era = 1u64 << 44; // 2^24 units of 2^20 ns: 4.9 hours
+        for tag in [1, 0x12_3456_789b, (1 << crate::keys::BLOCKED_TAG_BITS) - 1] {
+            for now in [
+                5 * second,
+                3 * era + 7 * second,
+                (u64::from(u32::MAX) << 20) - 9 * second,
+                1 << 62,
+            ] {
+                let word = blocked_word(tag, now + second, now);
+                assert_ne!(word, 0);
+                let holds = |at: u64| blocked_holds(word, tag, at);
+                assert!(holds(now) && holds(now + second - (2 << 20)), "{tag:x} at {now}");
+                assert!(!holds(now + second), "never after its bucket's time");
+                assert!(!blocked_holds(word, tag ^ 2, now), "another source's tag");
+                assert!(!blocked_way_free(word, now) && blocked_way_free(word, now + second));
+                // Left behind, it stays lapsed through every later era (the 24 bits of its
+                // time wrap every era).
+                for later in (1..200).map(|i| now + i * 997 * second) {
+                    assert!(!holds(later), "{tag:x} came back at {later}");
+                }
+                // A long block is remembered to the end of the era, then its bucket decides.
+                let long = blocked_word(tag, now + 1_000 * era, now);
+                let end = now | (era - 1);
+                assert!(blocked_holds(long, tag, end - (2 << 20)));
+                assert!(!blocked_holds(long, tag, end + 1));
+            }
+            // Across the end of an era: cut there, never carried into the next.
+            let now = 2 * era - second / 2;
+            let word = blocked_word(tag, now + second, now);
+            assert!(blocked_holds(word, tag, now) && !blocked_holds(word, tag, 2 * era));
+        }
     }
 }

@@ -17,18 +17,25 @@
 //! A source found over its own budget is remembered in one word of `unknown_blocked` until its
 //! bucket would take a packet again, and its next packets are dropped from that word: under a
 //! botnet of many real addresses each over its budget, the bucket table (a million entries)
-//! misses the caches on every packet, the 1 MiB of words much less (measured in the lab: 440
-//! ns of program time per packet for the table lookup). The word only ever says what the
-//! bucket said: a bucket's time only moves later, so a source remembered as over budget is
-//! over budget. Its time is kept in units of 2^20 ns, rounded so that the word forgets a
-//! source before its bucket would take a packet, never after.
+//! misses the caches on every packet, the 2 MiB of words much less (measured in the lab: 440
+//! ns of program time per packet for the table lookup). A source's hash picks a line of eight
+//! words, one cache line, and it takes any way of it: with one word per hash, half of a 100 k
+//! botnet collided and went back to the table on every other packet. The word only ever says
+//! what the bucket said: a bucket's time only moves later, so a source remembered as over
+//! budget is over budget. Its time is rounded so that the word forgets a source before its
+//! bucket would take a packet, never after (see `edge_common::keys::blocked_word`). A source
+//! whose packet takes its bucket's last token is remembered then, with the bucket in hand: a
+//! zombie at its budget costs one bucket lookup per period, not two.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray};
 use edge_common::{
     config::{Budget, Config},
-    keys::{Addr, Bucket, Credit},
+    keys::{
+        blocked_holds, blocked_way_free, blocked_word, Addr, BlockedLine, Bucket, Credit,
+        BLOCKED_WAYS,
+    },
     maps::unknown_blocked_slot,
     reason::{
         Reason, ENDPOINT_GLOBAL, ENDPOINT_PASS, ENDPOINT_RATE, UNKNOWN_GLOBAL, UNKNOWN_PASS,
@@ -53,7 +60,7 @@ struct Budgets {
     /// per packet.
     credit: Option<(&'static PerCpuArray<Credit>, u32)>,
     /// Sources remembered over their own budget; none: the bucket table every time.
-    blocked: Option<&'static Array<u64>>,
+    blocked: Option<&'static Array<BlockedLine>>,
     pass: Reason,
     rate: Reason,
     spent: Reason,
@@ -156,27 +163,37 @@ fn judge(key: &Source, budget: &Budget, budgets: &Budgets) -> Reason {
         return budgets.spent;
     }
 
-    let blocked = budgets.blocked.map(|words| (words, blocked_slot(words, key)));
-    if let Some((words, (slot, tag))) = blocked {
-        if still_blocked(words, slot, tag, now) {
+    let blocked = budgets.blocked.map(|lines| (lines, blocked_slot(lines, key)));
+    if let Some((lines, (line, tag))) = blocked {
+        if still_blocked(lines, line, tag, now) {
             return budgets.rate;
         }
     }
+    // A bucket's time once it is over budget: the word remembers the source until it is not.
+    let remember = |tat: u64| {
+        if let Some((lines, (line, tag))) = blocked {
+            if tat.saturating_sub(now) > budget.source_tolerance_ns {
+                remember_blocked(lines, line, tag, tat - budget.source_tolerance_ns, now);
+            }
+        }
+    };
     match budgets.buckets.get_ptr_mut(key.addr()) {
         Some(bucket) => {
             if !fits(bucket, now, budget.source_tolerance_ns) {
-                if let Some((words, (slot, tag))) = blocked {
-                    let until = unsafe { (*bucket).tat_ns } - budget.source_tolerance_ns;
-                    remember_blocked(words, slot, tag, until);
-                }
+                remember(unsafe { (*bucket).tat_ns });
                 return budgets.rate;
             }
             take(bucket, now, budget.source_interval_ns);
+            // That took its last token: its next packet is dropped from the word.
+            remember(unsafe { (*bucket).tat_ns });
         }
         None => {
             let fresh = Bucket { tat_ns: now + budget.source_interval_ns };
-            // A full LRU recycles its oldest entry; a failed insert only forgets a charge.
-            let _ = budgets.buckets.insert(key.addr(), &fresh, 0);
+            // A full LRU recycles its oldest entry; a failed insert only forgets a charge (and
+            // remembers nothing: the next packet makes the bucket again).
+            if budgets.buckets.insert(key.addr(), &fresh, 0).is_ok() {
+                remember(fresh.tat_ns);
+            }
         }
     }
     match credit {
@@ -194,29 +211,42 @@ fn judge(key: &Source, budget: &Budget, budgets: &Budgets) -> Reason {
     budgets.pass
 }
 
-/// The key's slot and tag in the over-budget words, under their current epoch.
+/// The key's line and tag in the over-budget words, under their current epoch.
 #[inline(always)]
-fn blocked_slot(words: &Array<u64>, key: &Source) -> (u32, u32) {
-    let epoch = words.get(0).copied().unwrap_or(0);
+fn blocked_slot(lines: &Array<BlockedLine>, key: &Source) -> (u32, u64) {
+    let epoch = lines.get(0).map_or(0, |line| line.ways[0]);
     unknown_blocked_slot(key.words, epoch)
 }
 
-/// Whether the slot remembers this source over its budget at `now`: its tag, and an `until`
-/// still ahead (in 2^20 ns units, compared wrapping).
+/// Whether the line remembers this source over its budget at `now`.
 #[inline(always)]
-fn still_blocked(words: &Array<u64>, slot: u32, tag: u32, now: u64) -> bool {
-    let Some(word) = words.get(slot) else { return false };
-    let word = *word;
-    (word >> 32) as u32 == tag && (word as u32).wrapping_sub((now >> 20) as u32) as i32 > 0
+fn still_blocked(lines: &Array<BlockedLine>, line: u32, tag: u64, now: u64) -> bool {
+    let Some(line) = lines.get(line) else { return false };
+    line.ways.iter().any(|&word| blocked_holds(word, tag, now))
 }
 
 /// Remembers the source as over its budget until `until_ns` (when its bucket would take a
-/// packet again), rounded down to the clock unit so the word never outlasts the bucket.
+/// packet again). Its way: the one that holds it already, else the first that holds nobody now
+/// (empty or lapsed), else one its tag picks. Another CPU may write the same line meanwhile;
+/// each word is stored whole, so the worst is one source forgotten, which its bucket judges.
 #[inline(always)]
-fn remember_blocked(words: &Array<u64>, slot: u32, tag: u32, until_ns: u64) {
-    if let Some(word) = words.get_ptr_mut(slot) {
-        unsafe { *word = u64::from(tag) << 32 | (until_ns >> 20) & 0xffff_ffff };
+fn remember_blocked(lines: &Array<BlockedLine>, line: u32, tag: u64, until_ns: u64, now: u64) {
+    let Some(line) = lines.get_ptr_mut(line) else { return };
+    let ways = unsafe { &mut (*line).ways };
+    // The tag's bit 0 is always set: the victim comes from the bits above it.
+    let mut way = (tag >> 1) as usize;
+    let mut free = false;
+    for (i, &word) in ways.iter().enumerate() {
+        if blocked_holds(word, tag, now) {
+            way = i;
+            break;
+        }
+        if !free && blocked_way_free(word, now) {
+            way = i;
+            free = true;
+        }
     }
+    ways[way % BLOCKED_WAYS] = blocked_word(tag, until_ns, now);
 }
 
 /// The source masked to its aggregation prefix.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use edge_common::{
     config::Config,
     events::{LearnScope, DROP_EVENTS_BYTES, HANDSHAKES_BYTES},
-    keys::{Addr, AdmittedUntil, Bucket, Counter, Credit, Rule, V6Prefix, VisitorDay},
+    keys::{Addr, AdmittedUntil, BlockedLine, Bucket, Counter, Credit, Rule, V6Prefix, VisitorDay},
     maps::*,
     reason::STATS_SLOTS,
     ticket::{TicketKey, TICKET_KEY_SLOTS},
@@ -76,10 +76,12 @@ pub static UNKNOWN_BUDGET: Array<Bucket> = Array::with_max_entries(1, 0);
 #[map(name = "unknown_credit")]
 pub static UNKNOWN_CREDIT: PerCpuArray<Credit> = PerCpuArray::with_max_entries(1, 0);
 
-/// Sources over their own budget until their bucket would take a packet again: one word each
-/// (tag, until), slot 0 the epoch (see `edge_common::maps::unknown_blocked_slot`).
+/// Sources over their own budget until their bucket would take a packet again: lines of eight
+/// words (tag, until), line 0 the epoch (see `edge_common::maps::unknown_blocked_slot`).
+/// Mmap-able for its page-aligned values: each line is one cache line.
 #[map(name = "unknown_blocked")]
-pub static UNKNOWN_BLOCKED: Array<u64> = Array::with_max_entries(UNKNOWN_BLOCKED_SLOTS + 1, 0);
+pub static UNKNOWN_BLOCKED: Array<BlockedLine> =
+    Array::with_max_entries(UNKNOWN_BLOCKED_LINES + 1, BPF_F_MMAPABLE);
 
 /// The admission endpoint's port: per-source buckets (whole addresses) and the shared one.
 #[map(name = "endpoint_bucket")]

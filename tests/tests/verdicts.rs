@@ -436,6 +436,74 @@ fn global_budget_exhaustion_creates_no_source_state() {
     s.check(&case("visitor unaffected", frame("192.0.2.10", L4::Tcp(443)).build(), Pass(VISITOR)));
 }
 
+/// A botnet's sources over their budgets are remembered in lines of eight ways: sources whose
+/// hashes pick one line do not evict each other until it is full, and then only one goes
+/// (back to its bucket, which judges it the same). No verdict depends on the line: every
+/// source drops while over its budget and passes again once its bucket takes a packet.
+#[test]
+fn sources_over_budget_share_a_line_without_evicting_each_other() {
+    if !privileged("sources_over_budget_share_a_line_without_evicting_each_other") {
+        return;
+    }
+    use edge_common::{
+        keys::{addr_words, blocked_holds, blocked_way_free, v4_mapped, BLOCKED_WAYS},
+        maps::unknown_blocked_slot,
+    };
+    let mut s = loaded();
+    let policy = "mode = \"enforce\"\n[unknown]\nrate_pps = 1\nburst = 1\nglobal_pps = 1000000\n\
+                  prefix_v4 = 32\n";
+    s.setup(policy, "", TODAY);
+    let epoch = s.filter.maps.blocked_epoch().unwrap();
+    let slot =
+        |ip: &std::net::Ipv4Addr| unknown_blocked_slot(addr_words(&v4_mapped(ip.octets())), epoch);
+    // One more source than the line has ways, all picking the line of 198.0.0.0 (about 4 in
+    // 2^17 addresses do).
+    let line = slot(&"198.0.0.0".parse().unwrap()).0;
+    let zombies: Vec<std::net::Ipv4Addr> = (0..1u32 << 22)
+        .map(|i| std::net::Ipv4Addr::from(0xc600_0000 + i))
+        .filter(|ip| slot(ip).0 == line)
+        .take(BLOCKED_WAYS + 1)
+        .collect();
+    assert_eq!(zombies.len(), BLOCKED_WAYS + 1, "sources on line {line}");
+    let frames: Vec<Vec<u8>> =
+        zombies.iter().map(|z| frame(&z.to_string(), L4::Tcp(443)).build()).collect();
+    let mut remembered = Vec::new();
+    for (z, f) in zombies.iter().zip(&frames) {
+        s.check(&case(format!("{z}: its one token"), f, Pass(UNKNOWN_PASS)));
+        s.check(&case(format!("{z}: over its budget"), f, Drop(UNKNOWN_RATE)));
+        s.check(&case(format!("{z}: remembered over it"), f, Drop(UNKNOWN_RATE)));
+        remembered.push(slot(z).1);
+        let ways = s.filter.maps.blocked_line(line).unwrap().ways;
+        let now = coarse_now_ns();
+        let held: Vec<u64> = remembered
+            .iter()
+            .copied()
+            .filter(|t| ways.iter().any(|w| blocked_holds(*w, *t, now)))
+            .collect();
+        let live = ways.iter().filter(|w| !blocked_way_free(**w, now)).count();
+        let expect = remembered.len().min(BLOCKED_WAYS);
+        assert_eq!((held.len(), live), (expect, expect), "{z}: line {line}: {ways:x?}");
+        assert!(held.contains(&slot(z).1), "{z} is in its line: {ways:x?}");
+    }
+    // Every source, remembered or evicted, is still over its budget...
+    for (z, f) in zombies.iter().zip(&frames) {
+        s.check(&case(format!("{z}: still over its budget"), f, Drop(UNKNOWN_RATE)));
+    }
+    // ...and no word outlasts its bucket: a second later each takes its next token.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    for (z, f) in zombies.iter().zip(&frames) {
+        s.check(&case(format!("{z}: a second later"), f, Pass(UNKNOWN_PASS)));
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE, the clock the program's budgets read.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to write.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) }, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A global budget large enough to be charged in batches (a CPU takes up to 64 tokens at once,
 /// budget.rs) still keeps to its burst: it passes the burst and at most a quarter more (what
 /// the CPUs may hold ahead), then everything is `unknown_global` until it refills.

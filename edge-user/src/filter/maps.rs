@@ -9,8 +9,8 @@ use aya::{
 use edge_common::{
     config::{Config, LIST_ADMITTED, LIST_ALLOW, LIST_DENY, LIST_VISITORS_V6},
     keys::{
-        v4_mapped, v4_mapped_prefix_len, Addr, AdmittedUntil, Bucket, Counter, Credit, Rule,
-        V6Prefix, VisitorDay,
+        v4_mapped, v4_mapped_prefix_len, Addr, AdmittedUntil, BlockedLine, Bucket, Counter, Credit,
+        Rule, V6Prefix, VisitorDay,
     },
     maps as names,
     ticket::{TicketKey, TICKET_KEY_SLOTS},
@@ -285,9 +285,23 @@ impl Maps {
     /// Forgets every source remembered over its budget (a new epoch: their tags no longer
     /// match), as a changed per-source budget or a reset of the buckets must.
     fn forget_blocked(&mut self) -> Result<()> {
-        let mut words: Array<&mut MapData, u64> = view(&mut self.maps, names::UNKNOWN_BLOCKED)?;
-        let epoch = words.get(&0, 0).map_err(|e| kernel("reading the blocked epoch", e))?;
-        words.set(0, epoch.wrapping_add(1), 0).map_err(|e| kernel("writing the blocked epoch", e))
+        let mut lines: Array<&mut MapData, BlockedLine> =
+            view(&mut self.maps, names::UNKNOWN_BLOCKED)?;
+        let mut first = lines.get(&0, 0).map_err(|e| kernel("reading the blocked epoch", e))?;
+        first.ways[0] = first.ways[0].wrapping_add(1);
+        lines.set(0, first, 0).map_err(|e| kernel("writing the blocked epoch", e))
+    }
+
+    /// Line `line` of `unknown_blocked`, the sources it remembers over their budget.
+    pub fn blocked_line(&mut self, line: u32) -> Result<BlockedLine> {
+        let lines: Array<&mut MapData, BlockedLine> = view(&mut self.maps, names::UNKNOWN_BLOCKED)?;
+        lines.get(&line, 0).map_err(|e| kernel("reading unknown_blocked", e))
+    }
+
+    /// The epoch the tags in `unknown_blocked` are made under.
+    pub fn blocked_epoch(&mut self) -> Result<u64> {
+        let lines: Array<&mut MapData, BlockedLine> = view(&mut self.maps, names::UNKNOWN_BLOCKED)?;
+        Ok(lines.get(&0, 0).map_err(|e| kernel("reading the blocked epoch", e))?.ways[0])
     }
 
     /// Empties every CPU's credit of the global unknown budget.
