@@ -298,10 +298,9 @@ impl Maps {
         lines.get(&line, 0).map_err(|e| kernel("reading unknown_blocked", e))
     }
 
-    /// The epoch the tags in `unknown_blocked` are made under.
+    /// The epoch the tags in `unknown_blocked` are made under: the first word of line 0.
     pub fn blocked_epoch(&mut self) -> Result<u64> {
-        let lines: Array<&mut MapData, BlockedLine> = view(&mut self.maps, names::UNKNOWN_BLOCKED)?;
-        Ok(lines.get(&0, 0).map_err(|e| kernel("reading the blocked epoch", e))?.ways[0])
+        Ok(self.blocked_line(0)?.ways[0])
     }
 
     /// Empties every CPU's credit of the global unknown budget.
